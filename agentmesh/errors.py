@@ -1,0 +1,146 @@
+"""The one error tree of agentmesh, and the one table that maps it to gRPC and HTTP.
+
+::
+
+    MeshError                      INTERNAL            500
+    ├── ConfigError                INVALID_ARGUMENT    400   bad config file, CLI input, unit strings
+    ├── PKIError                   FAILED_PRECONDITION 400   CA missing / exists / unreadable, bad cert
+    ├── AuthenticationError        UNAUTHENTICATED     401
+    │   ├── PeerIdentityError                                peer cert missing, foreign, revoked
+    │   └── TokenError                                       token missing, malformed, forged, expired
+    ├── PermissionDenied           PERMISSION_DENIED   403   verified caller that no rule allows
+    │   └── PayloadBlocked                                   the payload guard refused the content
+    ├── PayloadTooLarge            INVALID_ARGUMENT    400   request over the configured size
+    ├── RateLimited                RESOURCE_EXHAUSTED  429   carries retry_after / limit / remaining
+    └── Unavailable                UNAVAILABLE         503   a backend (audit sink, limiter, peer) is down
+
+Library errors (pyjwt, cryptography, redis, grpc) are translated into this tree where they are
+caught; they never cross a public boundary. Messages never contain tokens, keys or payloads.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import grpc
+
+__all__ = [
+    "GRPC_TO_HTTP",
+    "AuthenticationError",
+    "ConfigError",
+    "MeshError",
+    "PKIError",
+    "PayloadBlocked",
+    "PayloadTooLarge",
+    "PeerIdentityError",
+    "PermissionDenied",
+    "RateLimited",
+    "TokenError",
+    "Unavailable",
+    "http_status_for",
+]
+
+#: The conventional HTTP status of every gRPC status code (grpc-gateway / Envoy conventions).
+GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+}
+
+
+def http_status_for(code: grpc.StatusCode) -> int:
+    """The HTTP status for a gRPC status code; anything unknown is a 500."""
+    return GRPC_TO_HTTP.get(code, 500)
+
+
+class MeshError(Exception):
+    """Base of every error agentmesh raises on purpose."""
+
+    grpc_code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def http_status(self) -> int:
+        return http_status_for(self.grpc_code)
+
+
+class ConfigError(MeshError):
+    """Invalid configuration or command-line input; the message names the bad key or value."""
+
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class PKIError(MeshError):
+    """A CA or certificate operation cannot be done (missing CA, existing CA, unreadable key...)."""
+
+    grpc_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class AuthenticationError(MeshError):
+    """The caller could not be authenticated."""
+
+    grpc_code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PeerIdentityError(AuthenticationError):
+    """The peer certificate is missing, not a mesh identity, or revoked."""
+
+
+class TokenError(AuthenticationError):
+    """A bearer token is missing, malformed, forged, expired, revoked or bound to another peer."""
+
+
+class PermissionDenied(MeshError):
+    """A verified caller that no policy rule allows (or a deny rule refuses)."""
+
+    grpc_code = grpc.StatusCode.PERMISSION_DENIED
+
+    def __init__(self, message: str, *, rule: str | None = None) -> None:
+        super().__init__(message)
+        self.rule = rule
+
+
+class PayloadBlocked(PermissionDenied):
+    """The payload guard found a blocked pattern in the request."""
+
+
+class PayloadTooLarge(MeshError):
+    """The request is larger than the configured limit."""
+
+    grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class RateLimited(MeshError):
+    """The caller's token bucket is empty; ``retry_after`` says when one token will be back."""
+
+    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(self, message: str, *, retry_after: float, limit: int, remaining: int, reset: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        self.limit = limit
+        self.remaining = remaining
+        self.reset = reset
+
+
+class Unavailable(MeshError):
+    """A backend the call depends on (audit sink, rate-limit store, control plane) is unreachable."""
+
+    grpc_code = grpc.StatusCode.UNAVAILABLE
