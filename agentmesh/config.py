@@ -222,7 +222,7 @@ class _Section:
     def has(self, k: str) -> bool:
         return k in self.raw
 
-    def str(self, k: str, default: str | None = None, *, required: bool = False) -> Any:
+    def text(self, k: str, default: str | None = None, *, required: bool = False) -> Any:
         v = self.get(k, default)
         if v is None:
             if required:
@@ -232,13 +232,13 @@ class _Section:
             raise ConfigError(f"{self.key(k)}: expected a non-empty string, got {v!r}")
         return v
 
-    def bool(self, k: str, default: bool) -> bool:
+    def flag(self, k: str, default: bool) -> bool:
         v = self.get(k, default)
         if not isinstance(v, bool):
             raise ConfigError(f"{self.key(k)}: expected true or false, got {v!r}")
         return v
 
-    def int(self, k: str, default: int, *, minimum: int = 0) -> int:
+    def integer(self, k: str, default: int, *, minimum: int = 0) -> int:
         v = self.get(k, default)
         if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
             raise ConfigError(f"{self.key(k)}: expected an integer >= {minimum}, got {v!r}")
@@ -263,7 +263,7 @@ class _Section:
         return default if v is None else parse_size(v, what=self.key(k))
 
     def path_(self, k: str, base: Path, default: Path | None = None) -> Path | None:
-        v = self.str(k)
+        v = self.text(k)
         if v is None:
             return default
         p = Path(v).expanduser()
@@ -296,12 +296,12 @@ def _agent(name: str, s: _Section, base: Path, identities: Path) -> AgentConfig:
         validate_agent_name(name)
     except ConfigError as e:
         raise ConfigError(f"{s.path}: {e}") from None
-    app = s.str("app")
+    app = s.text("app")
     if app is not None and (":" not in app or app.startswith(":") or app.endswith(":")):
         raise ConfigError(f"{s.key('app')}: expected module:Class, got {app!r}")
     cfg = AgentConfig(
         name=name,
-        address=_address(s.str("address", required=True), s.key("address")),
+        address=_address(s.text("address", required=True), s.key("address")),
         identity_dir=s.path_("identity", base) or identities / name,
         app=app,
         roles=s.strs("roles"),
@@ -313,7 +313,7 @@ def _agent(name: str, s: _Section, base: Path, identities: Path) -> AgentConfig:
 
 
 def _rule(i: int, s: _Section) -> PolicyRule:
-    name = s.str("name", f"rule-{i}")
+    name = s.text("name", f"rule-{i}")
     action = s.choice("action", ("allow", "deny"), "allow")
     rule = PolicyRule(
         name=name,
@@ -338,9 +338,9 @@ def _rate_rule(i: int, s: _Section) -> RateRule:
     if rate is None:
         raise ConfigError(f"{s.key('rate')}: required (e.g. 10/s)")
     rr = RateRule(
-        name=s.str("name", f"limit-{i}"),
+        name=s.text("name", f"limit-{i}"),
         rate=parse_rate(rate, what=s.key("rate")),
-        burst=s.int("burst", 0, minimum=1) if s.has("burst") else max(1, int(parse_rate(rate))),
+        burst=s.integer("burst", 0, minimum=1) if s.has("burst") else max(1, int(parse_rate(rate))),
         methods=match.strs("methods"),
         roles=match.strs("roles"),
         principals=match.strs("principals"),
@@ -363,7 +363,7 @@ def _list_of_sections(s: _Section, k: str) -> list[_Section]:
 def parse_config(raw: object, base: Path, source: Path | None = None) -> MeshConfig:
     """Validates an already-loaded YAML document; ``base`` resolves relative paths."""
     top = _Section(raw, "")
-    td = top.str("trust_domain", required=True)
+    td = top.text("trust_domain", required=True)
     try:
         validate_trust_domain(td)
     except ConfigError as e:
@@ -383,30 +383,30 @@ def parse_config(raw: object, base: Path, source: Path | None = None) -> MeshCon
     issuers = []
     for iss in _list_of_sections(t, "issuers"):
         ei = ExternalIssuer(
-            issuer=iss.str("iss", required=True),
+            issuer=iss.text("iss", required=True),
             jwks_file=iss.path_("jwks_file", base),
-            jwks_url=iss.str("jwks_url"),
-            audience=iss.str("audience"),
-            roles_claim=iss.str("roles_claim", "roles"),
+            jwks_url=iss.text("jwks_url"),
+            audience=iss.text("audience"),
+            roles_claim=iss.text("roles_claim", "roles"),
         )
         if (ei.jwks_file is None) == (ei.jwks_url is None):
             raise ConfigError(f"{iss.path}: exactly one of jwks_file or jwks_url is required")
         iss.done()
         issuers.append(ei)
     algs = t.strs("algorithms", ("ES256", "EdDSA"))
-    for a in algs:
-        if a.lower() == "none":
+    for alg in algs:
+        if alg.lower() == "none":
             raise ConfigError(f"{t.key('algorithms')}: 'none' is never accepted")
     tokens = TokensConfig(
-        issuer=t.str("issuer", f"spiffe://{td}"),
-        audience=t.str("audience", "agentmesh"),
+        issuer=t.text("issuer", f"spiffe://{td}"),
+        audience=t.text("audience", "agentmesh"),
         ttl=t.duration("ttl", 300.0),
         client_ttl=t.duration("client_ttl", 900.0),
         leeway=t.duration("leeway", 30.0),
         algorithms=algs,
         hmac_secret_file=t.path_("hmac_secret_file", base),
         max_token_bytes=t.size("max_token_bytes", 8192),
-        max_delegation_depth=t.int("max_delegation_depth", 4, minimum=1),
+        max_delegation_depth=t.integer("max_delegation_depth", 4, minimum=1),
         issuers=tuple(issuers),
         revocation_refresh=t.duration("revocation_refresh", 5.0),
     )
@@ -418,31 +418,31 @@ def parse_config(raw: object, base: Path, source: Path | None = None) -> MeshCon
         raise ConfigError("policy: rule names must be unique")
 
     rl = top.section("rate_limits")
-    backend = rl.str("backend", "memory")
+    backend = rl.text("backend", "memory")
     if backend != "memory" and not backend.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"rate_limits.backend: expected 'memory' or a redis:// URL, got {backend!r}")
     rate_limits = RateLimitConfig(
         backend=backend,
         failure_mode=rl.choice("failure_mode", ("open", "closed"), "open"),  # type: ignore[arg-type]
         rules=tuple(_rate_rule(i, s) for i, s in enumerate(_list_of_sections(rl, "rules"))),
-        max_buckets=rl.int("max_buckets", 100_000, minimum=1),
+        max_buckets=rl.integer("max_buckets", 100_000, minimum=1),
         idle_ttl=rl.duration("idle_ttl", 600.0),
     )
     rl.done()
 
     a = top.section("audit")
     exporters = a.strs("exporters", ("jsonl",))
-    for e in exporters:
-        if e not in ("none", "console", "jsonl", "otlp"):
-            raise ConfigError(f"audit.exporters: unknown exporter {e!r} (none, console, jsonl, otlp)")
+    for exp in exporters:
+        if exp not in ("none", "console", "jsonl", "otlp"):
+            raise ConfigError(f"audit.exporters: unknown exporter {exp!r} (none, console, jsonl, otlp)")
     audit = AuditConfig(
         exporters=exporters,
         jsonl_path=a.path_("jsonl_path", base, ca_dir.parent / "audit.jsonl"),
-        otlp_endpoint=a.str("otlp_endpoint"),
-        required=a.bool("required", False),
+        otlp_endpoint=a.text("otlp_endpoint"),
+        required=a.flag("required", False),
         payload_fields=a.strs("payload_fields"),
-        queue_size=a.int("queue_size", 4096, minimum=1),
-        service_name=a.str("service_name", "agentmesh"),
+        queue_size=a.integer("queue_size", 4096, minimum=1),
+        service_name=a.text("service_name", "agentmesh"),
     )
     if "otlp" in exporters and not audit.otlp_endpoint:
         raise ConfigError("audit.otlp_endpoint: required when the otlp exporter is enabled")
@@ -451,19 +451,19 @@ def parse_config(raw: object, base: Path, source: Path | None = None) -> MeshCon
     g = top.section("guard")
     guard = GuardConfig(
         max_request_bytes=g.size("max_request_bytes", 1024 * 1024),
-        default_patterns=g.bool("default_patterns", True),
+        default_patterns=g.flag("default_patterns", True),
         patterns=g.strs("patterns"),
         action=g.choice("action", ("block", "flag"), "block"),  # type: ignore[arg-type]
     )
     g.done()
 
     b = top.section("bridge")
-    bridge_name = validate_agent_name(b.str("name", "bridge"))
+    bridge_name = validate_agent_name(b.text("name", "bridge"))
     bridge = BridgeConfig(
         name=bridge_name,
-        listen=_address(b.str("listen", "127.0.0.1:8443"), "bridge.listen"),
+        listen=_address(b.text("listen", "127.0.0.1:8443"), "bridge.listen"),
         identity_dir=b.path_("identity", base, identities / bridge_name),
-        tls=b.bool("tls", True),
+        tls=b.flag("tls", True),
         tls_cert=b.path_("tls_cert", base),
         tls_key=b.path_("tls_key", base),
         cors_origins=b.strs("cors_origins"),
@@ -476,10 +476,10 @@ def parse_config(raw: object, base: Path, source: Path | None = None) -> MeshCon
     b.done()
 
     c = top.section("control")
-    control_name = validate_agent_name(c.str("name", "control"))
+    control_name = validate_agent_name(c.text("name", "control"))
     control = ControlConfig(
         name=control_name,
-        address=_address(c.str("address", "127.0.0.1:7100"), "control.address"),
+        address=_address(c.text("address", "127.0.0.1:7100"), "control.address"),
         identity_dir=c.path_("identity", base, identities / control_name),
     )
     c.done()

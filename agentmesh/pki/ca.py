@@ -38,7 +38,7 @@ from agentmesh.pki.certs import (
     new_key,
 )
 
-__all__ = ["CertificateAuthority", "IssuedCert", "IndexEntry", "write_private", "write_identity"]
+__all__ = ["CertificateAuthority", "IndexEntry", "IssuedCert", "write_identity", "write_private"]
 
 Clock = Callable[[], float]
 ROOT_TTL = 10 * 365 * 86400

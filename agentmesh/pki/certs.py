@@ -18,8 +18,8 @@ from agentmesh.identity import SpiffeId
 
 __all__ = [
     "CertProfile",
-    "ca_profile",
     "build_certificate",
+    "ca_profile",
     "dump_cert",
     "dump_key",
     "leaf_profile",

@@ -1,0 +1,49 @@
+"""agentmesh: a gRPC service mesh for AI agents (mutual TLS, bound tokens, policy, limits, audit)."""
+
+from agentmesh.config import MeshConfig, load_config
+from agentmesh.context import CallContext, current_call
+from agentmesh.errors import (
+    AuthenticationError,
+    ConfigError,
+    MeshError,
+    PayloadBlocked,
+    PayloadTooLarge,
+    PeerIdentityError,
+    PermissionDenied,
+    PKIError,
+    RateLimited,
+    TokenError,
+    Unavailable,
+)
+from agentmesh.identity import PeerIdentity, SpiffeId
+from agentmesh.pki import CertificateAuthority
+from agentmesh.runtime.channel import MeshChannels
+from agentmesh.runtime.credentials import AgentIdentity
+from agentmesh.runtime.server import MeshServer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AgentIdentity",
+    "AuthenticationError",
+    "CallContext",
+    "CertificateAuthority",
+    "ConfigError",
+    "MeshChannels",
+    "MeshConfig",
+    "MeshError",
+    "MeshServer",
+    "PKIError",
+    "PayloadBlocked",
+    "PayloadTooLarge",
+    "PeerIdentity",
+    "PeerIdentityError",
+    "PermissionDenied",
+    "RateLimited",
+    "SpiffeId",
+    "TokenError",
+    "Unavailable",
+    "__version__",
+    "current_call",
+    "load_config",
+]

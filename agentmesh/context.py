@@ -1,0 +1,70 @@
+"""Who is calling: the per-call state the server chain fills in and handlers read.
+
+The aio servicer context refuses new attributes, so the chain keeps its findings in a contextvar;
+handlers call :func:`current_call` to see the verified peer, principal, roles and actor chain.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentmesh.errors import AuthenticationError
+from agentmesh.identity import PeerIdentity
+
+__all__ = ["CallContext", "current_call", "maybe_current_call"]
+
+
+@dataclass(slots=True)
+class CallContext:
+    """Filled stage by stage by the server chain; read-only for handlers."""
+
+    method: str
+    agent: str  # the agent serving the call
+    peer: PeerIdentity | None = None  # from the verified client certificate, never from metadata
+    principal: str | None = None  # effective subject (the original caller when delegated)
+    roles: tuple[str, ...] = ()
+    actors: tuple[str, ...] = ()  # delegation chain, oldest first, immediate peer last
+    peer_token: Any = None  # the peer's own verified token
+    subject_token: Any = None  # the original principal's verified token when delegated
+    raw_subject_token: str | None = field(default=None, repr=False)  # forwarded onward when delegating
+    rule: str | None = None
+    decision: str | None = None
+    ratelimit_remaining: int | None = None
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def peer_spiffe_id(self) -> str | None:
+        return str(self.peer.spiffe_id) if self.peer else None
+
+    @property
+    def peer_name(self) -> str | None:
+        return self.peer.name if self.peer else None
+
+    @property
+    def delegated(self) -> bool:
+        return bool(self.actors)
+
+
+_current: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar("agentmesh_call", default=None)
+
+
+def maybe_current_call() -> CallContext | None:
+    return _current.get()
+
+
+def current_call() -> CallContext:
+    """The verified caller of the call being served; raises outside a mesh call."""
+    call = _current.get()
+    if call is None:
+        raise AuthenticationError("no mesh call in progress")
+    return call
+
+
+def _set(call: CallContext | None) -> contextvars.Token[CallContext | None]:
+    return _current.set(call)
+
+
+def _reset(token: contextvars.Token[CallContext | None]) -> None:
+    _current.reset(token)

@@ -1,0 +1,42 @@
+"""The one place where mesh errors become gRPC status (code, message, details, trailing metadata)."""
+
+from __future__ import annotations
+
+import math
+
+import grpc
+from google.protobuf import duration_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from agentmesh.errors import MeshError, RateLimited
+
+__all__ = ["RATELIMIT_LIMIT", "RATELIMIT_REMAINING", "RATELIMIT_RESET", "RETRY_AFTER", "status_of"]
+
+RATELIMIT_LIMIT = "x-ratelimit-limit"
+RATELIMIT_REMAINING = "x-ratelimit-remaining"
+RATELIMIT_RESET = "x-ratelimit-reset"
+RETRY_AFTER = "retry-after"
+
+
+def status_of(err: MeshError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str | bytes], ...]]:
+    """(code, message, trailing metadata) for an error; RateLimited carries google.rpc.RetryInfo."""
+    code, message = err.grpc_code, err.message
+    if not isinstance(err, RateLimited):
+        return code, message, ()
+    delay = max(0.0, err.retry_after)
+    secs = int(delay)
+    retry = error_details_pb2.RetryInfo(
+        retry_delay=duration_pb2.Duration(seconds=secs, nanos=int((delay - secs) * 1e9))
+    )
+    detail = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=message)
+    detail.details.add().Pack(retry)
+    st = rpc_status.to_status(detail)
+    md: tuple[tuple[str, str | bytes], ...] = (
+        *st.trailing_metadata,
+        (RATELIMIT_LIMIT, str(err.limit)),
+        (RATELIMIT_REMAINING, str(max(0, err.remaining))),
+        (RATELIMIT_RESET, str(math.ceil(err.reset))),
+        (RETRY_AFTER, str(max(1, math.ceil(delay)))),
+    )
+    return code, message, md

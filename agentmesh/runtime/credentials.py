@@ -1,0 +1,133 @@
+"""An agent's identity on disk (cert.pem, key.pem, bundle.pem) and the gRPC credentials made from it.
+
+Certificates replaced on disk are picked up without a restart: the server side through
+``grpc.dynamic_ssl_server_credentials`` (whose fetcher runs on gRPC core threads, so it is
+thread-safe and costs one ``stat`` per second at most), the client side by a version number that
+channel caches compare against.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+
+from agentmesh.errors import PKIError
+from agentmesh.identity import PeerIdentity, cert_thumbprint, peer_identity_from_pem
+
+__all__ = ["AgentIdentity", "IdentityFiles"]
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityFiles:
+    """The three PEM files of one identity, read together."""
+
+    cert_chain: bytes
+    key: bytes
+    bundle: bytes
+    leaf: x509.Certificate
+    chain: tuple[x509.Certificate, ...]
+
+    @classmethod
+    def read(cls, directory: Path) -> IdentityFiles:
+        try:
+            key = (directory / "key.pem").read_bytes()
+            cert_chain = (directory / "cert.pem").read_bytes()
+            bundle = (directory / "bundle.pem").read_bytes()
+        except FileNotFoundError as e:
+            raise PKIError(f"identity incomplete: {e.filename} is missing "
+                           "(onboard the agent with: agentmesh cert issue NAME --ca DIR --out DIR)") from None
+        except PermissionError as e:
+            raise PKIError(f"cannot read {e.filename}: permission denied") from None
+        try:
+            certs = x509.load_pem_x509_certificates(cert_chain)
+        except ValueError:
+            raise PKIError(f"{directory / 'cert.pem'} holds no valid PEM certificate") from None
+        return cls(cert_chain, key, bundle, certs[0], tuple(certs[1:]))
+
+
+class AgentIdentity:
+    """A loaded identity that follows its files on disk."""
+
+    def __init__(self, directory: str | Path, trust_domain: str, *, check_every: float = 1.0) -> None:
+        self.dir = Path(directory)
+        self.trust_domain = trust_domain
+        self.check_every = check_every
+        self._lock = threading.Lock()
+        self._files = IdentityFiles.read(self.dir)
+        self._stamp = self._stat()
+        self._next_check = time.monotonic() + check_every
+        self.version = 0
+        self._self_check()
+
+    def _stat(self) -> tuple[int, ...]:
+        try:
+            return tuple(int(os.stat(self.dir / f).st_mtime_ns) for f in ("cert.pem", "key.pem", "bundle.pem"))
+        except FileNotFoundError:
+            return ()
+
+    def _self_check(self) -> None:
+        me = peer_identity_from_pem(self.leaf_pem, self.trust_domain, time.time())
+        self.spiffe_id = me.spiffe_id
+        self.thumbprint = cert_thumbprint(self._files.leaf)
+
+    @property
+    def files(self) -> IdentityFiles:
+        self.refresh()
+        return self._files
+
+    @property
+    def leaf_pem(self) -> bytes:
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        return self._files.leaf.public_bytes(Encoding.PEM)
+
+    @property
+    def me(self) -> PeerIdentity:
+        return peer_identity_from_pem(self.leaf_pem, self.trust_domain, time.time())
+
+    def refresh(self) -> bool:
+        """Re-reads the files when they changed (checked at most every ``check_every`` s). True if reloaded."""
+        now = time.monotonic()
+        if now < self._next_check:
+            return False
+        with self._lock:
+            if now < self._next_check:
+                return False
+            self._next_check = now + self.check_every
+            stamp = self._stat()
+            if not stamp or stamp == self._stamp:
+                return False
+            try:
+                files = IdentityFiles.read(self.dir)
+            except PKIError:
+                return False  # a rotation in progress: keep serving the last good identity
+            self._files, self._stamp = files, stamp
+            self.version += 1
+            self._self_check()
+            return True
+
+    # ------------------------------------------------------------------ gRPC credentials
+    def _server_config(self) -> grpc.ServerCertificateConfiguration:
+        f = self._files
+        return grpc.ssl_server_certificate_configuration([(f.key, f.cert_chain)], root_certificates=f.bundle)
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        """mTLS server credentials that require and verify a client certificate, following the files."""
+
+        def fetch() -> grpc.ServerCertificateConfiguration | None:
+            return self._server_config() if self.refresh() else None
+
+        return grpc.dynamic_ssl_server_credentials(
+            self._server_config(), fetch, require_client_authentication=True
+        )
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        f = self.files
+        return grpc.ssl_channel_credentials(root_certificates=f.bundle, private_key=f.key,
+                                            certificate_chain=f.cert_chain)
