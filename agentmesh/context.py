@@ -22,6 +22,7 @@ class CallContext:
 
     method: str
     agent: str  # the agent serving the call
+    metadata: Any = field(default=(), repr=False)  # invocation metadata as received
     peer: PeerIdentity | None = None  # from the verified client certificate, never from metadata
     principal: str | None = None  # effective subject (the original caller when delegated)
     roles: tuple[str, ...] = ()
@@ -33,6 +34,16 @@ class CallContext:
     decision: str | None = None
     ratelimit_remaining: int | None = None
     attributes: dict[str, Any] = field(default_factory=dict)
+    span: Any = field(default=None, repr=False)  # the server span of this call
+    deadline: float | None = None  # time.monotonic() by which the call must end
+    status: Any = None  # grpc.StatusCode the chain ended the call with, if it did
+
+    def metadata_value(self, key: str) -> str | None:
+        """The first value of an invocation metadata key (keys are lowercase in gRPC)."""
+        for k, v in self.metadata or ():
+            if k == key:
+                return v if isinstance(v, str) else None
+        return None
 
     @property
     def peer_spiffe_id(self) -> str | None:

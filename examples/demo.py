@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 
 from agentmesh.context import current_call
-from agentmesh.interceptors.entry import EntryStage
+from agentmesh.interceptors.audit import AuditStage
 from agentmesh.interceptors.identity import PeerIdentityCache, PeerIdentityStage
 from agentmesh.pki import CertificateAuthority, write_identity
 from agentmesh.runtime.channel import MeshChannels
@@ -40,7 +40,7 @@ async def main() -> None:
     print(f"CA for spiffe://{TD} in {work / 'ca'}; onboarded greeter and caller")
 
     identity = AgentIdentity(work / "greeter", TD)
-    server = MeshServer(identity, interceptors=[EntryStage("greeter"), PeerIdentityStage(PeerIdentityCache(TD))])
+    server = MeshServer(identity, interceptors=[AuditStage("greeter", None), PeerIdentityStage(PeerIdentityCache(TD))])
     server.add(agent_pb2_grpc.add_AgentServicer_to_server, Greeter(), "agentmesh.v1.Agent")
     port = await server.start("127.0.0.1:0")
     address = f"127.0.0.1:{port}"

@@ -1,0 +1,43 @@
+"""Audit spans and call metrics for every mesh call (OpenTelemetry SDK, never the global providers).
+
+::
+
+    attributes.py   every attribute and event name, in one place
+    redact.py       safe_attributes / payload_attributes: no secret reaches a span
+    propagation.py  W3C traceparent in gRPC metadata (inject / extract)
+    spans.py        helpers that record denials and guard hits on a span
+    processor.py    the non-blocking queue + worker thread
+    exporters.py    console, JSONL (schema in its docstring), OTLP
+    metrics.py      call counters and a latency histogram
+    sink.py         AuditSink / build_audit: all of the above for one agent
+    tree.py         reading a JSONL audit log back as trace trees (``agentmesh audit show``)
+"""
+
+from agentmesh.audit.exporters import ConsoleExporter, JsonlExporter, make_exporters, span_record
+from agentmesh.audit.metrics import AuditMetrics
+from agentmesh.audit.processor import QueueSpanProcessor
+from agentmesh.audit.propagation import extract, inject
+from agentmesh.audit.redact import REDACTED, payload_attributes, redact_text, safe_attributes
+from agentmesh.audit.sink import AuditSink, build_audit
+from agentmesh.audit.spans import record_denial, record_guard, rpc_attributes, set_safe_attributes
+
+__all__ = [
+    "REDACTED",
+    "AuditMetrics",
+    "AuditSink",
+    "ConsoleExporter",
+    "JsonlExporter",
+    "QueueSpanProcessor",
+    "build_audit",
+    "extract",
+    "inject",
+    "make_exporters",
+    "payload_attributes",
+    "record_denial",
+    "record_guard",
+    "redact_text",
+    "rpc_attributes",
+    "safe_attributes",
+    "set_safe_attributes",
+    "span_record",
+]

@@ -19,6 +19,7 @@ from agentmesh.runtime.credentials import AgentIdentity
 __all__ = ["MeshChannels", "secure_channel"]
 
 T = TypeVar("T")
+InterceptorFactory = Callable[[str], Sequence[grpc.aio.ClientInterceptor]]
 
 
 def secure_channel(
@@ -47,12 +48,13 @@ class MeshChannels:
         identity: AgentIdentity,
         addresses: Mapping[str, str] | Callable[[str], str],
         *,
-        interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+        interceptors: Sequence[grpc.aio.ClientInterceptor] | InterceptorFactory = (),
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self.identity = identity
         self._resolve = addresses if callable(addresses) else self._from_mapping(dict(addresses))
-        self.interceptors = tuple(interceptors)
+        fixed = tuple(interceptors) if not callable(interceptors) else ()
+        self._interceptors: InterceptorFactory = interceptors if callable(interceptors) else (lambda _: fixed)
         self.options = tuple(options)
         self._channels: dict[str, tuple[int, grpc.aio.Channel]] = {}
         self._retired: list[grpc.aio.Channel] = []
@@ -78,7 +80,7 @@ class MeshChannels:
         if cached is not None:
             self._retired.append(cached[1])  # in-flight calls finish; closed with the others
         ch = secure_channel(self.identity, self._resolve(name), name,
-                            interceptors=self.interceptors, options=self.options)
+                            interceptors=self._interceptors(name), options=self.options)
         self._channels[name] = (version, ch)
         return ch
 

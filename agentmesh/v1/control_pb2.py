@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61gentmesh/v1/control.proto\x12\x0c\x61gentmesh.v1\"(\n\x11\x41gentTokenRequest\x12\x13\n\x0bttl_seconds\x18\x01 \x01(\r\"/\n\nAgentToken\x12\r\n\x05token\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\"\x16\n\x14RevokedTokensRequest\"\x1c\n\rRevokedTokens\x12\x0b\n\x03jti\x18\x01 \x03(\t2\xac\x01\n\x0cTokenService\x12L\n\x0fIssueAgentToken\x12\x1f.agentmesh.v1.AgentTokenRequest\x1a\x18.agentmesh.v1.AgentToken\x12N\n\x0bListRevoked\x12\".agentmesh.v1.RevokedTokensRequest\x1a\x1b.agentmesh.v1.RevokedTokensb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61gentmesh/v1/control.proto\x12\x0c\x61gentmesh.v1\"(\n\x11\x41gentTokenRequest\x12\x13\n\x0bttl_seconds\x18\x01 \x01(\r\"/\n\nAgentToken\x12\r\n\x05token\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\"\x16\n\x14RevokedTokensRequest\"\x1c\n\rRevokedTokens\x12\x0b\n\x03jti\x18\x01 \x03(\t\"\x0f\n\rKeySetRequest\"+\n\x06KeySet\x12\x11\n\tjwks_json\x18\x01 \x01(\t\x12\x0e\n\x06issuer\x18\x02 \x01(\t2\xec\x01\n\x0cTokenService\x12L\n\x0fIssueAgentToken\x12\x1f.agentmesh.v1.AgentTokenRequest\x1a\x18.agentmesh.v1.AgentToken\x12N\n\x0bListRevoked\x12\".agentmesh.v1.RevokedTokensRequest\x1a\x1b.agentmesh.v1.RevokedTokens\x12>\n\tGetKeySet\x12\x1b.agentmesh.v1.KeySetRequest\x1a\x14.agentmesh.v1.KeySetb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,6 +39,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REVOKEDTOKENSREQUEST']._serialized_end=157
   _globals['_REVOKEDTOKENS']._serialized_start=159
   _globals['_REVOKEDTOKENS']._serialized_end=187
-  _globals['_TOKENSERVICE']._serialized_start=190
-  _globals['_TOKENSERVICE']._serialized_end=362
+  _globals['_KEYSETREQUEST']._serialized_start=189
+  _globals['_KEYSETREQUEST']._serialized_end=204
+  _globals['_KEYSET']._serialized_start=206
+  _globals['_KEYSET']._serialized_end=249
+  _globals['_TOKENSERVICE']._serialized_start=252
+  _globals['_TOKENSERVICE']._serialized_end=488
 # @@protoc_insertion_point(module_scope)

@@ -44,6 +44,11 @@ class TokenServiceStub:
                 request_serializer=agentmesh_dot_v1_dot_control__pb2.RevokedTokensRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_v1_dot_control__pb2.RevokedTokens.FromString,
                 _registered_method=True)
+        self.GetKeySet = channel.unary_unary(
+                '/agentmesh.v1.TokenService/GetKeySet',
+                request_serializer=agentmesh_dot_v1_dot_control__pb2.KeySetRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_control__pb2.KeySet.FromString,
+                _registered_method=True)
 
 
 class TokenServiceServicer:
@@ -64,6 +69,13 @@ class TokenServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetKeySet(self, request, context):
+        """The public keys that verify mesh tokens; agents never hold the signing key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TokenServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +88,11 @@ def add_TokenServiceServicer_to_server(servicer, server):
                     servicer.ListRevoked,
                     request_deserializer=agentmesh_dot_v1_dot_control__pb2.RevokedTokensRequest.FromString,
                     response_serializer=agentmesh_dot_v1_dot_control__pb2.RevokedTokens.SerializeToString,
+            ),
+            'GetKeySet': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetKeySet,
+                    request_deserializer=agentmesh_dot_v1_dot_control__pb2.KeySetRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_control__pb2.KeySet.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +149,33 @@ class TokenService:
             '/agentmesh.v1.TokenService/ListRevoked',
             agentmesh_dot_v1_dot_control__pb2.RevokedTokensRequest.SerializeToString,
             agentmesh_dot_v1_dot_control__pb2.RevokedTokens.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetKeySet(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.TokenService/GetKeySet',
+            agentmesh_dot_v1_dot_control__pb2.KeySetRequest.SerializeToString,
+            agentmesh_dot_v1_dot_control__pb2.KeySet.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,8 @@ class TokenServiceStub:
     """
     ListRevoked: _grpc.UnaryUnaryMultiCallable[_control_pb2.RevokedTokensRequest, _control_pb2.RevokedTokens]
     """The current token revocation list (by jti)."""
+    GetKeySet: _grpc.UnaryUnaryMultiCallable[_control_pb2.KeySetRequest, _control_pb2.KeySet]
+    """The public keys that verify mesh tokens; agents never hold the signing key."""
 
 @_typing.type_check_only
 class TokenServiceAsyncStub(TokenServiceStub):
@@ -49,6 +51,8 @@ class TokenServiceAsyncStub(TokenServiceStub):
     """
     ListRevoked: _aio.UnaryUnaryMultiCallable[_control_pb2.RevokedTokensRequest, _control_pb2.RevokedTokens]  # type: ignore[assignment]
     """The current token revocation list (by jti)."""
+    GetKeySet: _aio.UnaryUnaryMultiCallable[_control_pb2.KeySetRequest, _control_pb2.KeySet]  # type: ignore[assignment]
+    """The public keys that verify mesh tokens; agents never hold the signing key."""
 
 class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -68,5 +72,13 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.RevokedTokens, _abc.Awaitable[_control_pb2.RevokedTokens]]:
         """The current token revocation list (by jti)."""
+
+    @_abc_1.abstractmethod
+    def GetKeySet(
+        self,
+        request: _control_pb2.KeySetRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.KeySet, _abc.Awaitable[_control_pb2.KeySet]]:
+        """The public keys that verify mesh tokens; agents never hold the signing key."""
 
 def add_TokenServiceServicer_to_server(servicer: TokenServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

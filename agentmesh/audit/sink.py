@@ -1,0 +1,106 @@
+"""The audit sink of one agent: its own tracer provider, exporters, queue and metrics.
+
+Nothing here touches OpenTelemetry's global providers, so several agents (each with its own
+``service.name``) can live in one process. Every span is recorded (sampler ALWAYS_ON): an incoming
+``traceparent`` with the sampled flag off cannot switch auditing off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from google.protobuf.message import Message
+from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_NAMESPACE, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+from opentelemetry.trace import Tracer
+
+from agentmesh.audit.exporters import make_exporters
+from agentmesh.audit.metrics import AuditMetrics
+from agentmesh.audit.processor import QueueSpanProcessor
+from agentmesh.audit.redact import SafeValue, payload_attributes
+from agentmesh.config import AuditConfig
+
+__all__ = ["AuditSink", "build_audit"]
+
+
+class AuditSink:
+    """Where one agent's audit spans and call metrics go.
+
+    ``exporters`` may be empty ("none"): spans are still created (for trace propagation) but
+    never queued.
+    """
+
+    def __init__(
+        self,
+        service_name: str,
+        exporters: Sequence[SpanExporter],
+        *,
+        queue_size: int = 4096,
+        payload_fields: Iterable[str] = (),
+        namespace: str = "agentmesh",
+        max_batch: int = 512,
+        schedule_delay: float = 0.5,
+    ) -> None:
+        self.service_name = service_name
+        self.payload_fields = tuple(payload_fields)
+        resource = Resource.create({SERVICE_NAME: service_name, SERVICE_NAMESPACE: namespace})
+        self._provider = TracerProvider(resource=resource, sampler=ALWAYS_ON, shutdown_on_exit=False)
+        self._processor: QueueSpanProcessor | None = None
+        if exporters:
+            self._processor = QueueSpanProcessor(
+                exporters,
+                queue_size=queue_size,
+                max_batch=max_batch,
+                schedule_delay=schedule_delay,
+                name=f"audit-{service_name}",
+            )
+            self._provider.add_span_processor(self._processor)
+        self.tracer: Tracer = self._provider.get_tracer("agentmesh")
+        self.metrics = AuditMetrics(resource)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """``dropped``, ``export_failures`` and ``exported``, all counted in spans."""
+        if self._processor is None:
+            return {"dropped": 0, "export_failures": 0, "exported": 0}
+        return self._processor.stats
+
+    def available(self) -> bool:
+        """False while the queue is full or since the last export failed (``audit.required``)."""
+        return self._processor is None or self._processor.healthy()
+
+    def payload_attributes(self, message: Message) -> dict[str, SafeValue]:
+        """The allow-listed (``audit.payload_fields``), redacted fields of a request."""
+        if not self.payload_fields:
+            return {}
+        return payload_attributes(message, self.payload_fields)
+
+    def force_flush(self, timeout: float = 5.0) -> bool:
+        """Waits up to ``timeout`` seconds until every span ended so far was exported (or failed)."""
+        if self._processor is None:
+            return True
+        return self._processor.force_flush(int(timeout * 1000))
+
+    def shutdown(self, timeout: float = 5.0) -> bool:
+        """Exports what is queued, then closes the exporters; False if that took over ``timeout``."""
+        ok = True
+        if self._processor is not None:
+            ok = self._processor.close(timeout)
+        self.metrics.shutdown()
+        return ok
+
+
+def build_audit(cfg: AuditConfig, *, service_name: str) -> AuditSink:
+    """The sink configured by the ``audit:`` section, for the agent ``service_name``.
+
+    Raises ConfigError for an unusable JSONL path or a missing OTLP package.
+    """
+    return AuditSink(
+        service_name,
+        make_exporters(cfg),
+        queue_size=cfg.queue_size,
+        payload_fields=cfg.payload_fields,
+        namespace=cfg.service_name,
+    )

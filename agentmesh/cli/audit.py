@@ -1,0 +1,166 @@
+"""``agentmesh audit show|tail``: reading the JSONL audit log.
+
+``show [--trace ID] FILE``   every trace (or those whose id starts with ID) as a caller -> callee tree.
+``tail [-n N] [--follow] FILE``  the last N spans as one-line summaries; ``--follow`` then polls the
+file for new lines (surviving truncation and rotation) until Ctrl-C.
+
+Invalid lines: ``show`` stops at the first one with a ConfigError naming ``FILE:LINE`` (an
+append-only log with a corrupt line is worth knowing about), except an unterminated last line,
+which is a write in progress and is ignored. ``tail`` watches a live file, so it reports an invalid
+line on stderr and goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TextIO
+
+from agentmesh.audit.tree import SpanRecord, build_traces, parse_record, render_trace, summarize
+from agentmesh.errors import ConfigError
+
+__all__ = ["register"]
+
+POLL_SECONDS = 0.5
+
+
+def register(subparsers: argparse._SubParsersAction[Any]) -> None:
+    """Adds ``audit show`` and ``audit tail`` to the main parser's subcommands."""
+    audit = subparsers.add_parser("audit", help="read the JSONL audit log")
+    sub = audit.add_subparsers(dest="audit_command", metavar="{show,tail}", required=True)
+
+    show = sub.add_parser("show", help="render the audit log as trace trees")
+    show.add_argument("--trace", metavar="ID", help="only the trace whose id starts with ID")
+    show.add_argument("file", type=Path, metavar="FILE")
+    show.set_defaults(func=cmd_show)
+
+    tail = sub.add_parser("tail", help="print the last spans of the audit log as one-line summaries")
+    tail.add_argument("-n", "--lines", type=int, default=10, metavar="N", help="spans to show first (10)")
+    tail.add_argument("-f", "--follow", action="store_true", help="keep printing new spans until Ctrl-C")
+    tail.add_argument("file", type=Path, metavar="FILE")
+    tail.set_defaults(func=cmd_tail)
+
+
+def cmd_show(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out or sys.stdout
+    data = _read(args.file)
+    lines = data.split(b"\n")
+    records: list[SpanRecord] = []
+    for i, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            records.append(parse_record(raw.decode("utf-8", "replace"), f"{args.file}:{i}"))
+        except ConfigError:
+            if i == len(lines):  # no newline after it: a write in progress
+                continue
+            raise
+    traces = build_traces(records, args.trace)
+    if args.trace and not traces:
+        raise ConfigError(f"no trace with an id starting {args.trace!r} in {args.file}")
+    for n, trace in enumerate(traces):
+        if n:
+            out.write("\n")
+        out.write("\n".join(render_trace(trace)) + "\n")
+    if not traces:
+        out.write(f"no spans in {args.file}\n")
+    return 0
+
+
+def cmd_tail(
+    args: argparse.Namespace,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
+    if args.lines < 0:
+        raise ConfigError(f"--lines: expected a number >= 0, got {args.lines}")
+    reader = _LineReader(args.file, err)
+    data = _read(args.file)
+    last: collections.deque[str] = collections.deque(maxlen=args.lines)
+    for summary in reader.feed(data):
+        last.append(summary)
+    for summary in last:
+        out.write(summary + "\n")
+    out.flush()
+    if not args.follow:
+        return 0
+    try:
+        _follow(reader, len(data), out, sleep)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _follow(reader: _LineReader, offset: int, out: TextIO, sleep: Callable[[float], None]) -> None:
+    path = reader.path
+    inode = _inode(path)
+    while True:
+        sleep(POLL_SECONDS)
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            continue  # rotated away; wait for the new file
+        if st.st_ino != inode or st.st_size < offset:  # rotated or truncated: start over
+            inode, offset = st.st_ino, 0
+            reader.reset()
+        if st.st_size == offset:
+            continue
+        with open(path, "rb") as f:
+            f.seek(offset)
+            chunk = f.read()
+        offset += len(chunk)
+        for summary in reader.feed(chunk):
+            out.write(summary + "\n")
+        out.flush()
+
+
+class _LineReader:
+    """Splits appended bytes into complete lines and summarizes each; bad lines go to ``err``."""
+
+    def __init__(self, path: Path, err: TextIO) -> None:
+        self.path = path
+        self.err = err
+        self.lineno = 0
+        self._partial = b""
+
+    def reset(self) -> None:
+        self.lineno = 0
+        self._partial = b""
+
+    def feed(self, chunk: bytes) -> list[str]:
+        *complete, self._partial = (self._partial + chunk).split(b"\n")
+        out = []
+        for raw in complete:
+            self.lineno += 1
+            if not raw.strip():
+                continue
+            try:
+                out.append(summarize(parse_record(raw.decode("utf-8", "replace"), f"{self.path}:{self.lineno}")))
+            except ConfigError as e:
+                self.err.write(f"agentmesh: warning: {e.message} (skipped)\n")
+        return out
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"audit log not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"audit log is a directory: {path}") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read audit log {path}: {e.strerror}") from None
+
+
+def _inode(path: Path) -> int:
+    try:
+        return os.stat(path).st_ino
+    except OSError:
+        return -1

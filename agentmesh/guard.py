@@ -1,0 +1,207 @@
+"""The payload guard: a size limit and prompt-injection patterns over every string of a request.
+
+Pure: it takes a protobuf message and returns a :class:`GuardResult`. It walks all set string
+fields recursively (nested messages, repeated fields, map keys and values, and so the contents of
+``google.protobuf.Struct``/``Value``/``ListValue``) down to :data:`MAX_DEPTH` levels; a message
+nested deeper counts as a match of the pattern ``nesting-too-deep``, so depth cannot hide text.
+Results name the pattern, never the matched text. Non-ASCII text is NFKC-normalised and stripped of
+zero-width characters before matching, so look-alike and split-up spellings do not slip through.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from agentmesh.config import GuardConfig
+from agentmesh.errors import ConfigError, PayloadBlocked, PayloadTooLarge
+
+__all__ = ["DEFAULT_PATTERNS", "MAX_DEPTH", "GuardResult", "PayloadGuard", "raise_if_blocked"]
+
+MAX_DEPTH = 64
+TOO_DEEP = "nesting-too-deep"
+
+_ANY = r"(?:all\s+|any\s+|the\s+|your\s+|of\s+|my\s+|these\s+|those\s+)*"
+_FORGET = ("ignore", "disregard", "forget", "override", "bypass", "skip")
+_SHOW = ("reveal", "print", "show", "output", "repeat", "leak", "display", "dump", "expose", "tell",
+         "give", "send")
+_VERB_FORGET = "(?:" + "|".join(_FORGET) + ")"
+_VERB_SHOW = r"(?:reveal|print|show|output|repeat|leak|display|dump|expose|tell\s+me|give\s+me|send\s+me)"
+
+
+@dataclass(frozen=True, slots=True)
+class _Pattern:
+    name: str  # what results and errors carry
+    regex: str  # lowercase: matched against the lowercased text, which is faster than re.IGNORECASE
+    hints: tuple[str, ...]  # lowercase words, one of which any match contains (a cheap prefilter)
+
+
+#: The shipped prompt-injection patterns, used when ``guard.default_patterns`` is true.
+DEFAULT_PATTERNS: tuple[_Pattern, ...] = (
+    _Pattern(
+        "ignore-previous-instructions",
+        rf"\b{_VERB_FORGET}\s+{_ANY}(?:previous|prior|above|earlier|preceding|original)\s+"
+        r"(?:instructions?|directions?|prompts?|rules|messages|context)",
+        _FORGET,
+    ),
+    _Pattern("disregard-system-prompt", rf"\b{_VERB_FORGET}\s+{_ANY}system\s+(?:prompt|message|instructions?)",
+             _FORGET),
+    _Pattern(
+        "jailbreak-persona",
+        r"\byou\s+are\s+now\s+(?:dan\b|in\s+developer\s+mode|an?\s+unrestricted|jailbroken|unfiltered)"
+        r"|\bdo\s+anything\s+now\b|\bdeveloper\s+mode\s+enabled\b",
+        ("now", "developer"),
+    ),
+    _Pattern(
+        "reveal-system-prompt",
+        rf"\b{_VERB_SHOW}\s+(?:me\s+)?{_ANY}(?:system\s+prompt|hidden\s+instructions|initial\s+instructions"
+        r"|original\s+instructions|system\s+message)",
+        _SHOW,
+    ),
+    _Pattern(
+        "secret-exfiltration",
+        rf"\b{_VERB_SHOW}\s+(?:me\s+)?{_ANY}(?:api\s+|secret\s+|private\s+|access\s+)?"
+        r"(?:keys?|secrets?|credentials|passwords?|tokens)\b",
+        _SHOW,
+    ),
+    _Pattern(
+        "role-injection-marker",
+        r"\b(?:begin|end)\s+(?:system|developer)\s+(?:prompt|message|instructions)\b"
+        r"|<\|\s*(?:im_start|im_end|system|endoftext)\s*\|>|\[/?inst\]|<<\s*/?sys\s*>>"
+        r"|^\s*#{2,}\s*(?:system|new\s+instructions)\s*:",
+        ("begin", "end", "<|", "inst]", "sys", "##"),
+    ),
+)
+
+_ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
+_SEPARATOR = "\n\x00\n"
+
+
+@dataclass(frozen=True, slots=True)
+class GuardResult:
+    blocked: bool
+    flagged: bool
+    pattern: str | None  # the NAME of the pattern that matched, never the text
+    reason: str
+
+
+PASSED = GuardResult(False, False, None, "no guarded pattern found")
+
+
+class PayloadGuard:
+    """Built once from :class:`GuardConfig`; :meth:`check` runs on every request."""
+
+    def __init__(self, cfg: GuardConfig) -> None:
+        self._cfg = cfg
+        self._block = cfg.action == "block"
+        # (name, compiled lowercase regex, prefilter hints), run on the lowercased text.
+        patterns: list[tuple[str, re.Pattern[str], tuple[str, ...]]] = []
+        # (name, compiled regex), run case-insensitively on the text as sent (after normalisation).
+        self._custom: list[tuple[str, re.Pattern[str]]] = []
+        if cfg.default_patterns:
+            patterns += [(p.name, re.compile(p.regex, re.MULTILINE), p.hints) for p in DEFAULT_PATTERNS]
+        for i, rx in enumerate(cfg.patterns):
+            try:
+                self._custom.append((f"custom-{i}", re.compile(rx, re.IGNORECASE | re.MULTILINE)))
+            except re.error as e:
+                raise ConfigError(f"guard.patterns[{i}]: invalid regular expression {rx!r}: {e}") from None
+        self._defaults = tuple(patterns)
+
+    def check(self, message: Message) -> GuardResult:
+        """Raises :class:`PayloadTooLarge` over the size limit; else names the first pattern found."""
+        size = message.ByteSize()
+        if size > self._cfg.max_request_bytes:
+            raise PayloadTooLarge(
+                f"request is {size} bytes, over the limit of {self._cfg.max_request_bytes} bytes"
+            )
+        if not self._defaults and not self._custom:
+            return PASSED
+        texts: list[str] = []
+        if not _collect(message, texts, 0):
+            return self._hit(TOO_DEEP)
+        # One pass over all strings; the separator stops any match (\s, \b, ^) spanning two fields.
+        name = self.match(_SEPARATOR.join(texts))
+        return PASSED if name is None else self._hit(name)
+
+    def match(self, text: str) -> str | None:
+        """The name of the first pattern found in ``text``, or None."""
+        if not text:
+            return None
+        if not text.isascii():
+            text = unicodedata.normalize("NFKC", text).translate(_ZERO_WIDTH)
+        if self._defaults:
+            lower = text.lower()
+            for name, rx, hints in self._defaults:
+                if any(h in lower for h in hints) and rx.search(lower) is not None:
+                    return name
+        for name, rx in self._custom:
+            if rx.search(text) is not None:
+                return name
+        return None
+
+    def _hit(self, name: str) -> GuardResult:
+        if self._block:
+            return GuardResult(True, False, name, f"request blocked by payload guard: {name}")
+        return GuardResult(False, True, name, f"request flagged by payload guard: {name}")
+
+
+def raise_if_blocked(result: GuardResult) -> None:
+    """Raises :class:`PayloadBlocked` (PERMISSION_DENIED) for a blocked result."""
+    if result.blocked:
+        raise PayloadBlocked(f"request blocked by payload guard: {result.pattern}")
+
+
+# How a field is walked, cached per field descriptor.
+_SKIP, _STRING, _STRINGS, _MESSAGE, _MESSAGES, _MAP = range(6)
+_kinds: dict[FieldDescriptor, tuple[int, bool, int]] = {}  # fd -> (kind, map has str keys, map value kind)
+
+
+def _kind(fd: FieldDescriptor) -> tuple[int, bool, int]:
+    k = _kinds.get(fd)
+    if k is None:
+        k = (_SKIP, False, _SKIP)
+        if fd.type == FieldDescriptor.TYPE_STRING:
+            k = (_STRINGS if fd.is_repeated else _STRING, False, _SKIP)
+        elif fd.type == FieldDescriptor.TYPE_MESSAGE:
+            entry = fd.message_type
+            if entry is not None and entry.GetOptions().map_entry:
+                key, value = entry.fields_by_name["key"], entry.fields_by_name["value"]
+                vkind = {FieldDescriptor.TYPE_STRING: _STRING, FieldDescriptor.TYPE_MESSAGE: _MESSAGE}
+                k = (_MAP, key.type == FieldDescriptor.TYPE_STRING, vkind.get(value.type, _SKIP))
+            else:
+                k = (_MESSAGES if fd.is_repeated else _MESSAGE, False, _SKIP)
+        _kinds[fd] = k
+    return k
+
+
+def _collect(message: Message, out: list[str], depth: int) -> bool:
+    """Appends every set string of ``message`` (map keys too); False when nested over MAX_DEPTH."""
+    if depth > MAX_DEPTH:
+        return False
+    for fd, value in message.ListFields():
+        kind, str_keys, vkind = _kind(fd)
+        if kind == _STRING:
+            out.append(value)
+        elif kind == _STRINGS:
+            out.extend(value)
+        elif kind == _MESSAGE:
+            if not _collect(value, out, depth + 1):
+                return False
+        elif kind == _MESSAGES:
+            for item in value:
+                if not _collect(item, out, depth + 1):
+                    return False
+        elif kind == _MAP:
+            if str_keys:
+                out.extend(value)
+            if vkind == _STRING:
+                out.extend(value.values())
+            elif vkind == _MESSAGE:
+                for item in value.values():
+                    if not _collect(item, out, depth + 1):
+                        return False
+    return True

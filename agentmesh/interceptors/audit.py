@@ -1,0 +1,163 @@
+"""The outermost server stage: opens the call context and the audit span, and maps errors to status.
+
+Every inner stage raises ``agentmesh.errors.MeshError``; this is the one boundary that records the
+denial on the span and aborts the call with the status from ``interceptors/status.py``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from agentmesh.audit import AuditSink, extract, record_denial, rpc_attributes
+from agentmesh.audit import attributes as A
+from agentmesh.context import CallContext, _set, maybe_current_call
+from agentmesh.errors import (
+    MeshError,
+    PayloadBlocked,
+    PayloadTooLarge,
+    PeerIdentityError,
+    PermissionDenied,
+    RateLimited,
+    TokenError,
+    Unavailable,
+)
+from agentmesh.interceptors.base import Behavior, Stage, call_stream, rewrap
+from agentmesh.interceptors.status import status_of
+
+__all__ = ["AuditStage"]
+
+
+def _stage_of(err: MeshError) -> A.DenialStage:
+    if isinstance(err, PeerIdentityError):
+        return "identity"
+    if isinstance(err, TokenError):
+        return "token"
+    if isinstance(err, PayloadBlocked | PayloadTooLarge):
+        return "guard"
+    if isinstance(err, PermissionDenied):
+        return "policy"
+    if isinstance(err, RateLimited | Unavailable):
+        return "ratelimit"
+    return "policy"
+
+
+class AuditStage(Stage):
+    """Opens a server span per call (child of the caller's ``traceparent``), records who called,
+    the decision and the status; with ``required``, refuses calls while the audit sink is down."""
+
+    def __init__(self, agent: str, sink: AuditSink | None, *, required: bool = False) -> None:
+        super().__init__()
+        self.agent = agent
+        self.sink = sink
+        self.required = required
+        self._tracer = sink.tracer if sink is not None else trace.NoOpTracer()
+
+    def wrap(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        return rewrap(handler, self._unary, self._stream)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        # the call context exists before inner stages run; they all share it through the contextvar
+        _set(CallContext(method=handler_call_details.method, agent=self.agent,
+                         metadata=handler_call_details.invocation_metadata))
+        return await super().intercept_service(continuation, handler_call_details)
+
+    def _start(self, call: CallContext, context: grpc.aio.ServicerContext) -> Span:
+        parent = extract(call.metadata)
+        span = self._tracer.start_span(call.method, context=parent, kind=SpanKind.SERVER,
+                                       attributes={**rpc_attributes(call.method), A.AGENT: self.agent})
+        call.span = span
+        remaining = context.time_remaining()
+        if remaining is not None:
+            call.deadline = time.monotonic() + remaining
+        return span
+
+    def _check_sink(self) -> None:
+        if self.required and self.sink is not None and not self.sink.available():
+            raise Unavailable("audit sink unavailable and audit.required is set")
+
+    def _finish(self, call: CallContext, span: Span, code: grpc.StatusCode, started: float) -> None:
+        attrs: dict[str, Any] = {A.RPC_GRPC_STATUS_CODE: code.value[0]}
+        if call.peer is not None:
+            attrs[A.PEER_SPIFFE_ID] = str(call.peer.spiffe_id)
+        if call.principal is not None:
+            attrs[A.ENDUSER_ID] = call.principal
+            attrs[A.ROLES] = list(call.roles)
+        if call.actors:
+            attrs[A.DELEGATION_CHAIN] = list(call.actors)
+        if call.decision is not None:
+            attrs[A.DECISION] = call.decision
+        if call.rule is not None:
+            attrs[A.RULE] = call.rule
+        if call.ratelimit_remaining is not None:
+            attrs[A.RATELIMIT_REMAINING] = call.ratelimit_remaining
+        span.set_attributes(attrs)
+        if code != grpc.StatusCode.OK:
+            span.set_status(Status(StatusCode.ERROR, code.name))
+        span.end()
+        if self.sink is not None:
+            self.sink.metrics.record_call(call.decision or "none", code.name, time.perf_counter() - started)
+
+    async def _fail(self, call: CallContext, span: Span, err: MeshError, context: grpc.aio.ServicerContext) -> None:
+        if call.decision is None or isinstance(err, PermissionDenied | RateLimited | TokenError | PeerIdentityError):
+            call.decision = "ratelimited" if isinstance(err, RateLimited) else "deny"
+        record_denial(span, _stage_of(err), err.message)
+        code, message, md = status_of(err)
+        call.status = code
+        await context.abort(code, message, trailing_metadata=md)
+
+    @staticmethod
+    def _code(context: grpc.aio.ServicerContext, call: CallContext, failed: bool) -> grpc.StatusCode:
+        if call.status is not None:
+            return call.status
+        code = context.code()
+        if isinstance(code, grpc.StatusCode):
+            return code
+        return grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+
+    async def _unary(self, inner: Behavior, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        call = _current(self.agent)
+        started = time.perf_counter()
+        span = self._start(call, context)
+        failed = True
+        try:
+            with trace.use_span(span, end_on_exit=False):
+                self._check_sink()
+                result = await inner(request, context)
+            failed = False
+            return result
+        except MeshError as e:
+            await self._fail(call, span, e, context)
+        finally:
+            self._finish(call, span, self._code(context, call, failed), started)
+
+    async def _stream(self, inner: Behavior, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        call = _current(self.agent)
+        started = time.perf_counter()
+        span = self._start(call, context)
+        failed = True
+        try:
+            with trace.use_span(span, end_on_exit=False):
+                self._check_sink()
+                async for item in call_stream(inner, request, context):
+                    yield item
+            failed = False
+        except MeshError as e:
+            await self._fail(call, span, e, context)
+        finally:
+            self._finish(call, span, self._code(context, call, failed), started)
+
+
+def _current(agent: str) -> CallContext:
+    call = maybe_current_call()
+    assert call is not None and call.agent == agent, "AuditStage opens the call context"
+    return call

@@ -1,0 +1,73 @@
+"""Token authentication and authorization stages (thin adapters around the verifier and the policy)."""
+
+from __future__ import annotations
+
+import grpc
+
+from agentmesh.context import CallContext
+from agentmesh.errors import PermissionDenied, TokenError
+from agentmesh.interceptors.base import Stage
+from agentmesh.metadata import ACTORS, AUTHORIZATION, SUBJECT_TOKEN, bearer
+from agentmesh.policy import PolicyEngine, PolicyRequest
+from agentmesh.tokens import TokenVerifier
+
+__all__ = ["AuthorizationStage", "TokenStage"]
+
+MAX_ACTORS_HEADER = 4096
+
+
+class TokenStage(Stage):
+    """The peer's own token must verify and be bound to the peer's certificate. A delegating peer
+    also sends the original principal's token, which becomes the effective principal; the actor
+    chain is the claimed earlier actors plus the verified peer."""
+
+    def __init__(self, verifier: TokenVerifier) -> None:
+        super().__init__()
+        self.verifier = verifier
+
+    async def before(self, call: CallContext, context: grpc.aio.ServicerContext) -> None:
+        peer = call.peer
+        assert peer is not None, "the identity stage runs first"
+        token = bearer(call.metadata_value(AUTHORIZATION))
+        if token is None:
+            raise TokenError(f"missing bearer token for {call.method}")
+        own = self.verifier.verify(token, peer_thumbprint=peer.thumbprint, peer_spiffe_id=str(peer.spiffe_id),
+                                   require_binding=True)
+        call.peer_token = own
+        subject = call.metadata_value(SUBJECT_TOKEN)
+        claimed = call.metadata_value(ACTORS)
+        if subject is None:
+            if claimed:
+                raise TokenError(f"delegation chain without a subject token for {call.method}")
+            call.principal, call.roles = own.sub, own.roles
+            return
+        sub = self.verifier.verify_unbound(subject)
+        if sub.sub.startswith("spiffe://"):
+            raise TokenError("a delegated subject token must belong to a principal, not to an agent")
+        if claimed and len(claimed) > MAX_ACTORS_HEADER:
+            raise TokenError("delegation chain too long")
+        earlier = tuple(a for a in (claimed or "").split(",") if a)
+        if any(not a.startswith("spiffe://") for a in earlier):
+            raise TokenError("delegation chain holds an entry that is not a SPIFFE ID")
+        call.subject_token, call.raw_subject_token = sub, subject
+        call.principal, call.roles = sub.sub, sub.roles
+        call.actors = (*earlier, str(peer.spiffe_id))
+
+
+class AuthorizationStage(Stage):
+    """Deny rules, then allow rules, then default deny (``agentmesh.policy``)."""
+
+    def __init__(self, policy: PolicyEngine) -> None:
+        super().__init__()
+        self.policy = policy
+
+    async def before(self, call: CallContext, context: grpc.aio.ServicerContext) -> None:
+        assert call.peer is not None and call.principal is not None, "identity and token stages run first"
+        decision = self.policy.decide(PolicyRequest(
+            to=call.agent, method=call.method, peer=str(call.peer.spiffe_id), principal=call.principal,
+            roles=call.roles, actors=call.actors,
+        ))
+        call.rule = decision.rule
+        call.decision = "allow" if decision.allowed else "deny"
+        if not decision.allowed:
+            raise PermissionDenied(decision.reason, rule=decision.rule)

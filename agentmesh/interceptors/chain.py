@@ -1,0 +1,50 @@
+"""The order of the server chain, in one place.
+
+    1. audit span     outermost, so denials are recorded too; maps errors to status
+    2. peer identity  SPIFFE ID from the verified certificate; CRL; EKU / CA checks
+    3. token          the peer's own bound token (+ the principal's when delegated)
+    4. authorization  deny rules, then allow rules, then default deny
+    5. rate limit     token bucket per (rule, verified principal)
+    6. payload guard  size and patterns of every request message
+"""
+
+from __future__ import annotations
+
+from agentmesh.audit import AuditSink
+from agentmesh.guard import PayloadGuard
+from agentmesh.interceptors.audit import AuditStage
+from agentmesh.interceptors.auth import AuthorizationStage, TokenStage
+from agentmesh.interceptors.base import Stage
+from agentmesh.interceptors.identity import PeerIdentityCache, PeerIdentityStage
+from agentmesh.interceptors.limits import PayloadGuardStage, RateLimitStage
+from agentmesh.policy import PolicyEngine
+from agentmesh.ratelimit import RateLimiter
+from agentmesh.tokens import TokenVerifier
+
+__all__ = ["identity_chain", "server_chain"]
+
+
+def server_chain(
+    agent: str,
+    *,
+    sink: AuditSink | None,
+    audit_required: bool,
+    identities: PeerIdentityCache,
+    verifier: TokenVerifier,
+    policy: PolicyEngine,
+    limiter: RateLimiter,
+    guard: PayloadGuard,
+) -> list[Stage]:
+    return [
+        AuditStage(agent, sink, required=audit_required),
+        PeerIdentityStage(identities),
+        TokenStage(verifier),
+        AuthorizationStage(policy),
+        RateLimitStage(limiter),
+        PayloadGuardStage(guard),
+    ]
+
+
+def identity_chain(agent: str, *, sink: AuditSink | None, identities: PeerIdentityCache) -> list[Stage]:
+    """The chain of the control plane: certificate identity only (agents have no token yet)."""
+    return [AuditStage(agent, sink), PeerIdentityStage(identities)]

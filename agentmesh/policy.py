@@ -1,0 +1,181 @@
+"""Policy rules -> allow/deny decisions. Pure: no I/O, no clock.
+
+Evaluation order: every deny rule first (any match denies), then the allow rules in config order
+(the first match allows), and anything else is denied ("default deny").
+
+A rule matches when every non-empty field matches the request:
+
+* ``to``: the name of the agent being called;
+* ``methods``: full gRPC names (``/pkg.Service/Method``) with ``*`` globs; ``"*"`` matches all;
+* ``from_``: the immediate, mTLS-verified peer, as an agent name of this trust domain or a full
+  SPIFFE ID;
+* ``roles``: any of the effective principal's roles; ``principals``: its exact token subject;
+* ``via``: delegation. A delegated call (non-empty actor chain) matches only rules whose ``via``
+  lists the immediate peer; an allow rule with no ``via`` matches direct calls only. A deny rule
+  with no ``via`` matches direct and delegated calls alike (deny is broad), and a deny rule with
+  ``via`` matches only calls delegated through those peers.
+
+A delegation chain longer than ``max_depth`` is denied before any rule is looked at.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from agentmesh.config import PolicyRule
+from agentmesh.errors import ConfigError
+from agentmesh.identity import SpiffeId, validate_agent_name, validate_trust_domain
+
+__all__ = ["Decision", "PolicyEngine", "PolicyRequest", "compile_method_globs"]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRequest:
+    """One call to decide on; every identity in it was verified by the mesh."""
+
+    to: str  # name of the agent being called
+    method: str  # full gRPC method name, "/pkg.Service/Method"
+    peer: str  # SPIFFE ID of the immediate (mTLS-verified) caller
+    principal: str  # effective subject: the peer's token sub, or the original caller's when delegated
+    roles: tuple[str, ...] = ()  # the effective principal's roles
+    actors: tuple[str, ...] = ()  # delegation chain (SPIFFE IDs), oldest first, peer last; () = direct
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    allowed: bool
+    rule: str | None  # the deciding rule, None for default deny and the depth limit
+    reason: str  # safe to show the caller: names the method and what was missing
+
+
+def compile_method_globs(globs: Sequence[str]) -> re.Pattern[str] | None:
+    """One regex matching any of ``globs`` (``*`` matches any run of characters), or None for "any"."""
+    if not globs or "*" in globs:
+        return None
+    alts = ("(?:" + ".*".join(re.escape(part) for part in g.split("*")) + ")" for g in globs)
+    return re.compile("|".join(alts))
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    name: str
+    deny: bool
+    to: frozenset[str]
+    methods: re.Pattern[str] | None
+    from_: frozenset[str]  # full SPIFFE IDs
+    roles: frozenset[str]
+    principals: frozenset[str]
+    via: frozenset[str]  # full SPIFFE IDs
+
+    def matches(self, req: PolicyRequest, delegated: bool) -> bool:
+        if self.via:
+            if not delegated or req.peer not in self.via:
+                return False
+        elif delegated and not self.deny:
+            return False
+        if self.to and req.to not in self.to:
+            return False
+        if self.methods is not None and self.methods.fullmatch(req.method) is None:
+            return False
+        if self.from_ and req.peer not in self.from_:
+            return False
+        if self.roles and self.roles.isdisjoint(req.roles):
+            return False
+        return not self.principals or req.principal in self.principals
+
+
+class PolicyEngine:
+    """Decides calls against a fixed rule list; build once, call :meth:`decide` on every request."""
+
+    def __init__(
+        self,
+        rules: Sequence[PolicyRule],
+        trust_domain: str,
+        *,
+        max_depth: int = 4,
+        cache_size: int = 4096,
+    ) -> None:
+        self._td = validate_trust_domain(trust_domain)
+        self._agent_prefix = f"spiffe://{self._td}/agent/"
+        self._max_depth = max_depth
+        compiled = [self._compile(r) for r in rules]
+        self._deny = tuple(c for c in compiled if c.deny)
+        self._allow = tuple(c for c in compiled if not c.deny)
+        self._cache: dict[PolicyRequest, Decision] = {}
+        self._cache_size = cache_size
+
+    def decide(self, req: PolicyRequest) -> Decision:
+        cached = self._cache.get(req)
+        if cached is not None:
+            return cached
+        decision = self._decide(req)
+        if self._cache_size > 0:
+            if len(self._cache) >= self._cache_size:
+                self._cache.clear()  # cheap, bounded, and safe even if threads share the engine
+            self._cache[req] = decision
+        return decision
+
+    # ------------------------------------------------------------------------------ internals
+
+    def _decide(self, req: PolicyRequest) -> Decision:
+        delegated = bool(req.actors)
+        if len(req.actors) > self._max_depth:
+            return Decision(
+                False, None,
+                f"call to {req.method} on {req.to} refused: delegation chain of {len(req.actors)} "
+                f"exceeds the maximum depth of {self._max_depth}",
+            )
+        for rule in self._deny:
+            if rule.matches(req, delegated):
+                return Decision(False, rule.name, f"rule {rule.name} denies {self._describe(req)}")
+        for rule in self._allow:
+            if rule.matches(req, delegated):
+                return Decision(True, rule.name, f"rule {rule.name} allows {self._describe(req)}")
+        return Decision(False, None, f"no rule allows {self._describe(req)}")
+
+    def _describe(self, req: PolicyRequest) -> str:
+        roles = ", ".join(req.roles)
+        peer = self._short(req.peer)
+        if req.actors:
+            return f"role(s) [{roles}] to call {req.method} on {req.to} via {peer}"
+        return f"role(s) [{roles}] from {peer} to call {req.method} on {req.to}"
+
+    def _short(self, spiffe_id: str) -> str:
+        """An agent of this trust domain by name, anything else by its full SPIFFE ID."""
+        if spiffe_id.startswith(self._agent_prefix):
+            name = spiffe_id[len(self._agent_prefix):]
+            if "/" not in name:
+                return name
+        return spiffe_id
+
+    def _peer_ids(self, rule: PolicyRule, key: str, values: tuple[str, ...]) -> frozenset[str]:
+        out = set()
+        for v in values:
+            try:
+                if v.startswith("spiffe://"):
+                    out.add(str(SpiffeId.parse(v)))
+                else:
+                    out.add(self._agent_prefix + validate_agent_name(v))
+            except ConfigError as e:
+                raise ConfigError(f"policy rule {rule.name}: {key}: {e.message}") from None
+        return frozenset(out)
+
+    def _compile(self, rule: PolicyRule) -> _Compiled:
+        for m in rule.methods:
+            if m != "*" and not m.startswith("/"):
+                raise ConfigError(
+                    f"policy rule {rule.name}: methods: {m!r} must be a full gRPC method name "
+                    "like /pkg.Service/Method"
+                )
+        return _Compiled(
+            name=rule.name,
+            deny=rule.action == "deny",
+            to=frozenset(rule.to),
+            methods=compile_method_globs(rule.methods),
+            from_=self._peer_ids(rule, "from", rule.from_),
+            roles=frozenset(rule.roles),
+            principals=frozenset(rule.principals),
+            via=self._peer_ids(rule, "via", rule.via),
+        )

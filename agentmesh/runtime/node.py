@@ -1,0 +1,158 @@
+"""A mesh member in one process: identity, both chains, its token, and channels to the other agents.
+
+    node = MeshNode(load_config("mesh.yaml"), "summarizer")
+    await node.start()                      # keys + revocations from the control plane
+    server = node.server()                  # mTLS + the whole server chain
+    server.add(agent_pb2_grpc.add_AgentServicer_to_server, Summarizer(node), "agentmesh.v1.Agent")
+    await server.start(node.address)
+    validator = node.stub("validator", agent_pb2_grpc.AgentStub)   # client chain attached
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from agentmesh.audit import AuditSink, build_audit
+from agentmesh.clock import Clock
+from agentmesh.config import MeshConfig
+from agentmesh.errors import PKIError, Unavailable
+from agentmesh.guard import PayloadGuard
+from agentmesh.interceptors.chain import server_chain
+from agentmesh.interceptors.client import client_interceptors
+from agentmesh.interceptors.identity import PeerIdentityCache
+from agentmesh.pki.crl import RevocationList
+from agentmesh.policy import PolicyEngine
+from agentmesh.ratelimit import RateLimiter, build_limiter
+from agentmesh.runtime.channel import MeshChannels, secure_channel
+from agentmesh.runtime.credentials import AgentIdentity
+from agentmesh.runtime.server import MeshServer
+from agentmesh.runtime.tokensource import AgentTokenSource, control_fetcher
+from agentmesh.tokens import KeySet, RevokedSet, keys_from_config, verifier_from_config
+from agentmesh.v1 import control_pb2, control_pb2_grpc
+
+__all__ = ["MeshNode"]
+
+log = logging.getLogger("agentmesh.node")
+T = TypeVar("T")
+CHANNEL_OPTIONS = (("grpc.lb_policy_name", "round_robin"),)
+
+
+class MeshNode:
+    def __init__(self, config: MeshConfig, name: str, *, clock: Clock = time.time, sink: AuditSink | None = None,
+                 limiter: RateLimiter | None = None, check_every: float = 1.0) -> None:
+        self.config = config
+        self.name = name
+        self.clock = clock
+        self.spiffe_id = config.spiffe_id(name)
+        self.identity = AgentIdentity(config.identity_dir(name), config.trust_domain, check_every=check_every)
+        if self.identity.spiffe_id != self.spiffe_id:
+            raise PKIError(f"the identity in {self.identity.dir} is {self.identity.spiffe_id}, not {self.spiffe_id}")
+        chain = self.identity.files.chain
+        crl_path = config.crl_path if config.crl_path is not None and config.crl_path.exists() else None
+        self.revocations = RevocationList(crl_path, chain[0] if chain else None, check_every=check_every)
+        self.sink = sink if sink is not None else build_audit(config.audit, service_name=name)
+        self.revoked = RevokedSet()
+        self._external_keys, self._jwks_caches = keys_from_config(config.tokens, None, clock=clock)
+        self.verifier = verifier_from_config(config.tokens, self._external_keys, revoked=self.revoked, clock=clock)
+        self.policy = PolicyEngine(config.policy, config.trust_domain, max_depth=config.tokens.max_delegation_depth)
+        self.limiter = limiter if limiter is not None else build_limiter(config.rate_limits)
+        self.guard = PayloadGuard(config.guard)
+        self.identities = PeerIdentityCache(config.trust_domain, revocations=self.revocations, clock=clock)
+        self._control = secure_channel(self.identity, config.control.address, config.control.name)
+        self.tokens = AgentTokenSource(control_fetcher(self._control), clock=clock)
+        self.channels = MeshChannels(self.identity, self._target, interceptors=self._client_chain,
+                                     options=CHANNEL_OPTIONS)
+        self._refresher: asyncio.Task[None] | None = None
+        self._keys_json = ""
+
+    # ------------------------------------------------------------------ wiring
+    @property
+    def address(self) -> str:
+        return self.config.agent(self.name).address
+
+    def _target(self, name: str) -> str:
+        agent = self.config.agent(name)
+        if not agent.replicas:
+            return agent.address
+        return "ipv4:" + ",".join((agent.address, *agent.replicas))
+
+    def _client_chain(self, target: str) -> list[grpc.aio.ClientInterceptor]:
+        return client_interceptors(self.name, target, self.tokens, self.sink.tracer,
+                                   default_timeout=self.config.bridge.default_timeout)
+
+    def server(self, **kw: Any) -> MeshServer:
+        """An mTLS server with the whole server chain, for this node's identity."""
+        chain = server_chain(self.name, sink=self.sink, audit_required=self.config.audit.required,
+                             identities=self.identities, verifier=self.verifier, policy=self.policy,
+                             limiter=self.limiter, guard=self.guard)
+        kw.setdefault("max_connection_age", self.config.max_connection_age)
+        kw.setdefault("grace", self.config.grace_period)
+        return MeshServer(self.identity, interceptors=chain, **kw)
+
+    def stub(self, name: str, stub_class: Callable[[grpc.aio.Channel], T]) -> T:
+        """A generated stub for agent ``name``; calls go through the client chain over mTLS."""
+        return self.channels.stub(name, stub_class)
+
+    # ------------------------------------------------------------------ control plane sync
+    async def sync(self) -> None:
+        """Fetches the mesh token keys and the token revocation list from the control plane."""
+        stub = control_pb2_grpc.TokenServiceStub(self._control)
+        try:
+            keys = await stub.GetKeySet(control_pb2.KeySetRequest(), timeout=5)
+            revoked = await stub.ListRevoked(control_pb2.RevokedTokensRequest(), timeout=5)
+        except grpc.aio.AioRpcError as e:
+            raise Unavailable(f"control plane at {self.config.control.address} unavailable ({e.code().name})") \
+                from None
+        if keys.jwks_json != self._keys_json:
+            mesh = KeySet.from_jwks(json.loads(keys.jwks_json), keys.issuer)
+            self.verifier.keys = KeySet.merge(mesh, self._external_keys)
+            self.verifier.clear_cache()
+            self._keys_json = keys.jwks_json
+        self.revoked.update(revoked.jti)
+
+    async def start(self, *, timeout: float = 30.0) -> None:
+        """Syncs with the control plane (retrying until ``timeout``), then keeps syncing in the background."""
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while True:
+            try:
+                await self.sync()
+                break
+            except Unavailable:
+                if time.monotonic() + delay > deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        for cache in self._jwks_caches:
+            await asyncio.to_thread(cache.refresh_if_stale)
+        self._refresher = asyncio.create_task(self._refresh_loop())
+
+    async def _refresh_loop(self) -> None:
+        every = self.config.tokens.revocation_refresh
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.sync()
+            except Unavailable as e:
+                log.warning("%s: %s; keeping the last keys and revocations", self.name, e.message)
+            for cache in self._jwks_caches:
+                with contextlib.suppress(Exception):  # a failed JWKS fetch keeps the cached keys
+                    await asyncio.to_thread(cache.refresh_if_stale)
+
+    async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+        await self.channels.close()
+        await self._control.close()
+        await self.limiter.aclose()
+        self.sink.shutdown(timeout=5)
