@@ -16,9 +16,11 @@ from agentmesh.errors import (
     Unavailable,
 )
 from agentmesh.identity import PeerIdentity, SpiffeId
+from agentmesh.interceptors.client import delegating
 from agentmesh.pki import CertificateAuthority
 from agentmesh.runtime.channel import MeshChannels
 from agentmesh.runtime.credentials import AgentIdentity
+from agentmesh.runtime.node import MeshNode
 from agentmesh.runtime.server import MeshServer
 
 __version__ = "0.1.0"
@@ -32,6 +34,7 @@ __all__ = [
     "MeshChannels",
     "MeshConfig",
     "MeshError",
+    "MeshNode",
     "MeshServer",
     "PKIError",
     "PayloadBlocked",
@@ -45,5 +48,6 @@ __all__ = [
     "Unavailable",
     "__version__",
     "current_call",
+    "delegating",
     "load_config",
 ]

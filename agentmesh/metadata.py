@@ -9,7 +9,7 @@ from __future__ import annotations
 __all__ = ["ACTORS", "AUTHORIZATION", "IDENTITY_HEADERS", "SUBJECT_TOKEN", "TRACE_HEADERS", "bearer"]
 
 AUTHORIZATION = "authorization"  # "Bearer <the calling peer's own token>"
-SUBJECT_TOKEN = "x-agentmesh-subject-token"  # the original principal's token, when delegating
+SUBJECT_TOKEN = "x-agentmesh-subject-token"  # noqa: S105  (a header name)  # the original principal's token, when delegating
 ACTORS = "x-agentmesh-actors"  # earlier actors of a delegation chain, comma-separated SPIFFE IDs
 TRACE_HEADERS = ("traceparent", "tracestate")
 

@@ -27,7 +27,7 @@ from agentmesh.errors import (
     TokenError,
     Unavailable,
 )
-from agentmesh.interceptors.base import Behavior, Stage, call_stream, rewrap
+from agentmesh.interceptors.base import EXEMPT_PREFIXES, Behavior, Stage, call_stream, rewrap
 from agentmesh.interceptors.status import status_of
 
 __all__ = ["AuditStage"]
@@ -66,6 +66,8 @@ class AuditStage(Stage):
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
+        if handler_call_details.method.startswith(EXEMPT_PREFIXES):
+            return await continuation(handler_call_details)
         # the call context exists before inner stages run; they all share it through the contextvar
         _set(CallContext(method=handler_call_details.method, agent=self.agent,
                          metadata=handler_call_details.invocation_metadata))

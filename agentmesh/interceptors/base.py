@@ -86,6 +86,10 @@ async def call_stream(inner: Behavior, request: Any, context: grpc.aio.ServicerC
         yield item
 
 
+#: methods served without the chain (mutual TLS still applies): liveness must not need a token
+EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
+
+
 class Stage(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """A thin server interceptor around one sans-IO decision."""
 
@@ -107,8 +111,8 @@ class Stage(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
+        if handler is None or handler_call_details.method.startswith(EXEMPT_PREFIXES):
+            return handler
         hit = self._wrapped.get(id(handler))
         if hit is not None and hit[0] is handler:
             return hit[1]

@@ -18,8 +18,8 @@ import grpc
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
-from agentmesh.audit import inject, rpc_attributes
 from agentmesh.audit import attributes as A
+from agentmesh.audit import inject, rpc_attributes
 from agentmesh.context import maybe_current_call
 from agentmesh.metadata import ACTORS, AUTHORIZATION, IDENTITY_HEADERS, SUBJECT_TOKEN, TRACE_HEADERS
 
@@ -112,7 +112,9 @@ class _ClientSteps:
             raise
 
         def done(c: Any) -> None:
-            asyncio.ensure_future(_end_span(span, c))
+            task = asyncio.ensure_future(_end_span(span, c))
+            _ending.add(task)
+            task.add_done_callback(_ending.discard)
 
         call.add_done_callback(done)
         return call
@@ -147,6 +149,9 @@ def client_interceptors(agent: str, target: str, tokens: TokenSource | None, tra
     """The client chain for calls from ``agent`` to ``target``, one interceptor per call shape."""
     return [cls(agent, target, tokens, tracer, default_timeout=default_timeout)
             for cls in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)]
+
+
+_ending: set[asyncio.Future[None]] = set()  # keeps span-ending tasks alive until they ran
 
 
 async def _end_span(span: Span, call: Any) -> None:

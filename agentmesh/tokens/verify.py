@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -21,6 +19,7 @@ from typing import Any
 from agentmesh.clock import Clock
 from agentmesh.errors import ConfigError, TokenError
 from agentmesh.tokens import crypto
+from agentmesh.tokens.cache import LRUCache
 from agentmesh.tokens.jws import parse_compact
 from agentmesh.tokens.keys import KeySet
 
@@ -48,42 +47,6 @@ class VerifiedToken:
 
 def _never_revoked(jti: str) -> bool:
     return False
-
-
-class _LRU:
-    """A bounded, thread-safe LRU map of sha256(token) -> VerifiedToken."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._data: OrderedDict[bytes, VerifiedToken] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: bytes) -> VerifiedToken | None:
-        with self._lock:
-            value = self._data.get(key)
-            if value is not None:
-                self._data.move_to_end(key)
-            return value
-
-    def put(self, key: bytes, value: VerifiedToken) -> None:
-        if self.size <= 0:
-            return
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self.size:
-                self._data.popitem(last=False)
-
-    def discard(self, key: bytes) -> None:
-        with self._lock:
-            self._data.pop(key, None)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._data.clear()
-
-    def __len__(self) -> int:
-        return len(self._data)
 
 
 def _date(claims: Mapping[str, Any], name: str, *, required: bool) -> float | None:
@@ -138,17 +101,27 @@ class TokenVerifier:
             raise ConfigError(f"unknown token algorithms: {', '.join(sorted(unknown))}")
         if leeway < 0 or max_token_bytes <= 0 or cache_size < 0:
             raise ConfigError("leeway, max_token_bytes and cache_size must not be negative")
-        self.keys = keys
+        self._asymmetric = algs - crypto.HMAC_ALGORITHMS
+        self.keys = keys  # also sets self.algorithms
         self.audience = audience
         self.issuers = accepted
-        self.algorithms = (algs - crypto.HMAC_ALGORITHMS) | keys.hmac_algorithms
         self.leeway = float(leeway)
         self.max_token_bytes = max_token_bytes
         self.revoked = revoked
         self.clock = clock
         self._audiences = dict(audiences or {})
         self._roles_claims = dict(roles_claims or {})
-        self._cache = _LRU(cache_size)
+        self._cache: LRUCache[VerifiedToken] = LRUCache(cache_size)
+
+    @property
+    def keys(self) -> KeySet:
+        return self._keys
+
+    @keys.setter
+    def keys(self, keys: KeySet) -> None:
+        """Swaps the key set (e.g. after a JWKS refresh); call :meth:`clear_cache` if keys were removed."""
+        self._keys = keys
+        self.algorithms: frozenset[str] = self._asymmetric | keys.hmac_algorithms
 
     # ------------------------------------------------------------------ public
     def verify(self, token: str, *, peer_thumbprint: str | None = None, peer_spiffe_id: str | None = None,
@@ -221,7 +194,7 @@ class TokenVerifier:
         iss = claims.get("iss")
         if not isinstance(iss, str) or iss not in self.issuers:
             raise TokenError("token issuer not accepted")
-        key = self.keys.get(iss, kid)
+        key = self._keys.get(iss, kid)
         if key is None:
             raise TokenError("token kid unknown")
         if key.alg != alg:

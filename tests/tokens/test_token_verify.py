@@ -175,3 +175,11 @@ def test_steady_state_verify_is_fast(authority: TokenAuthority, verifier: TokenV
     per_call = (time.perf_counter() - start) / n
     print(f"{per_call * 1e6:.1f} us per cached verify")
     assert per_call < 50e-6
+
+
+def test_swapping_keys_updates_hmac_algorithms(authority: TokenAuthority,
+                                               make_verifier: Callable[..., TokenVerifier]) -> None:
+    v = make_verifier()
+    assert v.algorithms == {"ES256", "EdDSA"}
+    v.keys = KeySet.from_authority(authority) | KeySet.with_hmac(b"z" * 32, "h", ISSUER)
+    assert v.algorithms == {"ES256", "EdDSA", "HS256"}

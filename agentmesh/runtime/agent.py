@@ -1,0 +1,34 @@
+"""Running one agent of a mesh config as a process: ``agentmesh agent --config FILE NAME``."""
+
+from __future__ import annotations
+
+import logging
+
+from agentmesh.config import MeshConfig
+from agentmesh.errors import ConfigError
+from agentmesh.runtime.app import instantiate, load_app, registrations
+from agentmesh.runtime.node import MeshNode
+
+__all__ = ["run_agent"]
+
+log = logging.getLogger("agentmesh.agent")
+
+
+async def run_agent(config: MeshConfig, name: str) -> None:
+    """Serves agent ``name`` (its ``app`` class) until SIGTERM, then drains and stops."""
+    spec = config.agent(name)
+    if spec.app is None:
+        raise ConfigError(f"agents.{name}.app: required to run the agent (module:Class)")
+    cls = load_app(spec.app)
+    node = MeshNode(config, name)
+    try:
+        await node.start()
+        servicer = instantiate(cls, node)
+        server = node.server()
+        for reg in registrations(cls):
+            server.add(reg.add, servicer, reg.service)
+        await server.start(spec.address)
+        print(f"agent {name} ({node.spiffe_id}) serving on {spec.address}", flush=True)
+        await server.serve_forever()
+    finally:
+        await node.close()
