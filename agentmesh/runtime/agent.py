@@ -21,6 +21,7 @@ async def run_agent(config: MeshConfig, name: str) -> None:
         raise ConfigError(f"agents.{name}.app: required to run the agent (module:Class)")
     cls = load_app(spec.app)
     node = MeshNode(config, name)
+    server = None
     try:
         await node.start()
         servicer = instantiate(cls, node)
@@ -31,4 +32,6 @@ async def run_agent(config: MeshConfig, name: str) -> None:
         print(f"agent {name} ({node.spiffe_id}) serving on {spec.address}", flush=True)
         await server.serve_forever()
     finally:
+        if server is not None:
+            await server.stop(0)  # a no-op after a drained SIGTERM stop; ends a cancelled server
         await node.close()

@@ -1,0 +1,160 @@
+"""The example document pipeline end to end over mTLS, and the denials the demo shows."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from agentmesh.config import MeshConfig, load_config
+from agentmesh.interceptors.client import delegating
+from agentmesh.runtime.agent import run_agent
+from agentmesh.runtime.control import start_control
+from agentmesh.runtime.node import MeshNode
+from agentmesh.tokens import TokenAuthority
+from agentmesh.v1 import agent_pb2, agent_pb2_grpc
+from examples.workflow.prepare import prepare
+from examples.workflow.summarizer import summarize
+from examples.workflow.text import split_sections
+from examples.workflow.validator import validate
+
+DOCUMENT = """# Agent meshes
+Agent meshes carry calls between autonomous agents. Every agent holds a certificate from the mesh CA.
+Mutual TLS proves the identity of both agents on every call.
+
+# Tokens and policy
+Each agent receives a short-lived token bound to its certificate. A stolen token is useless to another agent.
+Policy rules decide which agent may call which method, and everything else is denied.
+
+# Operations
+Rate limits protect agents from bursts of calls. Audit spans record every decision in one trace.
+Operators read the audit trail to see who called whom and why the call was allowed.
+"""
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_summary_and_verdict_are_deterministic() -> None:
+    source = "\n\n".join(body for _, body in split_sections(DOCUMENT))  # what the ingestor passes on
+    summary = summarize(source)
+    assert summary == summarize(source)
+    assert summary.startswith("Agent meshes carry calls between autonomous agents.")
+    report = validate(source, summary)
+    assert report["verdict"] == "pass", report
+    bad = validate(source, summary + " Contact admin@example.org, password: hunter2")
+    assert bad["verdict"] == "fail" and bad["forbidden"] == ["credential", "email"]
+
+
+class Workflow:
+    def __init__(self, config: MeshConfig) -> None:
+        self.config = config
+        self.tasks = [asyncio.create_task(run_agent(config, name)) for name in config.agents]
+
+    async def stop_agents(self) -> None:
+        """Stops the agents; their audit sinks flush everything on the way out."""
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+@pytest.fixture
+async def workflow(tmp_path: Path) -> AsyncIterator[Workflow]:
+    config = load_config(prepare(tmp_path))
+    control, sink = await start_control(config)
+    wf = Workflow(config)
+    try:
+        yield wf
+    finally:
+        await wf.stop_agents()
+        await control.stop(0)
+        sink.shutdown(2)
+
+
+async def test_document_through_the_pipeline(workflow: Workflow) -> None:
+    config = workflow.config
+    authority = TokenAuthority.load(config.ca_dir, issuer=config.tokens.issuer)
+    client = authority.issue(sub="alice@example.org", roles=["client"], audience="agentmesh", ttl=60)
+    bridge = MeshNode(config, "bridge")
+    await bridge.start(timeout=10)
+    try:
+        stub = bridge.stub("ingestor", agent_pb2_grpc.AgentStub)
+        with delegating(client):
+            res = await stub.Invoke(agent_pb2.Task(id="doc-1", input=[agent_pb2.Part(text=DOCUMENT)]),
+                                    wait_for_ready=True, timeout=10)
+            assert res.status == agent_pb2.TASK_STATUS_COMPLETED
+            assert res.output[0].text.startswith("Agent meshes carry calls between autonomous agents.")
+            assert res.output[1].data["verdict"] == "pass"
+            assert list(res.output[2].data["sections"]) == ["Agent meshes", "Tokens and policy", "Operations"]
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await bridge.stub("validator", agent_pb2_grpc.AgentStub).Invoke(agent_pb2.Task(id="x"))
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        viewer = authority.issue(sub="eve@example.org", roles=["viewer"], audience="agentmesh", ttl=60)
+        with delegating(viewer), pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.Invoke(agent_pb2.Task(id="doc-2", input=[agent_pb2.Part(text=DOCUMENT)]))
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        await bridge.close()
+    # the audit trail holds one trace for the workflow: bridge -> ingestor -> summarizer -> validator
+    await workflow.stop_agents()
+    assert config.audit.jsonl_path is not None
+    records = [json.loads(line) for line in config.audit.jsonl_path.read_text().splitlines()]
+    allowed = [r for r in records if r["kind"] == "server" and r["attributes"].get("agentmesh.decision") == "allow"]
+    assert {r["attributes"]["agentmesh.agent"] for r in allowed} == {"ingestor", "summarizer", "validator"}
+    trace = {r["trace_id"] for r in allowed if r["attributes"].get("enduser.id") == "alice@example.org"}
+    assert len(trace) == 1, "the workflow call is one trace across all hops"
+
+
+def test_up_starts_and_stops_cleanly(tmp_path: Path) -> None:
+    config_path = prepare(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "agentmesh.cli.main", "up", str(config_path), "--no-bridge"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env)
+    lines = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "mesh up" in line or "agentmesh up:" in line:
+                break
+        assert any("mesh up" in x for x in lines), "".join(lines)
+        table = "".join(lines)
+        for name in ("control", "ingestor", "summarizer", "validator"):
+            assert f"spiffe://example.org/agent/{name}" in table
+        children = _children(proc.pid)
+        assert len(children) == 4
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert "mesh stopped" in out
+    assert not [pid for pid in children if _alive(pid)], "a child outlived agentmesh up"
+
+
+def test_up_reports_a_child_that_dies(tmp_path: Path) -> None:
+    config_path = prepare(tmp_path)
+    text = config_path.read_text().replace("examples.workflow.validator:Validator", "examples.workflow.nope:Gone")
+    config_path.write_text(text)
+    r = subprocess.run([sys.executable, "-m", "agentmesh.cli.main", "up", str(config_path), "--no-bridge"],
+                       capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 1
+    assert "agent validator exited" in r.stderr and "cannot import module" in r.stderr
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
