@@ -7,6 +7,7 @@ from these values elsewhere; nothing here does I/O beyond reading the file.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -291,6 +292,16 @@ def _address(v: str, key: str) -> str:
     return v
 
 
+def _ipv4_address(v: str, key: str) -> str:
+    host = _address(v, key).rpartition(":")[0]
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        raise ConfigError(f"{key}: replicas are IPv4 host:port; for a DNS name with several addresses, "
+                          f"put it in 'address' (calls are balanced round-robin over its records)") from None
+    return v
+
+
 def _agent(name: str, s: _Section, base: Path, identities: Path) -> AgentConfig:
     try:
         validate_agent_name(name)
@@ -306,7 +317,7 @@ def _agent(name: str, s: _Section, base: Path, identities: Path) -> AgentConfig:
         app=app,
         roles=s.strs("roles"),
         descriptors=s.strs("descriptors", DEFAULT_DESCRIPTORS),
-        replicas=tuple(_address(r, s.key("replicas")) for r in s.strs("replicas")),
+        replicas=tuple(_ipv4_address(r, s.key("replicas")) for r in s.strs("replicas")),
     )
     s.done()
     return cfg
