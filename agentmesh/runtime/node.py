@@ -42,7 +42,12 @@ __all__ = ["MeshNode"]
 
 log = logging.getLogger("agentmesh.node")
 T = TypeVar("T")
-CHANNEL_OPTIONS = (("grpc.lb_policy_name", "round_robin"),)
+CHANNEL_OPTIONS = (
+    ("grpc.lb_policy_name", "round_robin"),
+    # an agent that comes back is reachable again within seconds (gRPC's default backoff grows to 120 s)
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 5000),
+)
 
 
 class MeshNode:

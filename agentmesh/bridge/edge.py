@@ -1,0 +1,131 @@
+"""What the bridge decides about an HTTP request before any gRPC: pure functions of header values.
+
+* :func:`path_segments`: the raw path split and percent-decoded, refusing encoded separators
+  (``%2F``, ``%5C``, ``%2E``), dot segments and invalid UTF-8, so no spelling of a path can
+  reach another agent or method than the one it visibly names;
+* :func:`authenticate`: the caller's JWT, verified like any subject token of the mesh; agent
+  (SPIFFE) tokens are refused at the edge;
+* :func:`parse_timeout`: ``grpc-timeout`` / ``X-Request-Timeout`` into a capped deadline;
+* :func:`forwarded_metadata`: the only client headers that become gRPC metadata (an allow-list).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from collections.abc import Iterable
+from urllib.parse import unquote_to_bytes
+
+import grpc
+
+from agentmesh.bridge.errors import HttpError
+from agentmesh.errors import TokenError
+from agentmesh.metadata import bearer
+from agentmesh.tokens import TokenVerifier, VerifiedToken
+
+__all__ = [
+    "FORWARDED_HEADERS",
+    "WWW_AUTH_INVALID",
+    "WWW_AUTH_MISSING",
+    "authenticate",
+    "forwarded_metadata",
+    "parse_timeout",
+    "path_segments",
+    "request_id",
+]
+
+#: client headers forwarded to the agent as gRPC metadata; nothing else a client sends is
+FORWARDED_HEADERS = ("x-request-id",)
+WWW_AUTH_MISSING = 'Bearer realm="agentmesh"'
+WWW_AUTH_INVALID = 'Bearer error="invalid_token"'
+
+_ENCODED_SEPARATOR = re.compile(rb"%(?:2[fFeE]|5[cC]|00)")
+_GRPC_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
+_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+
+
+def path_segments(raw_path: bytes) -> list[str]:
+    """The decoded segments of a raw request path (``b"/v1/agents/a"`` -> ``["v1", "agents", "a"]``).
+
+    Raises a 400 :class:`HttpError` for an encoded ``/``, ``\\``, ``.`` or NUL, a ``.``/``..``
+    segment, a backslash, or a segment that is not UTF-8 once decoded.
+    """
+    if not raw_path.startswith(b"/"):
+        raise HttpError.invalid("request path must start with '/'")
+    if _ENCODED_SEPARATOR.search(raw_path) or b"\\" in raw_path:
+        raise HttpError.invalid("encoded separators ('%2F', '%2E', '%5C') are not allowed in the path")
+    out = []
+    for raw in raw_path[1:].split(b"/"):
+        if raw in (b".", b".."):
+            raise HttpError.invalid("dot segments are not allowed in the path")
+        try:
+            out.append(unquote_to_bytes(raw).decode("utf-8"))
+        except UnicodeDecodeError:
+            raise HttpError.invalid("path is not valid UTF-8 once decoded") from None
+    return out
+
+
+def authenticate(authorization: str | None, verifier: TokenVerifier) -> tuple[VerifiedToken, str]:
+    """The verified token of an ``Authorization: Bearer`` value and the raw token, or a 401."""
+    token = bearer(authorization)
+    if token is None:
+        raise HttpError(grpc.StatusCode.UNAUTHENTICATED, "missing bearer token",
+                        headers={"WWW-Authenticate": WWW_AUTH_MISSING})
+    try:
+        verified = verifier.verify_unbound(token)
+    except TokenError as e:
+        raise HttpError(grpc.StatusCode.UNAUTHENTICATED, e.message,
+                        headers={"WWW-Authenticate": WWW_AUTH_INVALID}) from None
+    if verified.sub.startswith("spiffe://") or verified.bound_thumbprint is not None:
+        raise HttpError(grpc.StatusCode.UNAUTHENTICATED, "agent tokens are not accepted at the bridge",
+                        headers={"WWW-Authenticate": WWW_AUTH_INVALID})
+    return verified, token
+
+
+def parse_timeout(grpc_timeout: str | None, request_timeout: str | None, *, default: float,
+                  maximum: float) -> float:
+    """The deadline (seconds) asked for by ``grpc-timeout`` (``500m``, ``2S``) or ``X-Request-Timeout``
+    (seconds), the smaller if both; ``default`` if neither; never above ``maximum``."""
+    asked: list[float] = []
+    if grpc_timeout is not None:
+        m = _GRPC_TIMEOUT.fullmatch(grpc_timeout.strip())
+        if m is None:
+            raise HttpError.invalid("grpc-timeout: expected 1-8 digits and a unit (H, M, S, m, u, n), e.g. 500m")
+        asked.append(int(m.group(1)) * _UNITS[m.group(2)])
+    if request_timeout is not None:
+        try:
+            value = float(request_timeout.strip())
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < 0:
+            raise HttpError.invalid("X-Request-Timeout: expected a number of seconds, e.g. 2.5")
+        asked.append(value)
+    if not asked:
+        return min(default, maximum)
+    timeout = min(asked)
+    if timeout <= 0:
+        raise HttpError.invalid("request timeout must be positive")
+    return min(timeout, maximum)
+
+
+def request_id(value: str | None) -> str:
+    """The client's ``X-Request-Id`` if it is a safe token, else a fresh one."""
+    if value is not None and _REQUEST_ID.fullmatch(value):
+        return value
+    return uuid.uuid4().hex
+
+
+def forwarded_metadata(headers: Iterable[tuple[str, str]], request_id: str) -> list[tuple[str, str]]:
+    """The gRPC metadata of a call: the request id, then the allow-listed client headers.
+
+    Identity headers, ``Grpc-Metadata-*``, ``x-forwarded-client-cert`` and everything else a
+    client sends are dropped here (the client chain drops identity headers a second time).
+    """
+    out = [("x-request-id", request_id)]
+    for key, value in headers:
+        k = key.lower()
+        if k in FORWARDED_HEADERS and k != "x-request-id" and _REQUEST_ID.fullmatch(value):
+            out.append((k, value))
+    return out

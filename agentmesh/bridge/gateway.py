@@ -1,0 +1,221 @@
+"""One HTTP request to one gRPC call: authenticate, route, transcode, call as the caller, answer.
+
+The call goes through the bridge node's client chain (its own bound token, the caller's token as
+the subject, traceparent, deadline) inside :func:`delegating`; the agent's policy decides. Only
+:data:`agentmesh.bridge.edge.FORWARDED_HEADERS` reach the agent as metadata.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.protobuf.message import Message
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive
+
+from agentmesh.bridge.edge import authenticate, forwarded_metadata, parse_timeout, path_segments
+from agentmesh.bridge.errors import HttpError, from_call_error
+from agentmesh.bridge.routes import Catalog, Match, Operation
+from agentmesh.bridge.streaming import GrpcStreamResponse, disconnected, first_message, stream_format
+from agentmesh.bridge.transcode import EMPTY, build_request, parse_json, to_json
+from agentmesh.config import MeshConfig
+from agentmesh.errors import MeshError
+from agentmesh.interceptors.client import delegating
+from agentmesh.policy import PolicyRequest
+from agentmesh.runtime.node import MeshNode
+from agentmesh.tokens import VerifiedToken
+
+__all__ = ["Gateway", "Settings"]
+
+_READY = grpc.ChannelConnectivity.READY
+_SETTLED = frozenset({_READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN})
+
+
+@dataclass(slots=True)
+class Settings:
+    """Tunables of the call path (seconds)."""
+
+    keepalive: float = 15.0  # SSE comment interval on quiet streams
+    first_wait: float = 1.0  # how long a stream may take to its first message before headers are sent
+    connect_timeout: float = 2.0  # bound on dialing an agent whose channel is not connected yet
+
+
+class Gateway:
+    def __init__(self, config: MeshConfig, catalog: Catalog, settings: Settings | None = None) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.settings = settings or Settings()
+        self._node: MeshNode | None = None
+        self._callables: dict[tuple[str, str], tuple[grpc.aio.Channel, Callable[..., Any]]] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def node(self) -> MeshNode:
+        if self._node is None:
+            raise HttpError(grpc.StatusCode.UNAVAILABLE, "the bridge is starting")
+        return self._node
+
+    @property
+    def started(self) -> bool:
+        return self._node is not None
+
+    def attach(self, node: MeshNode) -> None:
+        self._node = node
+        self._callables.clear()
+
+    def detach(self) -> None:
+        self._node = None
+        self._callables.clear()
+
+    # ------------------------------------------------------------------ the agent routes
+    async def handle(self, request: Request) -> Response:
+        try:
+            return await self._handle(request)
+        except HttpError as e:
+            return e.response()
+
+    async def _handle(self, request: Request) -> Response:
+        _, raw_token = self._authenticate(request)
+        raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
+        match = self.catalog.match(request.method, path_segments(raw_path))
+        op = match.op
+        request.state.route = f"{op.agent} {op.method}"
+        b = self.config.bridge
+        timeout = parse_timeout(request.headers.get("grpc-timeout"), request.headers.get("x-request-timeout"),
+                                default=b.default_timeout, maximum=b.max_timeout)
+        body = await self._body(request, match)
+        message = build_request(op.info.input(), match.rule, body, match.params, request.query_params.multi_items())
+        metadata = forwarded_metadata(request.headers.items(), request.state.request_id)
+        channel, call = self._callable(op)
+        await self._connected(op.agent, channel, timeout)
+        encode = _encoder(match)
+        with delegating(raw_token):  # the client chain reads it when the call is created
+            grpc_call = call(message, timeout=timeout, metadata=metadata, wait_for_ready=False)
+        try:
+            if not op.streaming:
+                reply = await _unless_disconnected(grpc_call, request.receive)
+                return Response(encode(reply), media_type="application/json")
+            first = await first_message(grpc_call, self.settings.first_wait)
+        except (grpc.aio.AioRpcError, MeshError) as e:
+            grpc_call.cancel()
+            raise from_call_error(e, op.agent, timeout) or e from None
+        return GrpcStreamResponse(grpc_call, first, stream_format(request.headers.get("accept")), encode,
+                                  agent=op.agent, timeout=timeout, keepalive=self.settings.keepalive)
+
+    def _authenticate(self, request: Request) -> tuple[VerifiedToken, str]:
+        token, raw = authenticate(request.headers.get("authorization"), self.node.verifier)
+        request.state.principal = token.sub
+        return token, raw
+
+    async def _body(self, request: Request, match: Match) -> Any:
+        if match.rule is not None and not match.rule.body:
+            return EMPTY
+        ctype = request.headers.get("content-type")
+        if ctype is not None:
+            mime, _, params = ctype.partition(";")
+            mime = mime.strip().lower()
+            charset = params.strip().lower().removeprefix("charset=").strip('"') if "charset" in params.lower() \
+                else "utf-8"
+            if not (mime == "application/json" or mime.endswith("+json")) or charset not in ("utf-8", "utf8"):
+                raise HttpError(grpc.StatusCode.INVALID_ARGUMENT,
+                                "request body must be application/json (UTF-8)", status=415)
+        data = await _read_limited(request, self.config.bridge.max_body)
+        if ctype is None and data:
+            raise HttpError(grpc.StatusCode.INVALID_ARGUMENT, "Content-Type: application/json is required",
+                            status=415)
+        return parse_json(data)
+
+    def _callable(self, op: Operation) -> tuple[grpc.aio.Channel, Callable[..., Any]]:
+        """The cached multicallable of ``op`` on the current channel to its agent."""
+        channel = self.node.channels.channel(op.agent)
+        key = (op.agent, op.method)
+        hit = self._callables.get(key)
+        if hit is not None and hit[0] is channel:
+            return hit
+        make = channel.unary_stream if op.streaming else channel.unary_unary
+        fn = make(op.method, request_serializer=op.info.input.SerializeToString,
+                  response_deserializer=op.info.output.FromString)
+        self._callables[key] = (channel, fn)
+        return channel, fn
+
+    async def _connected(self, agent: str, channel: grpc.aio.Channel, timeout: float) -> None:
+        """Waits (bounded) until the channel is connected or has failed: a dead agent answers fast."""
+        state = channel.get_state(try_to_connect=True)
+        if state in _SETTLED:
+            return
+        try:
+            async with asyncio.timeout(min(self.settings.connect_timeout, timeout)):
+                while state not in _SETTLED:
+                    await channel.wait_for_state_change(state)
+                    state = channel.get_state(try_to_connect=True)
+        except TimeoutError:
+            raise HttpError(grpc.StatusCode.UNAVAILABLE, f"agent {agent!r} is not reachable") from None
+
+    # ------------------------------------------------------------------ GET /v1/agents
+    async def list_agents(self, request: Request) -> Response:
+        try:
+            token, _ = self._authenticate(request)
+        except HttpError as e:
+            return e.response()
+        bridge = str(self.node.spiffe_id)
+        agents = []
+        for agent in self.catalog.agents:
+            methods = []
+            for op in self.catalog.operations(agent):
+                decision = self.node.policy.decide(PolicyRequest(
+                    to=agent, method=op.method, peer=bridge, principal=token.sub, roles=token.roles,
+                    actors=(bridge,)))
+                if decision.allowed:
+                    methods.append({
+                        "method": op.method, "path": op.path, "serverStreaming": op.streaming,
+                        "bindings": [{"httpMethod": r.verb, "path": f"/v1/agents/{agent}{r.template.openapi_path()}"}
+                                     for r in op.rules],
+                    })
+            if methods:
+                agents.append({"name": agent, "methods": methods})
+        return _json({"agents": agents})
+
+
+async def _unless_disconnected(call: Any, receive: Receive) -> Any:
+    """The reply of a unary call; the call is cancelled (the agent sees it) if the client goes away."""
+    reply = asyncio.ensure_future(call)
+    gone = asyncio.ensure_future(disconnected(receive))
+    try:
+        await asyncio.wait({reply, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not reply.done():
+        call.cancel()
+        reply.cancel()
+        raise HttpError(grpc.StatusCode.CANCELLED, "the client closed the request")
+    return reply.result()
+
+
+def _encoder(match: Match) -> Callable[[Message], bytes]:
+    response_body = match.rule.response_body if match.rule is not None else ""
+    return lambda message: to_json(message, response_body)
+
+
+def _json(doc: Any, status: int = 200) -> Response:
+    return Response(json.dumps(doc, separators=(",", ":")).encode(), status_code=status,
+                    media_type="application/json")
+
+
+async def _read_limited(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it exceeds ``limit`` (Content-Length or not)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HttpError(grpc.StatusCode.INVALID_ARGUMENT, f"request body over {limit} bytes", status=413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HttpError(grpc.StatusCode.INVALID_ARGUMENT, f"request body over {limit} bytes", status=413)
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,96 @@
+"""Serving the bridge with uvicorn: HTTPS by default, uvloop + httptools when installed.
+
+The HTTPS certificate is ``bridge.tls_cert``/``bridge.tls_key`` when configured, else the bridge's
+mesh identity (``cert.pem``/``key.pem``). Plain HTTP needs ``insecure_http`` (``--insecure-http``)
+or ``bridge.tls: false`` in the config file. uvicorn's access log is off (the bridge writes its own
+without secrets) and its log level is never below INFO: at TRACE it would log request headers.
+With ``workers > 1`` uvicorn imports :func:`app_from_env`, which reads the config path from
+``AGENTMESH_BRIDGE_CONFIG``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+
+from agentmesh.bridge.app import create_app
+from agentmesh.config import MeshConfig, load_config
+from agentmesh.errors import ConfigError, PKIError
+from agentmesh.runtime.credentials import AgentIdentity
+
+__all__ = ["CONFIG_ENV", "app_from_env", "serve", "split_listen", "uvicorn_options"]
+
+CONFIG_ENV = "AGENTMESH_BRIDGE_CONFIG"
+log = logging.getLogger("agentmesh.bridge")
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"--listen: expected HOST:PORT, got {listen!r}")
+    return host.strip("[]"), int(port)
+
+
+def _tls_files(config: MeshConfig) -> tuple[Path, Path]:
+    b = config.bridge
+    if (b.tls_cert is None) != (b.tls_key is None):
+        raise ConfigError("bridge.tls_cert and bridge.tls_key must be set together")
+    if b.tls_cert is not None and b.tls_key is not None:
+        cert, key = b.tls_cert, b.tls_key
+    else:
+        directory = config.identity_dir(b.name)
+        cert, key = directory / "cert.pem", directory / "key.pem"
+    for path in (cert, key):
+        if not path.is_file():
+            raise PKIError(f"bridge HTTPS: {path} not found (issue the bridge identity, set bridge.tls_cert/"
+                           "tls_key, or pass --insecure-http)")
+    return cert, key
+
+
+def uvicorn_options(config: MeshConfig, *, listen: str | None = None, insecure_http: bool = False,
+                    workers: int = 1) -> dict[str, Any]:
+    """The uvicorn settings for this config (no I/O beyond checking that the TLS files exist)."""
+    if workers < 1:
+        raise ConfigError(f"--workers: expected a number >= 1, got {workers}")
+    host, port = split_listen(listen or config.bridge.listen)
+    opts: dict[str, Any] = {
+        "host": host, "port": port, "workers": workers, "access_log": False, "log_level": "info",
+        "lifespan": "on", "proxy_headers": False, "server_header": False, "timeout_graceful_shutdown": 10,
+        "loop": "uvloop" if importlib.util.find_spec("uvloop") else "auto",
+        "http": "httptools" if importlib.util.find_spec("httptools") else "auto",
+    }
+    if not insecure_http and config.bridge.tls:
+        cert, key = _tls_files(config)
+        opts.update(ssl_certfile=str(cert), ssl_keyfile=str(key))
+    return opts
+
+
+def serve(config: MeshConfig, *, listen: str | None = None, insecure_http: bool = False, workers: int = 1) -> None:
+    """Runs the bridge until interrupted (blocking)."""
+    import uvicorn
+
+    opts = uvicorn_options(config, listen=listen, insecure_http=insecure_http, workers=workers)
+    AgentIdentity(config.identity_dir(config.bridge.name), config.trust_domain)  # fail early and in one line
+    if "ssl_certfile" not in opts:
+        log.warning("the bridge serves plain HTTP on %s:%s: bearer tokens cross the network in clear text",
+                    opts["host"], opts["port"])
+    if workers == 1:
+        uvicorn.run(create_app(config), **opts)
+        return
+    if config.source is None:
+        raise ConfigError("--workers > 1 needs a config file (each worker loads it)")
+    os.environ[CONFIG_ENV] = str(Path(config.source).resolve())
+    uvicorn.run("agentmesh.bridge.server:app_from_env", factory=True, **opts)
+
+
+def app_from_env() -> Starlette:
+    """The app of one uvicorn worker process (``workers > 1``)."""
+    path = os.environ.get(CONFIG_ENV)
+    if not path:
+        raise ConfigError(f"{CONFIG_ENV} is not set")
+    return create_app(load_config(path))

@@ -1,0 +1,46 @@
+"""The benchmark harness runs end to end in its smallest mode and writes latest.json in the
+documented shape. Nothing here asserts a speed: the numbers depend on the machine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_smoke_run_writes_the_documented_json(tmp_path: Path) -> None:
+    run = subprocess.run([sys.executable, "-m", "benchmarks.run", "--smoke", "--out", str(tmp_path)],
+                         cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    doc = json.loads((tmp_path / "latest.json").read_text())
+
+    assert doc["schema"] == 1 and doc["mode"] == "smoke"
+    assert {"cpu_model", "cores", "python", "grpcio", "date"} <= set(doc["machine"])
+    assert doc["settings"]["concurrency"] == 16 and doc["settings"]["rounds"] == 1
+
+    variants = doc["variants"]
+    assert list(variants) == ["grpc_insecure", "grpc_mtls", "mesh_memory"]
+    for key, v in variants.items():
+        assert v["key"] == key and v["status"] == "ok", v
+        assert len(v["rounds"]) == 1
+        assert v["calls"] > 0 and v["errors"] == 0
+        for metric in ("rps", "p50_ms", "p99_ms", "server_cpu_us_per_call", "client_cpu_us_per_call"):
+            assert isinstance(v[metric], int | float), (key, metric)
+        assert isinstance(v["rps_vs_v2"], int | float)
+
+    assert {"v3_rps_vs_v2", "v3_p99_vs_v2", "chain_server_cpu_us_per_call", "v5_rps_vs_v6"} <= set(doc["ratios"])
+    assert doc["ratios"]["v5_rps_vs_v6"] is None  # variants 5 and 6 are not part of the smoke run
+
+    micro = doc["micro"]
+    assert {"peer_identity_cached", "token_verify_cold", "token_verify_cached", "policy_decide",
+            "ratelimit_memory", "audit_span_jsonl", "payload_guard"} <= set(micro["stages_us"])
+    assert micro["ca_certs_per_s"] > 0
+
+    targets = {t["name"]: t for t in doc["targets"]}
+    assert set(targets) == {"v3_rps_vs_v2", "v3_p99_vs_v2", "chain_server_cpu_us_per_call", "v5_rps_vs_v6",
+                            "ca_certs_per_s", "rotation_failed_calls"}
+    assert all(t["met"] in (True, False, None) for t in targets.values())
+    assert targets["rotation_failed_calls"]["met"] is None  # no rotation in the smoke run
