@@ -31,7 +31,7 @@ from agentmesh.tokens import TokenAuthority
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc
 from examples.workflow.prepare import prepare
 
-WORKDIR = Path(".mesh/demo")
+WORKDIR = Path(os.environ.get("AGENTMESH_DEMO_DIR", ".mesh/demo"))
 DOCUMENT = """# Why agents need a mesh
 AI agents increasingly call each other to finish tasks that no single agent can do alone.
 Each call crosses a trust boundary, so every agent must know exactly who is calling it.

@@ -157,7 +157,8 @@ def _hop(server: SpanRecord, client: SpanRecord | None = None) -> str:
 def _caller(server: SpanRecord) -> str:
     peer = server.attributes.get(A.PEER_SPIFFE_ID)
     if not isinstance(peer, str) or not peer:
-        return "?"
+        user = server.attributes.get(A.ENDUSER_ID)  # an external caller at the bridge: its verified subject
+        return user if isinstance(user, str) and user else "?"
     td_path = peer.removeprefix("spiffe://").split("/")
     return td_path[2] if len(td_path) == 3 and td_path[1] == "agent" else peer
 
@@ -174,6 +175,9 @@ def _status(span: SpanRecord) -> str:
     code = span.attributes.get(A.RPC_GRPC_STATUS_CODE)
     if isinstance(code, int) and not isinstance(code, bool) and code in _CODE_NAMES:
         return _CODE_NAMES[code]
+    http = span.attributes.get("http.response.status_code")  # the bridge's HTTP spans
+    if isinstance(http, int) and not isinstance(http, bool):
+        return f"HTTP {http}"
     return span.status
 
 
