@@ -1,0 +1,285 @@
+"""Medians, ratios and targets from the raw rounds; the terminal table, latest.json and latest.png."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import platform
+import statistics
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from benchmarks.settings import VARIANTS
+
+__all__ = ["aggregate_variant", "compute_targets", "machine", "print_report", "write_chart", "write_json"]
+
+SCHEMA = 1
+
+
+def _median(values: Sequence[float | None]) -> float | None:
+    real = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.median(real) if real else None
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine() -> dict[str, Any]:
+    model = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
+    except OSError:
+        pass
+    return {
+        "cpu_model": model or platform.processor() or None,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "grpcio": _version("grpcio"),
+        "protobuf": _version("protobuf"),
+        "cryptography": _version("cryptography"),
+        "uvicorn": _version("uvicorn"),
+        "fastapi": _version("fastapi"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def aggregate_variant(number: int, rounds: list[dict[str, Any]], *, status: str = "ok",
+                      reason: str | None = None, servers: Sequence[str] = ()) -> dict[str, Any]:
+    """One variant's entry of latest.json: medians over its rounds, plus the rounds themselves."""
+    v = VARIANTS[number]
+    entry: dict[str, Any] = {
+        "number": number, "key": v.key, "title": v.title, "protocol": v.protocol, "status": status,
+        "reason": reason, "server_processes": list(servers), "rps": None, "p50_ms": None, "p99_ms": None,
+        "server_cpu_us_per_call": None, "client_cpu_us_per_call": None, "background_cores": None,
+        "calls": 0, "errors": 0,
+        "rounds": rounds,
+    }
+    if status != "ok" or not rounds:
+        return entry
+    entry.update(
+        rps=_median([r["rps"] for r in rounds]),
+        p50_ms=_median([r["p50_ms"] for r in rounds]),
+        p99_ms=_median([r["p99_ms"] for r in rounds]),
+        server_cpu_us_per_call=_median([r["server_cpu_us_per_call"] for r in rounds]),
+        client_cpu_us_per_call=_median([r.get("client_cpu_us_per_call") for r in rounds]),
+        background_cores=_median([r.get("background_cores") for r in rounds]),
+        calls=sum(r["calls"] for r in rounds),
+        errors=sum(r["errors"] for r in rounds),
+    )
+    return entry
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def compute_ratios(variants: Mapping[str, dict[str, Any]]) -> dict[str, float | None]:
+    by_n = {v["number"]: v for v in variants.values()}
+
+    def get(n: int, metric: str) -> float | None:
+        v = by_n.get(n)
+        return v[metric] if v is not None else None
+
+    ratios: dict[str, float | None] = {}
+    for n in (1, 3, 4):
+        ratios[f"v{n}_rps_vs_v2"] = _ratio(get(n, "rps"), get(2, "rps"))
+        ratios[f"v{n}_p99_vs_v2"] = _ratio(get(n, "p99_ms"), get(2, "p99_ms"))
+    ratios["v5_rps_vs_v6"] = _ratio(get(5, "rps"), get(6, "rps"))
+    ratios["v5_p99_vs_v6"] = _ratio(get(5, "p99_ms"), get(6, "p99_ms"))
+    c3, c2 = get(3, "server_cpu_us_per_call"), get(2, "server_cpu_us_per_call")
+    ratios["chain_server_cpu_us_per_call"] = c3 - c2 if c3 is not None and c2 is not None else None
+    k3, k2 = get(3, "client_cpu_us_per_call"), get(2, "client_cpu_us_per_call")
+    ratios["chain_client_cpu_us_per_call"] = k3 - k2 if k3 is not None and k2 is not None else None
+    for v in variants.values():  # each variant also carries its own ratio(s)
+        v["rps_vs_v2"] = _ratio(v["rps"], get(2, "rps")) if v["protocol"] == "grpc" else None
+        v["rps_vs_v6"] = _ratio(v["rps"], get(6, "rps")) if v["number"] == 5 else None
+    return ratios
+
+
+_TARGETS = (
+    # name (a key of the ratios, micro or rotation results), description, op, bound
+    ("v3_rps_vs_v2", "variant 3 rps >= 0.85x variant 2 (concurrency 16)", ">=", 0.85),
+    ("v3_p99_vs_v2", "variant 3 p99 <= 1.25x variant 2", "<=", 1.25),
+    ("chain_server_cpu_us_per_call", "steady-state chain <= 60 us server CPU per call (v3 - v2)", "<=", 60.0),
+    ("v5_rps_vs_v6", "variant 5 (bridge) rps >= 1.0x variant 6 (FastAPI gateway)", ">=", 1.0),
+    ("ca_certs_per_s", "CA issues >= 2,000 leaf certificates/s (record=True)", ">=", 2000.0),
+    ("rotation_failed_calls", "0 failed calls while rotating every certificate under load", "==", 0.0),
+)
+
+
+def compute_targets(ratios: Mapping[str, float | None], micro: Mapping[str, Any] | None,
+                    rotation: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    values: dict[str, float | None] = dict(ratios)
+    values["ca_certs_per_s"] = micro.get("ca_certs_per_s") if micro else None
+    values["rotation_failed_calls"] = (float(rotation["failed_calls"])
+                                       if rotation and rotation.get("status") == "ok" else None)
+    out = []
+    for name, description, op, bound in _TARGETS:
+        value = values.get(name)
+        met = None
+        if value is not None:
+            met = {">=": value >= bound, "<=": value <= bound, "==": value == bound}[op]
+        out.append({"name": name, "description": description, "op": op, "target": bound, "value": value,
+                    "met": met})
+    return out
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def _f(value: float | None, fmt: str = ".0f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def print_report(doc: Mapping[str, Any]) -> None:
+    m = doc["machine"]
+    s = doc["settings"]
+    print()
+    print(f"agentmesh benchmark ({doc['mode']}): {m['cpu_model']}, {m['cores']} cores, Python {m['python']}, "
+          f"grpcio {m['grpcio']}, {m['date']}")
+    if doc["variants"]:
+        print(f"concurrency {s['concurrency']}, {s['rounds']} interleaved rounds of {s['round_seconds']} s per variant "
+              f"(medians), HTTP load: {s['http_load']}")
+        print()
+        head = f"{'variant':<44} {'rps':>8} {'p50 ms':>8} {'p99 ms':>8} {'srv us/call':>12} {'cli us/call':>12} " \
+               f"{'ratio':>12} {'errors':>7}"
+        print(head)
+        print("-" * len(head))
+        for v in doc["variants"].values():
+            name = f"{v['number']} {v['title']}"
+            if v["status"] != "ok":
+                print(f"{name:<44} {v['status']}: {v['reason']}")
+                continue
+            ratio = (f"{v['rps_vs_v6']:.2f}x v6" if v.get("rps_vs_v6") is not None
+                     else f"{v['rps_vs_v2']:.2f}x v2" if v.get("rps_vs_v2") is not None else "")
+            print(f"{name:<44} {_f(v['rps']):>8} {_f(v['p50_ms'], '.2f'):>8} {_f(v['p99_ms'], '.2f'):>8} "
+                  f"{_f(v['server_cpu_us_per_call']):>12} {_f(v['client_cpu_us_per_call']):>12} {ratio:>12} "
+                  f"{v['errors']:>7}")
+        busy = [v for v in doc["variants"].values() if (v.get("background_cores") or 0) > 0.25]
+        if busy:
+            print(f"note: other jobs used CPU during the rounds of variant(s) "
+                  f"{', '.join(str(v['number']) for v in busy)} (median > 0.25 cores): numbers are noisier")
+    micro = doc.get("micro")
+    if micro:
+        print()
+        print("chain stages (in-process, us per op)")
+        for key, us in micro["stages_us"].items():
+            print(f"  {micro['stage_descriptions'][key]:<64} {us:8.2f}")
+        print(f"  {'sum of the steady-state stages':<64} {micro['steady_state_sum_us']:8.2f}")
+        print(f"  {'span CPU incl. the JSONL exporter thread':<64} {micro['audit_span_cpu_us_incl_export']:8.2f}")
+        chains = micro.get("chains_in_process")
+        if chains:
+            print(f"  {'whole server chain in-process, caller thread':<64} {chains['server_chain_us']:8.2f}")
+            print(f"  {'whole server chain in-process, CPU incl. export + metrics threads':<64} "
+                  f"{chains['server_chain_cpu_us_incl_export']:8.2f}")
+            print(f"  {'whole client chain in-process, caller thread':<64} {chains['client_chain_us']:8.2f}")
+            print(f"  {'whole client chain in-process, CPU incl. export thread':<64} "
+                  f"{chains['client_chain_cpu_us_incl_export']:8.2f}")
+        print(f"  CA: {micro['ca_certs_per_s']:.0f} leaf certificates/s (record=True)")
+    rot = doc.get("rotation")
+    if rot:
+        print()
+        if rot["status"] == "ok":
+            print(f"rotation under load (max_connection_age {rot['max_connection_age']}): "
+                  f"{rot['calls']} calls OK, {rot['failed_calls']} failed; the agent serves its newest "
+                  f"certificate: {rot['server_serves_latest_cert']}; client identity reloads: "
+                  f"{rot['client_identity_version']}")
+            for name, p in rot["phases"].items():
+                print(f"  {name:<13} {p['rotations']} rotations of {', '.join(p['rotated'])} in {p['seconds']:.0f} s: "
+                      f"{p['calls']} OK, {p['failed_calls']} failed {p['error_samples'] or ''}")
+        else:
+            print(f"rotation under load: {rot['status']}: {rot.get('reason')}")
+    print()
+    print("targets (reported, not asserted)")
+    for t in doc["targets"]:
+        mark = {True: "MET ", False: "MISS", None: "n/a "}[t["met"]]
+        print(f"  [{mark}] {t['description']}: {_f(t['value'], '.2f')}")
+    print()
+
+
+def write_json(doc: Mapping[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(_finite(doc), indent=2, allow_nan=False) + "\n")
+    tmp.replace(path)
+
+
+def _finite(obj: Any) -> Any:
+    """NaN and infinities (an empty round's percentiles) become null: latest.json stays strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def write_chart(doc: Mapping[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [v for v in doc["variants"].values() if v["status"] == "ok"]
+    labels = [f"{v['number']}\n{v['key']}" for v in ok]
+    colors = ["#7f7f7f" if v["protocol"] == "grpc" and v["number"] <= 2 else
+              "#1f77b4" if v["protocol"] == "grpc" else "#ff7f0e" if v["number"] == 5 else "#bcbd22" for v in ok]
+    fig, axes = plt.subplots(2, 2, figsize=(14, 9))
+    m = doc["machine"]
+    fig.suptitle(f"agentmesh benchmark ({doc['mode']}) - {m['cpu_model']}, {m['cores']} cores, "
+                 f"concurrency {doc['settings']['concurrency']}, {m['date']}", fontsize=10)
+
+    ax = axes[0][0]
+    ax.bar(labels, [v["rps"] for v in ok], color=colors)
+    ax.set_title("requests/s (median of rounds)")
+    for i, v in enumerate(ok):
+        ax.annotate(f"{v['rps']:.0f}", (i, v["rps"]), ha="center", va="bottom", fontsize=8)
+
+    ax = axes[0][1]
+    xs = range(len(ok))
+    ax.bar([x - 0.2 for x in xs], [v["p50_ms"] for v in ok], width=0.4, label="p50")
+    ax.bar([x + 0.2 for x in xs], [v["p99_ms"] for v in ok], width=0.4, label="p99")
+    ax.set_xticks(list(xs), labels)
+    ax.set_title("latency, ms")
+    ax.legend()
+
+    ax = axes[1][0]
+    ax.bar(labels, [v["server_cpu_us_per_call"] or 0 for v in ok], color=colors)
+    ax.axhline((_server_cpu(doc, 2) or 0) + 60, linestyle="--", color="red", linewidth=1)
+    ax.set_title("server CPU us/call (dashed: v2 + 60 us target for v3)")
+
+    ax = axes[1][1]
+    micro = doc.get("micro")
+    if micro:
+        names = list(micro["stages_us"])
+        ax.barh(names, [micro["stages_us"][n] for n in names], color="#2ca02c")
+        ax.set_xscale("log")
+        ax.set_title(f"chain stages, us/op (log); CA {micro['ca_certs_per_s']:.0f} certs/s")
+        ax.invert_yaxis()
+    else:
+        ax.axis("off")
+    for a in axes.flat:
+        a.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _server_cpu(doc: Mapping[str, Any], number: int) -> float | None:
+    for v in doc["variants"].values():
+        if v["number"] == number:
+            return v["server_cpu_us_per_call"]  # type: ignore[no-any-return]
+    return None

@@ -1,0 +1,398 @@
+"""``python -m benchmarks.run [--quick] [--rotate] [--smoke]``: the agentmesh benchmark.
+
+Phases: micro-benchmarks (in-process); the six variants side by side (every server in its own
+process, the load generator in another: a warm-up, then interleaved rounds A B C ... A B C ...,
+medians reported); certificate rotation under load. Writes a table to the terminal,
+benchmarks/results/latest.json and benchmarks/results/latest.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks import report
+from benchmarks.echo import http_body
+from benchmarks.httpload import HttpLoad, HttpTarget
+from benchmarks.loadgen import GrpcTarget, LoadGenerator, LoadgenSpec, RoundResult
+from benchmarks.meshdir import AGENT, REDIS_AGENT, BenchMesh, create_mesh, free_port
+from benchmarks.micro import run_micro
+from benchmarks.procs import (
+    REPO,
+    Processes,
+    ServerProcess,
+    children_cpu_seconds,
+    cpu_seconds,
+    redis_binary,
+    start_redis,
+    system_busy_seconds,
+)
+from benchmarks.rotation import run_rotation
+from benchmarks.settings import FULL, GATEWAY_PATH, QUICK, SMOKE, VARIANTS, Preset
+
+__all__ = ["main"]
+
+RESULTS = REPO / "benchmarks" / "results"
+#: candidate Invoke routes of the REST bridge, tried when its OpenAPI document names none
+BRIDGE_CANDIDATES = ("/v1/agents/{agent}/agentmesh.v1.Agent/Invoke", "/v1/agents/{agent}/invoke",
+                     "/v1/agents/{agent}:invoke", "/agents/{agent}/invoke",
+                     "/v1/{agent}/agentmesh.v1.Agent/Invoke", "/{agent}/agentmesh.v1.Agent/Invoke")
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ----------------------------------------------------------------------------- the variants
+
+
+@dataclasses.dataclass
+class Bench:
+    """The servers and clients of the variant phase."""
+
+    mesh: BenchMesh
+    procs: Processes
+    servers: dict[int, list[ServerProcess]] = dataclasses.field(default_factory=dict)
+    skipped: dict[int, tuple[str, str]] = dataclasses.field(default_factory=dict)  # n -> (status, reason)
+    grpc_targets: dict[int, GrpcTarget] = dataclasses.field(default_factory=dict)
+    http_targets: dict[int, HttpTarget] = dataclasses.field(default_factory=dict)
+
+    def skip(self, n: int, reason: str, status: str = "skipped") -> None:
+        self.skipped[n] = (status, reason)
+        log(f"  variant {n} {status}: {reason}")
+
+
+def _port(address: str) -> int:
+    return int(address.rpartition(":")[2])
+
+
+def _bridge_importable() -> str | None:
+    """None if agentmesh.bridge offers serve() and create_app(); else why not."""
+    try:
+        if importlib.util.find_spec("agentmesh.bridge") is None:
+            return "agentmesh.bridge is not importable yet"
+        import agentmesh.bridge as bridge
+    except Exception as e:
+        return f"agentmesh.bridge is not importable yet ({type(e).__name__}: {e})"
+    missing = [name for name in ("serve", "create_app") if not hasattr(bridge, name)]
+    if missing:
+        return f"agentmesh.bridge has no {' / '.join(missing)} yet"
+    return None
+
+
+def _post(url: str, body: bytes, token: str) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, method="POST", headers={
+        "Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:  # loopback only
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _bridge_paths(base: str) -> list[str]:
+    """Invoke routes of the bridge: AGENTMESH_BENCH_BRIDGE_PATH, then its OpenAPI document, then guesses."""
+    found: list[str] = []
+    env = os.environ.get("AGENTMESH_BENCH_BRIDGE_PATH")
+    if env:
+        found.append(env)
+    for doc_path in ("/openapi.json", "/v1/openapi.json"):
+        try:
+            with urllib.request.urlopen(base + doc_path, timeout=5) as r:
+                paths = json.loads(r.read()).get("paths", {})
+        except (urllib.error.URLError, ValueError, OSError):
+            continue
+        for path, ops in paths.items():
+            low = path.lower()
+            if "post" in ops and "invoke" in low and "stream" not in low:
+                found.append(path)
+        break
+    found.extend(BRIDGE_CANDIDATES)
+    out = []
+    for path in found:
+        concrete = path
+        while "{" in concrete:  # the one path parameter is the agent name
+            start, end = concrete.index("{"), concrete.index("}")
+            concrete = concrete[:start] + AGENT + concrete[end + 1:]
+        if concrete not in out:
+            out.append(concrete)
+    return out
+
+
+def _setup_bridge(b: Bench) -> None:
+    base = f"http://{b.mesh.bridge_listen}"
+    body = http_body()
+    tried = []
+    for path in _bridge_paths(base):
+        status, answer = _post(base + path, body, b.mesh.client_token)
+        if 200 <= status < 300:
+            b.http_targets[5] = HttpTarget(base + path, body, b.mesh.client_token)
+            log(f"  bridge route: POST {path} -> {status}")
+            return
+        tried.append(f"{path}: {status} {answer[:120]!r}")
+    b.skip(5, "no Invoke route of the bridge answered 2xx (set AGENTMESH_BENCH_BRIDGE_PATH); tried "
+           + "; ".join(tried[:4]), "failed")
+
+
+def start_servers(b: Bench, wanted: Sequence[int], stack: contextlib.ExitStack) -> None:
+    mesh, procs = b.mesh, b.procs
+    cfg = ["--config", str(mesh.config_path)]
+    if 5 in wanted and (why := _bridge_importable()):
+        b.skip(5, why)
+    if 6 in wanted and any(importlib.util.find_spec(m) is None for m in ("fastapi", "slowapi", "uvicorn")):
+        b.skip(6, "fastapi / slowapi not installed (pip install -e '.[bench]')")
+    redis_url = None
+    if 4 in wanted:
+        if redis_binary() is None:
+            b.skip(4, "redis-server not installed (apt-get install redis-server)")
+        else:
+            redis_url, redis = stack.enter_context(start_redis(procs, free_port()))
+            b.servers[4] = [redis]
+    live = [n for n in wanted if n not in b.skipped]
+    need_mesh = any(n in live for n in (3, 4, 5))
+    starting: list[tuple[list[int], ServerProcess]] = []
+    if need_mesh:
+        starting.append(([3, 4, 5], procs.python("control", "control", cfg, _port(mesh.config.control.address))))
+    if 1 in live:
+        addr = f"127.0.0.1:{mesh.insecure_port}"
+        starting.append(([1], procs.python("grpc-insecure", "grpc-insecure", ["--listen", addr], mesh.insecure_port)))
+        b.grpc_targets[1] = GrpcTarget("insecure", addr)
+    if 2 in live:
+        addr = f"127.0.0.1:{mesh.mtls_port}"
+        starting.append(([2], procs.python("grpc-mtls", "grpc-mtls", [*cfg, "--listen", addr], mesh.mtls_port)))
+        b.grpc_targets[2] = GrpcTarget("mtls", addr, AGENT)
+    if 3 in live or 5 in live:
+        echo = procs.python("agent-echo", "agent", [*cfg, "--name", AGENT], _port(mesh.address(AGENT)))
+        starting.append(([3, 5], echo))
+        if 3 in live:
+            b.grpc_targets[3] = GrpcTarget("mesh", agent=AGENT)
+    if 4 in live:
+        assert redis_url is not None
+        echo_redis = procs.python("agent-echo-redis", "agent", [*cfg, "--name", REDIS_AGENT, "--redis", redis_url],
+                                  _port(mesh.address(REDIS_AGENT)))
+        starting.append(([4], echo_redis))
+        b.grpc_targets[4] = GrpcTarget("mesh", agent=REDIS_AGENT)
+    if 5 in live:
+        starting.append(([5], procs.python("bridge", "bridge", [*cfg, "--listen", mesh.bridge_listen],
+                                           _port(mesh.bridge_listen))))
+    if 6 in live:
+        listen = f"127.0.0.1:{mesh.gateway_port}"
+        starting.append(([6], procs.python("gateway", "gateway", [*cfg, "--listen", listen, "--public-key",
+                                                                   str(mesh.gateway_public_key)], mesh.gateway_port)))
+        b.http_targets[6] = HttpTarget(f"http://{listen}{GATEWAY_PATH.replace('{agent}', AGENT)}", http_body(),
+                                       mesh.gateway_token)
+    for users, proc in starting:
+        try:
+            proc.wait_listening()
+        except RuntimeError as e:
+            for n in users:
+                if n in live and n not in b.skipped:
+                    b.skip(n, f"{proc.name} did not start: {e}", "failed")
+            continue
+        if proc.name == "control":
+            continue
+        for n in users:
+            if n in live:
+                b.servers.setdefault(n, []).insert(0, proc)  # the serving process first, redis after
+    for n in list(b.grpc_targets):
+        if n in b.skipped:
+            del b.grpc_targets[n]
+    if 5 in live and 5 not in b.skipped:
+        _setup_bridge(b)
+    if 6 in b.skipped:
+        b.http_targets.pop(6, None)
+
+
+def _round_entry(calls: int, errors: int, elapsed: float, p50: float, p99: float, cpu: dict[str, float],
+                 client_cpu: float | None, busy: float, codes: dict[str, int] | None = None) -> dict[str, Any]:
+    """One round's numbers; ``busy``: CPU seconds the whole machine used meanwhile (for the background)."""
+    server_cpu = sum(cpu.values())
+    background = max(0.0, busy - server_cpu - (client_cpu or 0.0))
+    return {
+        "calls": calls, "errors": errors, "error_codes": codes or {}, "elapsed_s": elapsed,
+        "rps": calls / elapsed if elapsed else 0.0, "p50_ms": p50, "p99_ms": p99,
+        "server_cpu_us_per_call": server_cpu / calls * 1e6 if calls else None,
+        "server_cpu_us_per_call_by_process": {k: v / calls * 1e6 for k, v in cpu.items()} if calls else {},
+        "client_cpu_us_per_call": client_cpu / calls * 1e6 if calls and client_cpu is not None else None,
+        # cores busy with anything but this round's servers and load generator (other jobs on the machine)
+        "background_cores": background / elapsed if elapsed else None,
+    }
+
+
+def run_variants(workdir: Path, preset: Preset, wanted: Sequence[int], concurrency: int,
+                 http: HttpLoad) -> dict[str, dict[str, Any]]:
+    log(f"starting servers for variants {', '.join(map(str, wanted))} ...")
+    mesh = create_mesh(workdir / "mesh")
+    logs = workdir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    b = Bench(mesh, Processes(logs))
+    rounds: dict[int, list[dict[str, Any]]] = {n: [] for n in wanted}
+    gen: LoadGenerator | None = None
+    with contextlib.ExitStack() as stack:
+        stack.callback(b.procs.stop_all)
+        start_servers(b, wanted, stack)
+        if b.grpc_targets:
+            try:
+                gen = LoadGenerator(LoadgenSpec(str(mesh.config_path),
+                                                {VARIANTS[n].key: t for n, t in b.grpc_targets.items()}))
+            except RuntimeError as e:
+                for n in list(b.grpc_targets):
+                    b.skip(n, f"the load generator did not start: {e}", "failed")
+                b.grpc_targets.clear()
+            else:
+                stack.callback(gen.close)
+        order = [n for n in wanted if n in b.grpc_targets or n in b.http_targets]
+
+        def one_round(n: int, seconds: float) -> dict[str, Any]:
+            procs = b.servers[n]
+            busy0, kids0 = system_busy_seconds(), children_cpu_seconds()
+            if n in b.grpc_targets:
+                assert gen is not None
+                r: RoundResult = gen.run(VARIANTS[n].key, seconds, concurrency, [p.pid for p in procs])
+                cpu = {p.name: r.server_cpu_s[p.pid] for p in procs}
+                return _round_entry(r.calls, r.errors, r.elapsed, r.p50_ms, r.p99_ms, cpu, r.client_cpu_s,
+                                    system_busy_seconds() - busy0, r.error_codes)
+            before = {p.name: cpu_seconds(p.pid) for p in procs}
+            h = http.run(b.http_targets[n], seconds, concurrency)
+            cpu = {p.name: cpu_seconds(p.pid) - before[p.name] for p in procs}
+            busy = system_busy_seconds() - busy0 - (children_cpu_seconds() - kids0)  # minus wrk itself
+            return _round_entry(h.calls, h.errors, h.elapsed, h.p50_ms, h.p99_ms, cpu, None, busy)
+
+        log(f"warm-up ({preset.warmup:g} s per variant) ...")
+        for n in order:
+            w = one_round(n, preset.warmup)
+            if w["calls"] == 0:
+                b.skip(n, f"no successful call in the warm-up (errors: {w['error_codes'] or w['errors']}); "
+                          f"see {logs}", "failed")
+        order = [n for n in order if n not in b.skipped]
+        for i in range(preset.rounds):
+            for n in order:
+                entry = one_round(n, preset.seconds)
+                rounds[n].append(entry)
+                log(f"  round {i + 1}/{preset.rounds} v{n} {VARIANTS[n].key:<16} {entry['rps']:8.0f} rps  "
+                    f"p50 {entry['p50_ms']:6.2f} ms  p99 {entry['p99_ms']:6.2f} ms  "
+                    f"server {entry['server_cpu_us_per_call'] or 0:5.0f} us/call  errors {entry['errors']}  "
+                    f"background {entry['background_cores'] or 0:.2f} cores")
+    out: dict[str, dict[str, Any]] = {}
+    for n in wanted:
+        status, reason = b.skipped.get(n, ("ok", None))
+        out[VARIANTS[n].key] = report.aggregate_variant(n, rounds[n], status=status, reason=reason,
+                                                        servers=[p.name for p in b.servers.get(n, [])])
+    return out
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="fewer, shorter rounds; no rotation (< 1 min)")
+    mode.add_argument("--smoke", action="store_true", help="variants 1-3, one 0.3 s round each (for the test)")
+    p.add_argument("--rotate", action="store_true",
+                   help="only the rotation-under-load scenario (the full run includes it)")
+    p.add_argument("--variants", help="comma-separated variant numbers, e.g. 1,2,3")
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--rounds", type=int)
+    p.add_argument("--seconds", type=float, help="length of one round of one variant")
+    p.add_argument("--out", type=Path, default=RESULTS, help="directory of latest.json and latest.png")
+    p.add_argument("--no-chart", action="store_true")
+    p.add_argument("--no-micro", action="store_true")
+    p.add_argument("--keep", action="store_true", help="keep the temporary mesh directory and server logs")
+    return p.parse_args(argv)
+
+
+def _preset(a: argparse.Namespace) -> Preset:
+    preset = SMOKE if a.smoke else QUICK if a.quick else FULL
+    changes: dict[str, Any] = {}
+    if a.rounds:
+        changes["rounds"] = a.rounds
+    if a.seconds:
+        changes["seconds"] = a.seconds
+    if a.variants:
+        changes["variants"] = tuple(sorted({int(x) for x in a.variants.split(",") if x.strip()}))
+        if not set(changes["variants"]) <= set(VARIANTS):
+            raise SystemExit(f"--variants: choose from {', '.join(map(str, VARIANTS))}")
+    if a.rotate:
+        changes.update(rotate=True, variants=())
+    if a.no_chart:
+        changes["chart"] = False
+    return dataclasses.replace(preset, **changes) if changes else preset
+
+
+def _phase(name: str, fn: Callable[[], Any]) -> Any:
+    started = time.perf_counter()
+    result = fn()
+    log(f"{name} done in {time.perf_counter() - started:.1f} s")
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    a = _parse(argv)
+    preset = _preset(a)
+    mode = "rotate" if a.rotate else preset.name
+    started = time.perf_counter()
+    workdir = Path(tempfile.mkdtemp(prefix="agentmesh-bench-"))
+    http = HttpLoad(workdir)
+    doc: dict[str, Any] = {
+        "schema": report.SCHEMA,
+        "mode": mode,
+        "machine": report.machine(),
+        "settings": {"concurrency": a.concurrency, "rounds": preset.rounds, "round_seconds": preset.seconds,
+                     "warmup_seconds": preset.warmup, "http_load": http.tool, "variants": list(preset.variants),
+                     "medians_of": "rounds", "ratios": "ratio of medians"},
+        "variants": {},
+        "micro": None,
+        "rotation": None,
+    }
+    try:
+        if not a.rotate and not a.no_micro:
+            mesh = create_mesh(workdir / "micro-mesh")
+            log("micro-benchmarks ...")
+            doc["micro"] = _phase("micro-benchmarks",
+                                  lambda: run_micro(mesh, workdir, preset.micro_seconds, preset.ca_seconds))
+        if preset.variants:
+            doc["variants"] = _phase("variants", lambda: run_variants(workdir, preset, preset.variants,
+                                                                      a.concurrency, http))
+        if preset.rotate:
+            log(f"rotation under load (2 phases of {preset.rotate_seconds:g} s) ...")
+            doc["rotation"] = _phase("rotation", lambda: run_rotation(
+                workdir, seconds=preset.rotate_seconds, concurrency=a.concurrency, rotations=2, log=log))
+    finally:
+        if a.keep:
+            log(f"kept {workdir}")
+        else:
+            import shutil
+
+            shutil.rmtree(workdir, ignore_errors=True)
+    ratios = report.compute_ratios(doc["variants"])
+    doc["ratios"] = ratios
+    doc["targets"] = report.compute_targets(ratios, doc["micro"], doc["rotation"])
+    doc["duration_s"] = round(time.perf_counter() - started, 1)
+    report.print_report(doc)
+    json_path = a.out / "latest.json"
+    report.write_json(doc, json_path)
+    log(f"wrote {json_path}")
+    if preset.chart and doc["variants"]:
+        png = a.out / "latest.png"
+        report.write_chart(doc, png)
+        log(f"wrote {png}")
+    log(f"total {doc['duration_s']:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""Every benchmark server, one per process: ``python -m benchmarks.serve KIND [options]``.
+
+    grpc-insecure  variant 1: bare grpc.aio, no TLS
+    grpc-mtls      variant 2: MeshServer (mutual TLS) with interceptors=()
+    agent          variants 3/4: a MeshNode with the whole server chain (``--redis URL``: Redis limiter;
+                   ``--stages N`` / ``--tweak``: parts of the chain only, for the profiler's ablation)
+    control        the control plane (token service) of the mesh
+    bridge         variant 5: agentmesh.bridge.serve(), plain HTTP on loopback
+    gateway        variant 6: FastAPI + PyJWT + slowapi under uvicorn, with the bridge's uvicorn settings
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+
+from agentmesh.config import load_config
+from agentmesh.interceptors.chain import server_chain
+from agentmesh.ratelimit import build_limiter
+from agentmesh.runtime.control import start_control
+from agentmesh.runtime.credentials import AgentIdentity
+from agentmesh.runtime.node import MeshNode
+from agentmesh.runtime.server import MeshServer
+from agentmesh.v1 import agent_pb2_grpc
+from benchmarks.echo import Echo
+from benchmarks.meshdir import AGENT, GATEWAY_AUDIENCE, GATEWAY_ISSUER, TWEAKS, apply_tweaks
+
+__all__ = ["UVICORN_SETTINGS", "main"]
+
+#: uvicorn settings of the FastAPI gateway when agentmesh.bridge (whose settings it copies) is missing
+UVICORN_SETTINGS: dict[str, Any] = {"workers": 1, "log_level": "info", "access_log": False}
+SERVICE = "agentmesh.v1.Agent"
+
+
+async def _until_signal(stop: Callable[[], Awaitable[object]]) -> None:
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+    await stopping.wait()
+    await stop()
+
+
+async def grpc_insecure(listen: str) -> None:
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    agent_pb2_grpc.add_AgentServicer_to_server(Echo(), server)
+    if server.add_insecure_port(listen) == 0:
+        raise OSError(f"cannot listen on {listen}")
+    await server.start()
+    await _until_signal(lambda: server.stop(0.5))
+
+
+async def grpc_mtls(config_path: str, listen: str) -> None:
+    config = load_config(config_path)
+    identity = AgentIdentity(config.identity_dir(AGENT), config.trust_domain)
+    server = MeshServer(identity, interceptors=(), max_connection_age=config.max_connection_age,
+                        grace=config.grace_period)
+    server.add(agent_pb2_grpc.add_AgentServicer_to_server, Echo(), SERVICE)
+    await server.start(listen)
+    await server.serve_forever()
+
+
+def _chain_prefix(node: MeshNode, stages: int) -> MeshServer:
+    """A server with only the first ``stages`` stages of the chain (the profiler's ablation)."""
+    config = node.config
+    chain = server_chain(node.name, sink=node.sink, audit_required=config.audit.required, identities=node.identities,
+                         verifier=node.verifier, policy=node.policy, limiter=node.limiter, guard=node.guard)
+    return MeshServer(node.identity, interceptors=chain[:stages], max_connection_age=config.max_connection_age,
+                      grace=config.grace_period)
+
+
+async def agent(config_path: str, name: str, redis: str | None, check_every: float, *,
+                stages: int | None = None, tweaks: Sequence[str] = ()) -> None:
+    config = apply_tweaks(load_config(config_path), tweaks)
+    limiter = None
+    if redis:
+        limiter = build_limiter(dataclasses.replace(config.rate_limits, backend=redis))
+    node = MeshNode(config, name, limiter=limiter, check_every=check_every)
+    await node.start()
+    server = node.server() if stages is None else _chain_prefix(node, stages)
+    server.add(agent_pb2_grpc.add_AgentServicer_to_server, Echo(), SERVICE)
+    await server.start(node.address)
+    try:
+        await server.serve_forever()
+    finally:
+        await node.close()
+
+
+async def control(config_path: str) -> None:
+    server, sink = await start_control(load_config(config_path))
+    try:
+        await server.serve_forever()
+    finally:
+        sink.shutdown(2)
+
+
+def bridge(config_path: str, listen: str) -> None:
+    from agentmesh.bridge import serve  # imported here: run.py checks first that it exists
+
+    serve(load_config(config_path), listen=listen, insecure_http=True, workers=1)
+
+
+def gateway_uvicorn_options(config_path: str | None, listen: str) -> dict[str, Any]:
+    """The bridge's own uvicorn settings (agentmesh.bridge.server.uvicorn_options), plain HTTP on ``listen``."""
+    host, _, port = listen.rpartition(":")
+    try:
+        from agentmesh.bridge.server import uvicorn_options
+    except ImportError:
+        return {**UVICORN_SETTINGS, "host": host, "port": int(port)}
+    assert config_path is not None, "--config is needed to copy the bridge's uvicorn settings"
+    opts: dict[str, Any] = uvicorn_options(load_config(config_path), listen=listen, insecure_http=True)
+    return opts
+
+
+def gateway(config_path: str | None, listen: str, public_key: str) -> None:
+    import uvicorn
+
+    from benchmarks.gateway import create_gateway
+
+    with open(public_key, "rb") as f:
+        app = create_gateway(f.read(), issuer=GATEWAY_ISSUER, audience=GATEWAY_AUDIENCE)
+    opts = gateway_uvicorn_options(config_path, listen)
+    print(f"uvicorn settings: {opts}", flush=True)
+    uvicorn.run(app, **opts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.serve", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("kind", choices=("grpc-insecure", "grpc-mtls", "agent", "control", "bridge", "gateway"))
+    p.add_argument("--config", help="mesh.yaml")
+    p.add_argument("--listen", help="host:port")
+    p.add_argument("--name", default=AGENT, help="agent name (kind agent)")
+    p.add_argument("--redis", help="redis:// URL of the rate-limit backend (kind agent)")
+    p.add_argument("--check-every", type=float, default=1.0, help="identity file check interval, s (kind agent)")
+    p.add_argument("--stages", type=int, help="serve only the first N stages of the server chain (kind agent)")
+    p.add_argument("--tweak", action="append", default=[], choices=TWEAKS, help="switch part of the chain off")
+    p.add_argument("--public-key", help="PEM public key of the gateway's token issuer (kind gateway)")
+    a = p.parse_args(argv)
+    if a.kind == "grpc-insecure":
+        asyncio.run(grpc_insecure(a.listen))
+    elif a.kind == "grpc-mtls":
+        asyncio.run(grpc_mtls(a.config, a.listen))
+    elif a.kind == "agent":
+        asyncio.run(agent(a.config, a.name, a.redis, a.check_every, stages=a.stages, tweaks=a.tweak))
+    elif a.kind == "control":
+        asyncio.run(control(a.config))
+    elif a.kind == "bridge":
+        bridge(a.config, a.listen)
+    else:
+        gateway(a.config, a.listen, a.public_key)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""The run presets and the variants, as data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["FULL", "GATEWAY_PATH", "PRESETS", "QUICK", "SMOKE", "VARIANTS", "Preset", "Variant"]
+
+#: the FastAPI gateway's route (variant 6): the bridge's default route for the same method
+GATEWAY_PATH = "/v1/agents/{agent}/agentmesh.v1.Agent/Invoke"
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    number: int
+    key: str
+    title: str
+    protocol: Literal["grpc", "http"]
+
+
+VARIANTS: dict[int, Variant] = {v.number: v for v in (
+    Variant(1, "grpc_insecure", "bare grpc.aio, insecure", "grpc"),
+    Variant(2, "grpc_mtls", "bare grpc.aio, mTLS, no interceptors", "grpc"),
+    Variant(3, "mesh_memory", "agentmesh, whole chain, memory limiter", "grpc"),
+    Variant(4, "mesh_redis", "agentmesh, whole chain, Redis limiter", "grpc"),
+    Variant(5, "bridge_http", "REST bridge -> agent (both hops)", "http"),
+    Variant(6, "fastapi_gateway", "FastAPI + PyJWT + slowapi gateway", "http"),
+)}
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    name: str
+    rounds: int  # interleaved rounds of every variant (A B C ... A B C ...)
+    seconds: float  # one round of one variant (HTTP rounds are rounded to whole seconds for wrk)
+    warmup: float  # per variant, before the first round
+    micro_seconds: float  # per micro-benchmark
+    ca_seconds: float  # certificate issuance loop
+    rotate: bool  # run rotation under load
+    rotate_seconds: float  # per rotation phase
+    variants: tuple[int, ...]
+    chart: bool
+
+
+FULL = Preset("full", rounds=5, seconds=3.0, warmup=1.5, micro_seconds=0.4, ca_seconds=1.5, rotate=True,
+              rotate_seconds=10.0, variants=(1, 2, 3, 4, 5, 6), chart=True)
+QUICK = Preset("quick", rounds=2, seconds=2.0, warmup=1.0, micro_seconds=0.1, ca_seconds=0.5, rotate=False,
+               rotate_seconds=8.0, variants=(1, 2, 3, 4, 5, 6), chart=True)
+SMOKE = Preset("smoke", rounds=1, seconds=0.3, warmup=0.2, micro_seconds=0.01, ca_seconds=0.05, rotate=False,
+               rotate_seconds=3.0, variants=(1, 2, 3), chart=False)
+PRESETS = {p.name: p for p in (FULL, QUICK, SMOKE)}
