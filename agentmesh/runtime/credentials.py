@@ -16,6 +16,7 @@ from pathlib import Path
 
 import grpc
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from agentmesh.errors import PKIError
 from agentmesh.identity import PeerIdentity, cert_thumbprint, peer_identity_from_pem
@@ -32,6 +33,7 @@ class IdentityFiles:
     bundle: bytes
     leaf: x509.Certificate
     chain: tuple[x509.Certificate, ...]
+    thumbprint: str  # x5t#S256 of the leaf: what tokens issued for this identity are bound to
 
     @classmethod
     def read(cls, directory: Path) -> IdentityFiles:
@@ -48,7 +50,14 @@ class IdentityFiles:
             certs = x509.load_pem_x509_certificates(cert_chain)
         except ValueError:
             raise PKIError(f"{directory / 'cert.pem'} holds no valid PEM certificate") from None
-        return cls(cert_chain, key, bundle, certs[0], tuple(certs[1:]))
+        try:
+            private = serialization.load_pem_private_key(key, password=None)
+        except (ValueError, TypeError):
+            raise PKIError(f"{directory / 'key.pem'} holds no valid unencrypted PEM private key") from None
+        if private.public_key() != certs[0].public_key():
+            # also what a reader sees in the middle of a rotation (new key, old certificate)
+            raise PKIError(f"{directory / 'key.pem'} does not match {directory / 'cert.pem'}")
+        return cls(cert_chain, key, bundle, certs[0], tuple(certs[1:]), cert_thumbprint(certs[0]))
 
 
 class AgentIdentity:
@@ -74,7 +83,7 @@ class AgentIdentity:
     def _self_check(self) -> None:
         me = peer_identity_from_pem(self.leaf_pem, self.trust_domain, time.time())
         self.spiffe_id = me.spiffe_id
-        self.thumbprint = cert_thumbprint(self._files.leaf)
+        self.thumbprint = self._files.thumbprint
 
     @property
     def files(self) -> IdentityFiles:
@@ -127,7 +136,8 @@ class AgentIdentity:
             self._server_config(), fetch, require_client_authentication=True
         )
 
-    def channel_credentials(self) -> grpc.ChannelCredentials:
-        f = self.files
+    def channel_credentials(self, files: IdentityFiles | None = None) -> grpc.ChannelCredentials:
+        """Client credentials from ``files`` (a snapshot; default: the current files)."""
+        f = files or self.files
         return grpc.ssl_channel_credentials(root_certificates=f.bundle, private_key=f.key,
                                             certificate_chain=f.cert_chain)

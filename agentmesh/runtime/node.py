@@ -32,7 +32,7 @@ from agentmesh.pki.crl import RevocationList
 from agentmesh.policy import PolicyEngine
 from agentmesh.ratelimit import RateLimiter, build_limiter
 from agentmesh.runtime.channel import MeshChannels, secure_channel
-from agentmesh.runtime.credentials import AgentIdentity
+from agentmesh.runtime.credentials import AgentIdentity, IdentityFiles
 from agentmesh.runtime.server import MeshServer
 from agentmesh.runtime.tokensource import AgentTokenSource, control_fetcher
 from agentmesh.tokens import KeySet, RevokedSet, keys_from_config, verifier_from_config
@@ -71,8 +71,7 @@ class MeshNode:
         self.limiter = limiter if limiter is not None else build_limiter(config.rate_limits)
         self.guard = PayloadGuard(config.guard)
         self.identities = PeerIdentityCache(config.trust_domain, revocations=self.revocations, clock=clock)
-        self._control = secure_channel(self.identity, config.control.address, config.control.name)
-        self.tokens = AgentTokenSource(control_fetcher(self._control), clock=clock)
+        self._controls: dict[str, tuple[grpc.aio.Channel, AgentTokenSource]] = {}  # by certificate thumbprint
         self.channels = MeshChannels(self.identity, self._target, interceptors=self._client_chain,
                                      options=CHANNEL_OPTIONS)
         self._refresher: asyncio.Task[None] | None = None
@@ -89,8 +88,24 @@ class MeshNode:
             return agent.address
         return "ipv4:" + ",".join((agent.address, *agent.replicas))
 
-    def _client_chain(self, target: str) -> list[grpc.aio.ClientInterceptor]:
-        return client_interceptors(self.name, target, self.tokens, self.sink.tracer,
+    def _control_for(self, files: IdentityFiles) -> tuple[grpc.aio.Channel, AgentTokenSource]:
+        """The control-plane channel and token source of one identity snapshot: the token it fetches
+        is bound to exactly the certificate the snapshot's channels present."""
+        hit = self._controls.get(files.thumbprint)
+        if hit is None:
+            channel = secure_channel(self.identity, self.config.control.address, self.config.control.name,
+                                     files=files)
+            hit = (channel, AgentTokenSource(control_fetcher(channel), clock=self.clock))
+            self._controls[files.thumbprint] = hit
+        return hit
+
+    @property
+    def tokens(self) -> AgentTokenSource:
+        """This member's own token source, for its current certificate."""
+        return self._control_for(self.identity.files)[1]
+
+    def _client_chain(self, target: str, files: IdentityFiles) -> list[grpc.aio.ClientInterceptor]:
+        return client_interceptors(self.name, target, self._control_for(files)[1], self.sink.tracer,
                                    default_timeout=self.config.bridge.default_timeout)
 
     def server(self, **kw: Any) -> MeshServer:
@@ -109,7 +124,7 @@ class MeshNode:
     # ------------------------------------------------------------------ control plane sync
     async def sync(self) -> None:
         """Fetches the mesh token keys and the token revocation list from the control plane."""
-        stub = control_pb2_grpc.TokenServiceStub(self._control)
+        stub = control_pb2_grpc.TokenServiceStub(self._control_for(self.identity.files)[0])
         try:
             keys = await stub.GetKeySet(control_pb2.KeySetRequest(), timeout=5)
             revoked = await stub.ListRevoked(control_pb2.RevokedTokensRequest(), timeout=5)
@@ -158,6 +173,8 @@ class MeshNode:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
         await self.channels.close()
-        await self._control.close()
+        for channel, _ in self._controls.values():
+            await channel.close()
+        self._controls.clear()
         await self.limiter.aclose()
         self.sink.shutdown(timeout=5)

@@ -14,6 +14,7 @@ from meshkit import Mesh, running_mesh
 from support import TD, raw_channel, task
 
 from agentmesh.interceptors.client import delegating
+from agentmesh.pki import write_identity
 from agentmesh.tokens import RevocationStore, TokenAuthority
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc
 
@@ -219,3 +220,19 @@ async def test_outsider_gets_no_token_from_the_control_plane(mesh: Mesh) -> None
             await node.tokens.token()
     finally:
         await node.close()
+
+
+async def test_own_certificate_rotation_keeps_calls_working(mesh: Mesh) -> None:
+    """A caller's certificate renewed on disk: new channel, new token bound to the new certificate;
+    a stub kept from before follows by itself."""
+    node = mesh.nodes["ingestor"]
+    stub = node.stub("summarizer", agent_pb2_grpc.AgentStub)
+    await stub.Invoke(task())
+    old = node.identity.thumbprint
+    write_identity(mesh.ca.issue("ingestor"), node.identity.dir)
+    for _ in range(3):
+        res = await stub.Invoke(task())
+        assert res.output[0].text.startswith("summarizer: peer=spiffe://example.org/agent/ingestor")
+    assert node.identity.thumbprint != old
+    claims = node.verifier.inspect(await node.tokens.token())
+    assert claims.bound_thumbprint == node.identity.thumbprint

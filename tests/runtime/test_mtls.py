@@ -182,3 +182,15 @@ async def _served_serial(mesh: Mesh, a_dir: Path) -> int:
     return x509.load_der_x509_certificate(der).serial_number
 
 
+
+
+def test_half_written_rotation_keeps_the_last_good_identity(tmp_path: Path) -> None:
+    """A reader that sees the new key beside the old certificate keeps serving the old pair."""
+    ca = new_ca(tmp_path)
+    ident = AgentIdentity(identity_dir(ca, tmp_path, "b"), TD, check_every=0)
+    first = ident.files.thumbprint
+    newer = ca.issue("b")
+    (ident.dir / "key.pem").write_bytes(newer.key_pem)  # the cert is not written yet
+    assert ident.files.thumbprint == first and ident.version == 0
+    (ident.dir / "cert.pem").write_bytes(newer.cert_pem)
+    assert ident.files.thumbprint != first and ident.version == 1
