@@ -47,7 +47,7 @@ class CallContext:
 
     @property
     def peer_spiffe_id(self) -> str | None:
-        return str(self.peer.spiffe_id) if self.peer else None
+        return self.peer.uri if self.peer else None
 
     @property
     def peer_name(self) -> str | None:

@@ -106,6 +106,11 @@ class PeerIdentity:
     serial: int
     thumbprint: str  # x5t#S256 of the leaf
     not_after: float  # seconds since the epoch
+    uri: str = ""  # str(spiffe_id), made once: it is read on every call
+
+    def __post_init__(self) -> None:
+        if not self.uri:
+            object.__setattr__(self, "uri", str(self.spiffe_id))
 
     @property
     def name(self) -> str | None:

@@ -9,8 +9,8 @@ One JSONL line per span (the input of ``agentmesh audit show``; a stable schema)
      "attributes": {...}, "events": [{"name": "...", "time": <epoch seconds>, "attributes": {...}}]}
 
 Attributes and event attributes pass through :func:`agentmesh.audit.redact.safe_attributes`.
-The file is opened ``O_APPEND`` (created ``0600``) and every line is written with one
-``os.write``, so several processes can append to the same log without interleaving lines.
+The file is opened ``O_APPEND`` (created ``0600``) and every batch of whole lines is written with
+one ``os.write``, so several processes can append to the same log without interleaving lines.
 """
 
 from __future__ import annotations
@@ -89,10 +89,9 @@ class JsonlExporter(SpanExporter):
         fd = self._fd
         if fd is None:
             return SpanExportResult.FAILURE
-        for span in spans:
-            data = _line(span)
-            while data:  # one write per line; a short write (disk full...) is finished, not lost
-                data = data[os.write(fd, data):]
+        data = b"".join([_line(span) for span in spans])  # one write per batch of whole lines
+        while data:  # a short write (disk full...) is finished, not lost
+            data = data[os.write(fd, data):]
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:

@@ -1,114 +1,77 @@
-"""Call counters and a latency histogram, on a MeterProvider owned by one audit sink.
+"""Call counters and a latency histogram of one audit sink, aggregated in place.
 
-Instruments (attributes ``decision`` and ``status``):
+Series (attributes ``decision`` and ``status``):
 
 * ``agentmesh.calls`` (counter): every call the server chain finished;
-* ``agentmesh.call.duration`` (histogram, seconds): their latency;
+* ``agentmesh.call.duration`` (histogram, seconds, fixed buckets): their latency;
 * ``agentmesh.ratelimited`` (counter): calls refused with decision ``"ratelimited"``.
 
-Readings stay in memory (an ``InMemoryMetricReader``); :meth:`AuditMetrics.snapshot` returns
-them as plain numbers, for the CLI, health endpoints and tests.
-
-The OpenTelemetry SDK costs ~10 us per measurement, too much for every call, so
-:meth:`AuditMetrics.record_call` only appends to a bounded deque (well under a microsecond); a
-daemon thread moves the pending calls into the instruments every ``flush_interval`` seconds, and
-:meth:`AuditMetrics.snapshot` does so before reading. Calls beyond ``max_pending`` between two
-flushes are counted in ``dropped``, never waited for.
+Recording is a dict update and a bisect on the event loop thread (about a microsecond): the
+OpenTelemetry metrics SDK costs ~10 us per measurement, too much for every call.
+:meth:`AuditMetrics.snapshot` returns plain numbers for the CLI, health endpoints and tests. The
+number of distinct (decision, status) series is bounded; calls beyond it are counted in ``dropped``.
 """
 
 from __future__ import annotations
 
-import collections
-import threading
-from collections.abc import Mapping
+import bisect
+from typing import Any
 
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import HistogramDataPoint, InMemoryMetricReader, NumberDataPoint
-from opentelemetry.sdk.resources import Resource
-
-__all__ = ["CALLS", "DURATION", "RATELIMITED", "AuditMetrics"]
+__all__ = ["BUCKETS", "CALLS", "DURATION", "RATELIMITED", "AuditMetrics"]
 
 CALLS = "agentmesh.calls"
 DURATION = "agentmesh.call.duration"
 RATELIMITED = "agentmesh.ratelimited"
-_MAX_CACHED = 256  # distinct (decision, status) attribute sets kept ready-made
+#: histogram bucket upper bounds, in seconds (the last bucket is unbounded)
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class _Series:
+    __slots__ = ("buckets", "count", "sum")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.sum = 0.0
+        self.buckets = [0] * (len(BUCKETS) + 1)
 
 
 class AuditMetrics:
-    def __init__(self, resource: Resource, *, flush_interval: float = 1.0, max_pending: int = 65_536) -> None:
-        self.reader = InMemoryMetricReader()
-        self.provider = MeterProvider(metric_readers=[self.reader], resource=resource, shutdown_on_exit=False)
-        meter = self.provider.get_meter("agentmesh.audit")
-        self._calls = meter.create_counter(CALLS, unit="{call}", description="calls handled, by decision")
-        self._duration = meter.create_histogram(DURATION, unit="s", description="call latency")
-        self._ratelimited = meter.create_counter(RATELIMITED, unit="{call}", description="rate-limited calls")
-        self._attrs: dict[tuple[str, str], Mapping[str, str]] = {}
-        self._max_pending = max_pending
-        self._pending: collections.deque[tuple[str, str, float]] = collections.deque()
-        self._flush_lock = threading.Lock()
-        self._interval = flush_interval
-        self._wake = threading.Event()
-        self._stopping = False
+    def __init__(self, resource: Any = None, *, max_series: int = 256) -> None:
+        self.resource = resource
+        self._series: dict[tuple[str, str], _Series] = {}
+        self._max_series = max_series
         self.dropped = 0
-        self._thread = threading.Thread(target=self._run, name="agentmesh-metrics", daemon=True)
-        self._thread.start()
 
     def record_call(self, decision: str, status: str, duration_s: float) -> None:
-        """Counts one finished call; ``decision`` is "allow", "deny" or "ratelimited"."""
-        n = len(self._pending)
-        if n >= self._max_pending:
-            self.dropped += 1
-            return
-        self._pending.append((decision, status, duration_s))
-        if n == self._max_pending // 2:
-            self._wake.set()  # a burst: flush now rather than at the next interval
+        """Counts one finished call; ``decision`` is "allow", "deny", "ratelimited" or "none"."""
+        series = self._series.get((decision, status))
+        if series is None:
+            if len(self._series) >= self._max_series:
+                self.dropped += 1
+                return
+            series = self._series[(decision, status)] = _Series()
+        series.count += 1
+        series.sum += duration_s
+        series.buckets[bisect.bisect_left(BUCKETS, duration_s)] += 1
 
     def flush(self) -> None:
-        """Moves the pending calls into the OpenTelemetry instruments."""
-        with self._flush_lock:
-            pending = self._pending
-            while pending:
-                decision, status, duration_s = pending.popleft()
-                attrs = self._attributes(decision, status)
-                self._calls.add(1, attrs)
-                self._duration.record(duration_s, attrs)
-                if decision == "ratelimited":
-                    self._ratelimited.add(1, attrs)
-
-    def _attributes(self, decision: str, status: str) -> Mapping[str, str]:
-        attrs = self._attrs.get((decision, status))
-        if attrs is None:
-            attrs = {"decision": decision, "status": status}
-            if len(self._attrs) < _MAX_CACHED:
-                self._attrs[(decision, status)] = attrs
-        return attrs
-
-    def _run(self) -> None:
-        while not self._stopping:
-            self._wake.wait(self._interval)
-            self._wake.clear()
-            self.flush()
+        """Nothing is pending: calls are aggregated as they are recorded."""
 
     def snapshot(self) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-        """{instrument: {sorted attribute items: value}}; a histogram's value is its count."""
-        self.flush()
-        out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-        data = self.reader.get_metrics_data()
-        for rm in data.resource_metrics if data else ():
-            for sm in rm.scope_metrics:
-                for metric in sm.metrics:
-                    points = out.setdefault(metric.name, {})
-                    for p in metric.data.data_points:
-                        key = tuple(sorted((str(k), str(v)) for k, v in (p.attributes or {}).items()))
-                        if isinstance(p, HistogramDataPoint):
-                            points[key] = float(p.count)
-                        elif isinstance(p, NumberDataPoint):
-                            points[key] = float(p.value)
+        """{series: {sorted attribute items: value}}; a histogram's value is its count."""
+        out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {CALLS: {}, DURATION: {}}
+        for (decision, status), s in list(self._series.items()):
+            key = (("decision", decision), ("status", status))
+            out[CALLS][key] = float(s.count)
+            out[DURATION][key] = float(s.count)
+            if decision == "ratelimited":
+                out.setdefault(RATELIMITED, {})[key] = float(s.count)
         return out
 
+    def histogram(self, decision: str, status: str) -> tuple[tuple[float, ...], list[int], float]:
+        """(bucket bounds, counts per bucket incl. the unbounded last one, sum of seconds) of one series."""
+        s = self._series.get((decision, status)) or _Series()
+        return BUCKETS, list(s.buckets), s.sum
+
     def shutdown(self) -> None:
-        self._stopping = True
-        self._wake.set()
-        self._thread.join(5)
-        self.flush()
-        self.provider.shutdown()
+        """Nothing to stop: no thread, no exporter."""

@@ -3,19 +3,28 @@
 :func:`inject` writes ``traceparent`` (and ``tracestate``) into outgoing metadata, replacing any
 already there; :func:`extract` reads them from incoming metadata. A missing, repeated or invalid
 ``traceparent`` yields an empty context, so the next span is a fresh root: never an error.
+
+The common case (a single version-00 ``traceparent``, no ``tracestate``) is parsed and formatted
+here directly, since it runs on every call; anything else goes through OpenTelemetry's
+``TraceContextTextMapPropagator``, which is the reference for both.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
+from opentelemetry import trace
 from opentelemetry.context import Context
+from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 __all__ = ["TRACE_HEADERS", "extract", "inject"]
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 TRACE_HEADERS = frozenset(_PROPAGATOR.fields)  # {"traceparent", "tracestate"}
+_V00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_ROOT = Context()
 
 
 def inject(metadata: list[tuple[str, str]], context: Context | None = None) -> None:
@@ -23,12 +32,14 @@ def inject(metadata: list[tuple[str, str]], context: Context | None = None) -> N
 
     Nothing is added when the context holds no valid span.
     """
-    carrier: dict[str, str] = {}
-    _PROPAGATOR.inject(carrier, context=context)
-    if not carrier:
+    sc = trace.get_current_span(context).get_span_context()
+    if not sc.is_valid:
         return
-    metadata[:] = [(k, v) for k, v in metadata if k.lower() not in TRACE_HEADERS]
-    metadata.extend(carrier.items())
+    if any(k.lower() in TRACE_HEADERS for k, _ in metadata):
+        metadata[:] = [(k, v) for k, v in metadata if k.lower() not in TRACE_HEADERS]
+    metadata.append(("traceparent", f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{int(sc.trace_flags):02x}"))
+    if sc.trace_state:
+        metadata.append(("tracestate", sc.trace_state.to_header()))
 
 
 def extract(metadata: Sequence[tuple[str, str | bytes]] | None) -> Context:
@@ -42,7 +53,15 @@ def extract(metadata: Sequence[tuple[str, str | bytes]] | None) -> Context:
         k = key.lower()
         if k in TRACE_HEADERS and isinstance(value, str):
             carrier.setdefault(k, []).append(value)
-    if len(carrier.get("traceparent", ())) != 1:
+    parents = carrier.get("traceparent", ())
+    if len(parents) != 1:
         return Context()  # absent, or ambiguous (W3C: more than one traceparent is invalid)
+    if "tracestate" not in carrier:
+        m = _V00.fullmatch(parents[0])
+        if m is not None:
+            trace_id, span_id = int(m.group(1), 16), int(m.group(2), 16)
+            if trace_id and span_id:
+                sc = SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(m.group(3), 16)))
+                return trace.set_span_in_context(NonRecordingSpan(sc), _ROOT)
     flat = {k: ",".join(v) for k, v in carrier.items()}  # repeated tracestate headers are joined
     return _PROPAGATOR.extract(flat, context=Context())

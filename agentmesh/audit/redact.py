@@ -59,9 +59,17 @@ _SECRET_VALUE = re.compile(
 )
 
 
+_KEY_VERDICTS: dict[str, bool] = {}  # attribute names are few and repeat on every span
+
+
 def sensitive_key(key: str) -> bool:
     """True when an attribute named ``key`` could hold a credential."""
-    return _SENSITIVE_KEY.search(key) is not None
+    verdict = _KEY_VERDICTS.get(key)
+    if verdict is None:
+        verdict = _SENSITIVE_KEY.search(key) is not None
+        if len(_KEY_VERDICTS) < 4096:
+            _KEY_VERDICTS[key] = verdict
+    return verdict
 
 
 def redact_text(text: str) -> str:
@@ -73,6 +81,11 @@ def redact_text(text: str) -> str:
 
 def safe_value(value: object) -> SafeValue:
     """A JSON-compatible copy of ``value`` with secrets masked (nested lists and maps included)."""
+    kind = type(value)  # exact types first: the common attribute values, without isinstance chains
+    if kind is str:
+        return redact_text(value)  # type: ignore[arg-type]
+    if kind is int or kind is float or kind is bool:
+        return value  # type: ignore[return-value]
     if value is None or isinstance(value, bool | int | float):
         return value
     if isinstance(value, str):

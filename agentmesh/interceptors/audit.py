@@ -57,6 +57,7 @@ class AuditStage(Stage):
         self.sink = sink
         self.required = required
         self._tracer = sink.tracer if sink is not None else trace.NoOpTracer()
+        self._attributes: dict[str, dict[str, Any]] = {}  # span start attributes, per method
 
     def wrap(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         return rewrap(handler, self._unary, self._stream)
@@ -74,9 +75,11 @@ class AuditStage(Stage):
         return await super().intercept_service(continuation, handler_call_details)
 
     def _start(self, call: CallContext, context: grpc.aio.ServicerContext) -> Span:
-        parent = extract(call.metadata)
-        span = self._tracer.start_span(call.method, context=parent, kind=SpanKind.SERVER,
-                                       attributes={**rpc_attributes(call.method), A.AGENT: self.agent})
+        attrs = self._attributes.get(call.method)
+        if attrs is None:
+            attrs = self._attributes[call.method] = {**rpc_attributes(call.method), A.AGENT: self.agent}
+        span = self._tracer.start_span(call.method, context=extract(call.metadata), kind=SpanKind.SERVER,
+                                       attributes=attrs)
         call.span = span
         remaining = context.time_remaining()
         if remaining is not None:
@@ -90,7 +93,7 @@ class AuditStage(Stage):
     def _finish(self, call: CallContext, span: Span, code: grpc.StatusCode, started: float) -> None:
         attrs: dict[str, Any] = {A.RPC_GRPC_STATUS_CODE: code.value[0]}
         if call.peer is not None:
-            attrs[A.PEER_SPIFFE_ID] = str(call.peer.spiffe_id)
+            attrs[A.PEER_SPIFFE_ID] = call.peer.uri
         if call.principal is not None:
             attrs[A.ENDUSER_ID] = call.principal
             attrs[A.ROLES] = list(call.roles)

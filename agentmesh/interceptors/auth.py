@@ -31,7 +31,7 @@ class TokenStage(Stage):
         token = bearer(call.metadata_value(AUTHORIZATION))
         if token is None:
             raise TokenError(f"missing bearer token for {call.method}")
-        own = self.verifier.verify(token, peer_thumbprint=peer.thumbprint, peer_spiffe_id=str(peer.spiffe_id),
+        own = self.verifier.verify(token, peer_thumbprint=peer.thumbprint, peer_spiffe_id=peer.uri,
                                    require_binding=True)
         call.peer_token = own
         subject = call.metadata_value(SUBJECT_TOKEN)
@@ -51,7 +51,7 @@ class TokenStage(Stage):
             raise TokenError("delegation chain holds an entry that is not a SPIFFE ID")
         call.subject_token, call.raw_subject_token = sub, subject
         call.principal, call.roles = sub.sub, sub.roles
-        call.actors = (*earlier, str(peer.spiffe_id))
+        call.actors = (*earlier, peer.uri)
 
 
 class AuthorizationStage(Stage):
@@ -64,7 +64,7 @@ class AuthorizationStage(Stage):
     async def before(self, call: CallContext, context: grpc.aio.ServicerContext) -> None:
         assert call.peer is not None and call.principal is not None, "identity and token stages run first"
         decision = self.policy.decide(PolicyRequest(
-            to=call.agent, method=call.method, peer=str(call.peer.spiffe_id), principal=call.principal,
+            to=call.agent, method=call.method, peer=call.peer.uri, principal=call.principal,
             roles=call.roles, actors=call.actors,
         ))
         call.rule = decision.rule

@@ -76,6 +76,15 @@ class _ClientSteps:
         self.tokens = tokens
         self.tracer = tracer or trace.NoOpTracer()
         self.default_timeout = default_timeout
+        self._attributes: dict[str, dict[str, Any]] = {}  # span start attributes, per method
+
+    def _span_attributes(self, method: str) -> dict[str, Any]:
+        attrs = self._attributes.get(method)
+        if attrs is None:
+            attrs = {**rpc_attributes(method), A.AGENT: self.agent, A.TARGET: self.target}
+            if len(self._attributes) < 1024:
+                self._attributes[method] = attrs
+        return attrs
 
     async def _prepare(self, details: grpc.aio.ClientCallDetails) -> tuple[grpc.aio.ClientCallDetails, Span]:
         method = details.method.decode() if isinstance(details.method, bytes) else details.method
@@ -95,21 +104,25 @@ class _ClientSteps:
             timeout = left if timeout is None else min(timeout, left)
         if timeout is None:
             timeout = self.default_timeout
-        span = self.tracer.start_span(method, kind=SpanKind.CLIENT, attributes={  # client_span
-            **rpc_attributes(method), A.AGENT: self.agent, A.TARGET: self.target})
+        span = self.tracer.start_span(method, kind=SpanKind.CLIENT,  # client_span
+                                      attributes=self._span_attributes(method))
         inject(md, trace.set_span_in_context(span))  # trace_context
         return grpc.aio.ClientCallDetails(details.method, timeout, md, details.credentials,
                                           details.wait_for_ready), span
 
-    async def _intercept(self, continuation: Callable[..., Awaitable[Any]],
-                         details: grpc.aio.ClientCallDetails, request: Any) -> Any:
+    async def _start(self, continuation: Callable[..., Awaitable[Any]],
+                     details: grpc.aio.ClientCallDetails, request: Any) -> tuple[Any, Span]:
         new_details, span = await self._prepare(details)
         try:
-            call = await continuation(new_details, request)
+            return await continuation(new_details, request), span
         except BaseException:
             span.set_status(Status(StatusCode.ERROR, "call not started"))
             span.end()
             raise
+
+    async def _intercept(self, continuation: Callable[..., Awaitable[Any]],
+                         details: grpc.aio.ClientCallDetails, request: Any) -> Any:
+        call, span = await self._start(continuation, details, request)
 
         def done(c: Any) -> None:
             task = asyncio.ensure_future(_end_span(span, c))
@@ -123,6 +136,7 @@ class _ClientSteps:
 class _UnaryUnary(_ClientSteps, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
     async def intercept_unary_unary(self, continuation: Callable[..., Awaitable[Any]],
                                     client_call_details: grpc.aio.ClientCallDetails, request: Any) -> Any:
+        # the call is returned at once (its caller may cancel it); the span ends when it is done
         return await self._intercept(continuation, client_call_details, request)
 
 

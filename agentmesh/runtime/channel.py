@@ -130,7 +130,7 @@ class _FollowingChannel:
 
 
 class _FollowingCallable:
-    __slots__ = ("_channel", "_channels", "_callable", "_kind", "_kwargs", "_method", "_name")
+    __slots__ = ("_callable", "_channel", "_channels", "_kind", "_kwargs", "_method", "_name")
 
     def __init__(self, channels: MeshChannels, name: str, kind: str, method: str, kwargs: dict[str, Any]) -> None:
         self._channels, self._name, self._kind, self._method, self._kwargs = channels, name, kind, method, kwargs

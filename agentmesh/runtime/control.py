@@ -52,7 +52,7 @@ class TokenService(control_pb2_grpc.TokenServiceServicer):
         if request.ttl_seconds:
             ttl = min(ttl, float(request.ttl_seconds))
         ttl = min(ttl, max(1.0, peer.not_after - self.clock()))  # never outlive the bound certificate
-        token = self.authority.issue(sub=str(peer.spiffe_id), roles=roles, audience=self.config.tokens.audience,
+        token = self.authority.issue(sub=peer.uri, roles=roles, audience=self.config.tokens.audience,
                                      ttl=ttl, cnf_thumbprint=peer.thumbprint)
         return control_pb2.AgentToken(token=token, expires_at=int(self.clock() + ttl))
 
