@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/agentmesh/v1/*.proto)
-MESH_DIR ?= .mesh
+MESH_DIR ?= examples/workflow/.mesh
 
 .PHONY: install proto certs demo test check bench clean
 
@@ -21,12 +21,15 @@ $(STAMP): pyproject.toml
 proto: $(STAMP)
 	$(BIN)/python -m agentmesh.protogen protos .
 
-# A CA and identities for the example mesh, in $(MESH_DIR).
+# A CA and identities for the example mesh (examples/workflow/mesh.yaml), in $(MESH_DIR);
+# then: .venv/bin/agentmesh up examples/workflow/mesh.yaml
 certs: $(STAMP)
 	AGENTMESH_CA_DIR=$(MESH_DIR)/ca AGENTMESH=$(BIN)/agentmesh certs/scripts/init-ca.sh
-	for a in ingestor summarizer validator bridge control; do \
+	for a in ingestor summarizer validator control; do \
 	  AGENTMESH_CA_DIR=$(MESH_DIR)/ca AGENTMESH=$(BIN)/agentmesh AGENTMESH_OUT_DIR=$(MESH_DIR)/identities \
 	    certs/scripts/onboard-agent.sh $$a; done
+	AGENTMESH_CA_DIR=$(MESH_DIR)/ca AGENTMESH=$(BIN)/agentmesh AGENTMESH_OUT_DIR=$(MESH_DIR)/identities \
+	  certs/scripts/onboard-agent.sh bridge --dns localhost
 
 demo: $(STAMP)
 	$(BIN)/python -m examples.demo
@@ -43,5 +46,5 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run $(if $(QUICK),--quick,)
 
 clean:
-	rm -rf $(VENV) $(MESH_DIR) build dist .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .mesh $(MESH_DIR) build dist .pytest_cache .mypy_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,19 +1,22 @@
-"""Audit spans and call metrics for every mesh call (OpenTelemetry SDK, never the global providers).
+"""Audit spans and call metrics for every mesh call (OpenTelemetry API, never the global providers).
 
 ::
 
     attributes.py   every attribute and event name, in one place
     redact.py       safe_attributes / payload_attributes: no secret reaches a span
     propagation.py  W3C traceparent in gRPC metadata (inject / extract)
+    fastspan.py     FastTracer / FastSpan: the OpenTelemetry tracing API over plain records
     spans.py        helpers that record denials and guard hits on a span
     processor.py    the non-blocking queue + worker thread
-    exporters.py    console, JSONL (schema in its docstring), OTLP
+    exporters.py    console, JSONL (schema in its docstring)
+    otlp.py         OTLP: SDK spans built and redacted in the export thread
     metrics.py      call counters and a latency histogram
     sink.py         AuditSink / build_audit: all of the above for one agent
     tree.py         reading a JSONL audit log back as trace trees (``agentmesh audit show``)
 """
 
 from agentmesh.audit.exporters import ConsoleExporter, JsonlExporter, make_exporters, span_record
+from agentmesh.audit.fastspan import FastSpan, FastTracer
 from agentmesh.audit.metrics import AuditMetrics
 from agentmesh.audit.processor import QueueSpanProcessor
 from agentmesh.audit.propagation import extract, inject
@@ -26,6 +29,8 @@ __all__ = [
     "AuditMetrics",
     "AuditSink",
     "ConsoleExporter",
+    "FastSpan",
+    "FastTracer",
     "JsonlExporter",
     "QueueSpanProcessor",
     "build_audit",

@@ -1,9 +1,10 @@
-"""A span processor that never blocks the call that ends a span.
+"""The queue between ended spans and the exporters; it never blocks the call that ends a span.
 
-``on_end`` appends to a bounded in-memory queue and returns; when the queue is full the span is
-dropped and counted. A daemon thread takes batches off the queue and hands each batch to every
-exporter in turn. A slow, failing or hung exporter only stalls that thread: calls go on, the queue
-fills, and drops are counted. All counts are in spans:
+:meth:`QueueSpanProcessor.on_end` (the sink's tracer calls it from ``FastSpan.end``) appends to a
+bounded in-memory queue and returns; when the queue is full the span is dropped and counted. A
+daemon thread takes batches off the queue and hands each batch to every exporter in turn. A slow,
+failing or hung exporter only stalls that thread: calls go on, the queue fills, and drops are
+counted. All counts are in spans:
 
 * ``exported``: spans every exporter accepted;
 * ``export_failures``: spans of a batch that at least one exporter refused or raised on;
@@ -19,20 +20,29 @@ import collections
 import logging
 import threading
 from collections.abc import Sequence
+from typing import Protocol
 
-from opentelemetry.context import Context
-from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
-from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import SpanExportResult
 
-__all__ = ["QueueSpanProcessor"]
+from agentmesh.audit.fastspan import FastSpan
+
+__all__ = ["QueueSpanProcessor", "SpanRecordExporter"]
 
 log = logging.getLogger(__name__)
 
 
-class QueueSpanProcessor(SpanProcessor):
+class SpanRecordExporter(Protocol):
+    """What the queue hands ended spans to (in its own thread): the exporters of exporters.py."""
+
+    def export(self, spans: Sequence[FastSpan]) -> SpanExportResult: ...
+
+    def shutdown(self) -> None: ...
+
+
+class QueueSpanProcessor:
     def __init__(
         self,
-        exporters: Sequence[SpanExporter],
+        exporters: Sequence[SpanRecordExporter],
         *,
         queue_size: int = 4096,
         max_batch: int = 512,
@@ -45,7 +55,7 @@ class QueueSpanProcessor(SpanProcessor):
         self._max = queue_size
         self._max_batch = min(max_batch, queue_size)
         self._delay = schedule_delay
-        self._queue: collections.deque[ReadableSpan] = collections.deque()
+        self._queue: collections.deque[FastSpan] = collections.deque()
         self._lock = threading.Lock()  # guards the queue length check and the counters
         self._wake = threading.Event()
         self._flush_waiters: list[threading.Event] = []
@@ -60,10 +70,7 @@ class QueueSpanProcessor(SpanProcessor):
 
     # -- the hot path ---------------------------------------------------------------------------
 
-    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        pass
-
-    def on_end(self, span: ReadableSpan) -> None:
+    def on_end(self, span: FastSpan) -> None:
         with self._lock:
             if self._stopping or len(self._queue) >= self._max:
                 self.dropped += 1
@@ -150,7 +157,7 @@ class QueueSpanProcessor(SpanProcessor):
                 return
             self._export(batch)
 
-    def _export(self, batch: list[ReadableSpan]) -> None:
+    def _export(self, batch: list[FastSpan]) -> None:
         ok = True
         for exporter in self._exporters:
             try:

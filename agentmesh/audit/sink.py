@@ -1,8 +1,9 @@
-"""The audit sink of one agent: its own tracer provider, exporters, queue and metrics.
+"""The audit sink of one agent: its own tracer, exporters, queue and metrics.
 
 Nothing here touches OpenTelemetry's global providers, so several agents (each with its own
-``service.name``) can live in one process. Every span is recorded (sampler ALWAYS_ON): an incoming
-``traceparent`` with the sampled flag off cannot switch auditing off.
+``service.name``) can live in one process. The tracer is fastspan.py's (the OpenTelemetry tracing
+API, without the SDK's per-span cost); every span is recorded: an incoming ``traceparent`` with the
+sampled flag off cannot switch auditing off.
 """
 
 from __future__ import annotations
@@ -11,14 +12,11 @@ from collections.abc import Iterable, Sequence
 
 from google.protobuf.message import Message
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_NAMESPACE, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON
-from opentelemetry.trace import Tracer
 
 from agentmesh.audit.exporters import make_exporters
+from agentmesh.audit.fastspan import FastTracer
 from agentmesh.audit.metrics import AuditMetrics
-from agentmesh.audit.processor import QueueSpanProcessor
+from agentmesh.audit.processor import QueueSpanProcessor, SpanRecordExporter
 from agentmesh.audit.redact import SafeValue, payload_attributes
 from agentmesh.config import AuditConfig
 
@@ -35,7 +33,7 @@ class AuditSink:
     def __init__(
         self,
         service_name: str,
-        exporters: Sequence[SpanExporter],
+        exporters: Sequence[SpanRecordExporter],
         *,
         queue_size: int = 4096,
         payload_fields: Iterable[str] = (),
@@ -46,7 +44,6 @@ class AuditSink:
         self.service_name = service_name
         self.payload_fields = tuple(payload_fields)
         resource = Resource.create({SERVICE_NAME: service_name, SERVICE_NAMESPACE: namespace})
-        self._provider = TracerProvider(resource=resource, sampler=ALWAYS_ON, shutdown_on_exit=False)
         self._processor: QueueSpanProcessor | None = None
         if exporters:
             self._processor = QueueSpanProcessor(
@@ -56,8 +53,8 @@ class AuditSink:
                 schedule_delay=schedule_delay,
                 name=f"audit-{service_name}",
             )
-            self._provider.add_span_processor(self._processor)
-        self.tracer: Tracer = self._provider.get_tracer("agentmesh")
+        on_end = self._processor.on_end if self._processor is not None else None
+        self.tracer = FastTracer(service_name, resource, on_end)
         self.metrics = AuditMetrics(resource)
 
     @property

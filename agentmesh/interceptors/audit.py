@@ -7,7 +7,7 @@ denial on the span and aborts the call with the status from ``interceptors/statu
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -16,7 +16,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from agentmesh.audit import AuditSink, extract, record_denial, rpc_attributes
 from agentmesh.audit import attributes as A
-from agentmesh.context import CallContext, _set, maybe_current_call
+from agentmesh.context import CallContext
 from agentmesh.errors import (
     MeshError,
     PayloadBlocked,
@@ -27,7 +27,7 @@ from agentmesh.errors import (
     TokenError,
     Unavailable,
 )
-from agentmesh.interceptors.base import EXEMPT_PREFIXES, Behavior, Stage, call_stream, rewrap
+from agentmesh.interceptors.base import Body, StreamBody
 from agentmesh.interceptors.status import status_of
 
 __all__ = ["AuditStage"]
@@ -47,32 +47,20 @@ def _stage_of(err: MeshError) -> A.DenialStage:
     return "policy"
 
 
-class AuditStage(Stage):
-    """Opens a server span per call (child of the caller's ``traceparent``), records who called,
-    the decision and the status; with ``required``, refuses calls while the audit sink is down."""
+class AuditStage:
+    """The outermost step of the chain: opens a server span per call (child of the caller's
+    ``traceparent``), records who called, the decision and the status, and maps mesh errors to gRPC
+    status; with ``required``, refuses calls while the audit sink is down."""
 
     def __init__(self, agent: str, sink: AuditSink | None, *, required: bool = False) -> None:
-        super().__init__()
         self.agent = agent
         self.sink = sink
         self.required = required
         self._tracer = sink.tracer if sink is not None else trace.NoOpTracer()
         self._attributes: dict[str, dict[str, Any]] = {}  # span start attributes, per method
 
-    def wrap(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        return rewrap(handler, self._unary, self._stream)
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        if handler_call_details.method.startswith(EXEMPT_PREFIXES):
-            return await continuation(handler_call_details)
-        # the call context exists before inner stages run; they all share it through the contextvar
-        _set(CallContext(method=handler_call_details.method, agent=self.agent,
-                         metadata=handler_call_details.invocation_metadata))
-        return await super().intercept_service(continuation, handler_call_details)
+    def open(self, details: grpc.HandlerCallDetails) -> CallContext:
+        return CallContext(method=details.method, agent=self.agent, metadata=details.invocation_metadata)
 
     def _start(self, call: CallContext, context: grpc.aio.ServicerContext) -> Span:
         attrs = self._attributes.get(call.method)
@@ -129,15 +117,14 @@ class AuditStage(Stage):
             return code
         return grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
 
-    async def _unary(self, inner: Behavior, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        call = _current(self.agent)
+    async def unary(self, call: CallContext, context: grpc.aio.ServicerContext, body: Body) -> Any:
         started = time.perf_counter()
         span = self._start(call, context)
         failed = True
         try:
             with trace.use_span(span, end_on_exit=False):
                 self._check_sink()
-                result = await inner(request, context)
+                result = await body()
             failed = False
             return result
         except MeshError as e:
@@ -145,24 +132,18 @@ class AuditStage(Stage):
         finally:
             self._finish(call, span, self._code(context, call, failed), started)
 
-    async def _stream(self, inner: Behavior, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        call = _current(self.agent)
+    async def stream(self, call: CallContext, context: grpc.aio.ServicerContext,
+                     body: StreamBody) -> AsyncIterator[Any]:
         started = time.perf_counter()
         span = self._start(call, context)
         failed = True
         try:
             with trace.use_span(span, end_on_exit=False):
                 self._check_sink()
-                async for item in call_stream(inner, request, context):
+                async for item in body():
                     yield item
             failed = False
         except MeshError as e:
             await self._fail(call, span, e, context)
         finally:
             self._finish(call, span, self._code(context, call, failed), started)
-
-
-def _current(agent: str) -> CallContext:
-    call = maybe_current_call()
-    assert call is not None and call.agent == agent, "AuditStage opens the call context"
-    return call

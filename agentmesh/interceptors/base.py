@@ -1,25 +1,25 @@
-"""The machinery shared by every server stage: wrap a method handler once, for all four call shapes.
+"""The server chain's machinery: wrap a method handler once, for all four call shapes.
 
-A stage is a ``grpc.aio.ServerInterceptor`` with two hooks:
+A stage has two hooks:
 
 * ``before(call, context)`` runs once per call before the handler (identity, token, policy, limit);
 * ``inspect(call, request)`` runs on every request message (the payload guard).
 
-The wrapped handler is built once per method and cached, so the per-call cost of a stage is one
-dict lookup plus its own decision. Per-call findings live in the contextvar of ``agentmesh.context``.
+:class:`ServerChain` is the one grpc.aio interceptor that runs them, inside the outermost step
+(the audit span). Per-call findings live in the contextvar of ``agentmesh.context``.
 """
 
 from __future__ import annotations
 
 import inspect as _inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
 import grpc
 
-from agentmesh.context import CallContext, maybe_current_call
+from agentmesh.context import CallContext, _set, maybe_current_call
 
-__all__ = ["Stage", "rewrap"]
+__all__ = ["EXEMPT_PREFIXES", "Around", "ServerChain", "Stage", "rewrap"]
 
 Behavior = Callable[..., Any]
 
@@ -89,21 +89,48 @@ async def call_stream(inner: Behavior, request: Any, context: grpc.aio.ServicerC
 #: methods served without the chain (mutual TLS still applies): liveness must not need a token
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 
+Body = Callable[[], Awaitable[Any]]
+StreamBody = Callable[[], AsyncIterator[Any]]
 
-class Stage(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """A thin server interceptor around one sans-IO decision."""
+
+class Stage:
+    """One step of the server chain: a thin adapter around one sans-IO decision."""
 
     #: set by subclasses that look at request messages
     inspects_requests = False
-
-    def __init__(self) -> None:
-        self._wrapped: dict[int, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def before(self, call: CallContext, context: grpc.aio.ServicerContext) -> None:
         """Per-call check; raise an ``agentmesh.errors.MeshError`` to refuse the call."""
 
     def inspect(self, call: CallContext, request: Any) -> None:
         """Per-message check; raise an ``agentmesh.errors.MeshError`` to refuse the call."""
+
+
+class Around(Protocol):
+    """The outermost step: opens the call context, wraps the rest of the chain and the handler."""
+
+    agent: str
+
+    def open(self, details: grpc.HandlerCallDetails) -> CallContext: ...
+
+    async def unary(self, call: CallContext, context: grpc.aio.ServicerContext, body: Body) -> Any: ...
+
+    def stream(self, call: CallContext, context: grpc.aio.ServicerContext, body: StreamBody) -> AsyncIterator[Any]: ...
+
+
+class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """The whole server chain as one grpc.aio interceptor: ``around`` wraps the call, then ``stages``
+    run in list order before the handler, and the inspecting stages see every request message.
+
+    The wrapped handler is built once per method and cached; per call, the chain costs one dict
+    lookup, one contextvar and the stages' own decisions (not a coroutine layer per stage).
+    """
+
+    def __init__(self, around: Around, stages: Sequence[Stage]) -> None:
+        self.around = around
+        self.stages = tuple(stages)
+        self.inspectors = tuple(s for s in self.stages if s.inspects_requests)
+        self._wrapped: dict[int, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -113,27 +140,27 @@ class Stage(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(EXEMPT_PREFIXES):
             return handler
+        _set(self.around.open(handler_call_details))  # same Context for the handler call (grpc.aio)
         hit = self._wrapped.get(id(handler))
         if hit is not None and hit[0] is handler:
             return hit[1]
-        wrapped = self.wrap(handler)
+        streaming = handler.stream_unary is not None or handler.stream_stream is not None
+        wrapped = rewrap(handler, self._make_unary(streaming), self._make_stream(streaming))
         self._wrapped[id(handler)] = (handler, wrapped)
         return wrapped
 
-    def wrap(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        request_streaming = handler.stream_unary is not None or handler.stream_stream is not None
-        return rewrap(handler, self._make_unary(request_streaming), self._make_stream(request_streaming))
-
     def _requests(self, call: CallContext, request: Any, streaming: bool) -> Any:
-        if not self.inspects_requests:
+        if not self.inspectors:
             return request
         if not streaming:
-            self.inspect(call, request)
+            for stage in self.inspectors:
+                stage.inspect(call, request)
             return request
 
         async def checked() -> AsyncIterator[Any]:
             async for message in _as_async_iter(request):
-                self.inspect(call, message)
+                for stage in self.inspectors:
+                    stage.inspect(call, message)
                 yield message
 
         return checked()
@@ -141,9 +168,14 @@ class Stage(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     def _make_unary(self, streaming: bool) -> Callable[[Behavior, Any, grpc.aio.ServicerContext], Awaitable[Any]]:
         async def run(inner: Behavior, request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = maybe_current_call()
-            assert call is not None, "the chain must start with the call-context stage"
-            await self.before(call, context)
-            return await inner(self._requests(call, request, streaming), context)
+            assert call is not None
+
+            async def body() -> Any:
+                for stage in self.stages:
+                    await stage.before(call, context)
+                return await inner(self._requests(call, request, streaming), context)
+
+            return await self.around.unary(call, context, body)
 
         return run
 
@@ -152,9 +184,15 @@ class Stage(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     ) -> Callable[[Behavior, Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
         async def run(inner: Behavior, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             call = maybe_current_call()
-            assert call is not None, "the chain must start with the call-context stage"
-            await self.before(call, context)
-            async for item in call_stream(inner, self._requests(call, request, streaming), context):
+            assert call is not None
+
+            async def body() -> AsyncIterator[Any]:
+                for stage in self.stages:
+                    await stage.before(call, context)
+                async for item in call_stream(inner, self._requests(call, request, streaming), context):
+                    yield item
+
+            async for item in self.around.stream(call, context, body):
                 yield item
 
         return run

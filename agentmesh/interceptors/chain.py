@@ -10,11 +10,13 @@
 
 from __future__ import annotations
 
+import grpc
+
 from agentmesh.audit import AuditSink
 from agentmesh.guard import PayloadGuard
 from agentmesh.interceptors.audit import AuditStage
 from agentmesh.interceptors.auth import AuthorizationStage, TokenStage
-from agentmesh.interceptors.base import Stage
+from agentmesh.interceptors.base import ServerChain
 from agentmesh.interceptors.identity import PeerIdentityCache, PeerIdentityStage
 from agentmesh.interceptors.limits import PayloadGuardStage, RateLimitStage
 from agentmesh.policy import PolicyEngine
@@ -34,17 +36,17 @@ def server_chain(
     policy: PolicyEngine,
     limiter: RateLimiter,
     guard: PayloadGuard,
-) -> list[Stage]:
-    return [
-        AuditStage(agent, sink, required=audit_required),
+) -> list[grpc.aio.ServerInterceptor]:
+    return [ServerChain(AuditStage(agent, sink, required=audit_required), [
         PeerIdentityStage(identities),
         TokenStage(verifier),
         AuthorizationStage(policy),
         RateLimitStage(limiter),
         PayloadGuardStage(guard),
-    ]
+    ])]
 
 
-def identity_chain(agent: str, *, sink: AuditSink | None, identities: PeerIdentityCache) -> list[Stage]:
+def identity_chain(agent: str, *, sink: AuditSink | None,
+                   identities: PeerIdentityCache) -> list[grpc.aio.ServerInterceptor]:
     """The chain of the control plane: certificate identity only (agents have no token yet)."""
-    return [AuditStage(agent, sink), PeerIdentityStage(identities)]
+    return [ServerChain(AuditStage(agent, sink), [PeerIdentityStage(identities)])]

@@ -102,7 +102,7 @@ class TokenAuthority:
         claims: dict[str, Any] = {
             "iss": self.issuer, "sub": sub, "aud": audience,
             "iat": now, "nbf": now, "exp": now + math.ceil(ttl),
-            "jti": secrets.token_urlsafe(18), "roles": list(roles),
+            "jti": secrets.token_hex(16), "roles": list(roles),
         }
         if cnf_thumbprint is None and sub.startswith("spiffe://"):
             raise ConfigError("a token for a spiffe:// subject must be bound to its certificate")

@@ -9,21 +9,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from agentmesh.audit import AuditSink
 
 
 class RecordingExporter(SpanExporter):
-    """Keeps the spans it is given; ``fail`` makes it raise instead."""
+    """Keeps the spans it is given; ``fail`` makes it raise instead.
+
+    A sink's exporter (it is given FastSpan records) or, inside ``RedactingExporter``, the SDK
+    exporter that OTLP would be (it is given redacted ``ReadableSpan`` s).
+    """
 
     def __init__(self) -> None:
-        self.spans: list[ReadableSpan] = []
+        self.spans: list[Any] = []
         self.fail = False
         self.shut = False
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+    def export(self, spans: Sequence[Any]) -> SpanExportResult:
         if self.fail:
             raise ConnectionError("collector is down")
         self.spans.extend(spans)
@@ -41,7 +44,7 @@ class BlockingExporter(RecordingExporter):
         self.entered = threading.Event()
         self.release = threading.Event()
 
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+    def export(self, spans: Sequence[Any]) -> SpanExportResult:
         self.entered.set()
         self.release.wait(30)
         return super().export(spans)

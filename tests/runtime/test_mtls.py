@@ -13,6 +13,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from support import TD, EchoAgent, custom_leaf, identity_dir, new_ca, raw_channel, task
 
 from agentmesh.interceptors.audit import AuditStage
+from agentmesh.interceptors.base import ServerChain
 from agentmesh.interceptors.identity import PeerIdentityCache, PeerIdentityStage
 from agentmesh.pki import CertificateAuthority, RevocationList, write_identity
 from agentmesh.runtime.channel import MeshChannels
@@ -39,7 +40,7 @@ async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
     b_dir = identity_dir(ca, tmp_path, "b")
     ident = AgentIdentity(b_dir, TD, check_every=0)
     crl = RevocationList(ca.crl_path, ca.cert, check_every=0)
-    chain = [AuditStage("b", None), PeerIdentityStage(PeerIdentityCache(TD, revocations=crl))]
+    chain = [ServerChain(AuditStage("b", None), [PeerIdentityStage(PeerIdentityCache(TD, revocations=crl))])]
     server = MeshServer(ident, interceptors=chain, grace=0.5)
     agent = EchoAgent()
     server.add(agent_pb2_grpc.add_AgentServicer_to_server, agent, "agentmesh.v1.Agent")

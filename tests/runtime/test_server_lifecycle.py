@@ -12,6 +12,7 @@ from support import TD, identity_dir, new_ca, raw_channel, task
 from agentmesh.audit import build_audit
 from agentmesh.config import AuditConfig
 from agentmesh.interceptors.audit import AuditStage
+from agentmesh.interceptors.base import ServerChain
 from agentmesh.interceptors.identity import PeerIdentityCache, PeerIdentityStage
 from agentmesh.runtime.credentials import AgentIdentity
 from agentmesh.runtime.server import MeshServer
@@ -32,7 +33,7 @@ class SlowAgent(agent_pb2_grpc.AgentServicer):
 async def test_stop_drains_in_flight_calls_and_refuses_new_ones(tmp_path: Path) -> None:
     ca = new_ca(tmp_path)
     server = MeshServer(AgentIdentity(identity_dir(ca, tmp_path, "b"), TD),
-                        interceptors=[AuditStage("b", None), PeerIdentityStage(PeerIdentityCache(TD))])
+                        interceptors=[ServerChain(AuditStage("b", None), [PeerIdentityStage(PeerIdentityCache(TD))])])
     agent = SlowAgent()
     server.add(agent_pb2_grpc.add_AgentServicer_to_server, agent, "agentmesh.v1.Agent")
     port = await server.start()
@@ -58,7 +59,8 @@ async def test_audit_required_fails_closed_when_the_sink_cannot_write(tmp_path: 
     sink = build_audit(AuditConfig(exporters=("jsonl",), jsonl_path=Path("/dev/full"), required=True),
                        service_name="b")
     server = MeshServer(AgentIdentity(identity_dir(ca, tmp_path, "b"), TD),
-                        interceptors=[AuditStage("b", sink, required=True), PeerIdentityStage(PeerIdentityCache(TD))])
+                        interceptors=[ServerChain(AuditStage("b", sink, required=True),
+                                                  [PeerIdentityStage(PeerIdentityCache(TD))])])
     agent = SlowAgent()
     agent.release.set()
     server.add(agent_pb2_grpc.add_AgentServicer_to_server, agent, "agentmesh.v1.Agent")
