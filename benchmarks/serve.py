@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 
 from agentmesh.config import load_config
+from agentmesh.interceptors.base import ServerChain
 from agentmesh.interceptors.chain import server_chain
 from agentmesh.ratelimit import build_limiter
 from agentmesh.runtime.control import start_control
@@ -68,11 +69,15 @@ async def grpc_mtls(config_path: str, listen: str) -> None:
 
 
 def _chain_prefix(node: MeshNode, stages: int) -> MeshServer:
-    """A server with only the first ``stages`` stages of the chain (the profiler's ablation)."""
+    """A server with only the first ``stages`` stages of the chain (the profiler's ablation):
+    1 = the audit span alone, 2 = + peer identity, ... 6 = the whole chain."""
     config = node.config
-    chain = server_chain(node.name, sink=node.sink, audit_required=config.audit.required, identities=node.identities,
-                         verifier=node.verifier, policy=node.policy, limiter=node.limiter, guard=node.guard)
-    return MeshServer(node.identity, interceptors=chain[:stages], max_connection_age=config.max_connection_age,
+    (chain,) = server_chain(node.name, sink=node.sink, audit_required=config.audit.required,
+                            identities=node.identities, verifier=node.verifier, policy=node.policy,
+                            limiter=node.limiter, guard=node.guard)
+    assert isinstance(chain, ServerChain)
+    interceptors = [] if stages <= 0 else [ServerChain(chain.around, chain.stages[: stages - 1])]
+    return MeshServer(node.identity, interceptors=interceptors, max_connection_age=config.max_connection_age,
                       grace=config.grace_period)
 
 
