@@ -110,6 +110,9 @@ class PayloadGuard:
             except re.error as e:
                 raise ConfigError(f"guard.patterns[{i}]: invalid regular expression {rx!r}: {e}") from None
         self._defaults = tuple(patterns)
+        # one search for any hint first: benign text (the common case) skips the per-pattern loop
+        hints = sorted({h for _, _, hs in patterns for h in hs})
+        self._any_hint = re.compile("|".join(re.escape(h) for h in hints)) if hints else None
 
     def check(self, message: Message) -> GuardResult:
         """Raises :class:`PayloadTooLarge` over the size limit; else names the first pattern found."""
@@ -135,9 +138,14 @@ class PayloadGuard:
             text = unicodedata.normalize("NFKC", text).translate(_ZERO_WIDTH)
         if self._defaults:
             lower = text.lower()
+            if self._any_hint is not None and self._any_hint.search(lower) is None:
+                return self._match_custom(text)
             for name, rx, hints in self._defaults:
                 if any(h in lower for h in hints) and rx.search(lower) is not None:
                     return name
+        return self._match_custom(text)
+
+    def _match_custom(self, text: str) -> str | None:
         for name, rx in self._custom:
             if rx.search(text) is not None:
                 return name

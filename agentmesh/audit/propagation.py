@@ -52,9 +52,9 @@ def extract(metadata: Sequence[tuple[str, str | bytes]] | None) -> Context:
     """
     carrier: dict[str, list[str]] = {}
     for key, value in metadata or ():
-        k = key.lower()
-        if k in TRACE_HEADERS and isinstance(value, str):
-            carrier.setdefault(k, []).append(value)
+        if key in TRACE_HEADERS or (not key.islower() and key.lower() in TRACE_HEADERS):
+            if isinstance(value, str):
+                carrier.setdefault(key.lower(), []).append(value)
     parents = carrier.get("traceparent", ())
     if len(parents) != 1:
         return Context()  # absent, or ambiguous (W3C: more than one traceparent is invalid)

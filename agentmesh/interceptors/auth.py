@@ -31,8 +31,11 @@ class TokenStage(Stage):
         token = bearer(call.metadata_value(AUTHORIZATION))
         if token is None:
             raise TokenError(f"missing bearer token for {call.method}")
-        own = self.verifier.verify(token, peer_thumbprint=peer.thumbprint, peer_spiffe_id=peer.uri,
-                                   require_binding=True)
+        try:
+            own = self.verifier.verify(token, peer_thumbprint=peer.thumbprint, peer_spiffe_id=peer.uri,
+                                       require_binding=True)
+        except TokenError as e:
+            raise TokenError(f"{e.message} (caller's own token, {call.method})") from None
         call.peer_token = own
         subject = call.metadata_value(SUBJECT_TOKEN)
         claimed = call.metadata_value(ACTORS)
@@ -41,7 +44,10 @@ class TokenStage(Stage):
                 raise TokenError(f"delegation chain without a subject token for {call.method}")
             call.principal, call.roles = own.sub, own.roles
             return
-        sub = self.verifier.verify_unbound(subject)
+        try:
+            sub = self.verifier.verify_unbound(subject)
+        except TokenError as e:
+            raise TokenError(f"{e.message} (delegated subject token, {call.method})") from None
         if sub.sub.startswith("spiffe://"):
             raise TokenError("a delegated subject token must belong to a principal, not to an agent")
         if claimed and len(claimed) > MAX_ACTORS_HEADER:
