@@ -1,6 +1,7 @@
 """agentmesh: a gRPC service mesh for AI agents (mutual TLS, bound tokens, policy, limits, audit)."""
 
-from agentmesh.config import MeshConfig, load_config
+from agentmesh.config import MeshConfig
+from agentmesh.configfile import load_config
 from agentmesh.context import CallContext, current_call
 from agentmesh.errors import (
     AuthenticationError,

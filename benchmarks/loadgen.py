@@ -20,7 +20,7 @@ from typing import Literal
 
 import grpc
 
-from agentmesh.config import load_config
+from agentmesh.configfile import load_config
 from agentmesh.runtime.channel import secure_channel
 from agentmesh.runtime.credentials import AgentIdentity
 from agentmesh.runtime.node import MeshNode

@@ -20,7 +20,8 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from agentmesh.config import MeshConfig, load_config
+from agentmesh.config import MeshConfig
+from agentmesh.configfile import load_config
 from agentmesh.pki import CertificateAuthority, write_identity
 from agentmesh.tokens import TokenAuthority
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 
-from agentmesh.config import load_config
+from agentmesh.configfile import load_config
 from agentmesh.interceptors.base import ServerChain
 from agentmesh.interceptors.chain import server_chain
 from agentmesh.ratelimit import build_limiter

@@ -23,7 +23,8 @@ import grpc
 import httpx
 
 from agentmesh.cli.main import main as agentmesh_cli
-from agentmesh.config import MeshConfig, load_config
+from agentmesh.config import MeshConfig
+from agentmesh.configfile import load_config
 from agentmesh.errors import MeshError
 from agentmesh.pki import CertificateAuthority, write_identity
 from agentmesh.runtime.supervisor import Supervisor

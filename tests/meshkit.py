@@ -14,7 +14,8 @@ import yaml
 from support import TD
 
 from agentmesh.audit import AuditSink
-from agentmesh.config import MeshConfig, load_config
+from agentmesh.config import MeshConfig
+from agentmesh.configfile import load_config
 from agentmesh.context import current_call
 from agentmesh.pki import CertificateAuthority, write_identity
 from agentmesh.runtime.control import start_control

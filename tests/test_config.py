@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agentmesh.config import load_config, parse_config
+from agentmesh.configfile import load_config, parse_config
 from agentmesh.errors import ConfigError
 from agentmesh.units import parse_duration, parse_rate, parse_size
 

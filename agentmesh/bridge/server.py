@@ -19,7 +19,8 @@ from typing import Any
 from starlette.applications import Starlette
 
 from agentmesh.bridge.app import create_app
-from agentmesh.config import MeshConfig, load_config
+from agentmesh.config import MeshConfig
+from agentmesh.configfile import load_config
 from agentmesh.errors import ConfigError, PKIError
 from agentmesh.runtime.credentials import AgentIdentity
 

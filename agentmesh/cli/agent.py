@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from agentmesh.config import load_config
+from agentmesh.configfile import load_config
 from agentmesh.runtime.agent import run_agent
 
 __all__ = ["register"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from agentmesh.config import load_config
+from agentmesh.configfile import load_config
 
 __all__ = ["register"]
 

@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 
-from agentmesh.config import load_config
+from agentmesh.configfile import load_config
 from agentmesh.errors import ConfigError, MeshError
 from agentmesh.interceptors.client import delegating
 from agentmesh.runtime.descriptors import methods_of

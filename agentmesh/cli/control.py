@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from agentmesh.config import load_config
+from agentmesh.configfile import load_config
 from agentmesh.runtime.control import start_control
 
 __all__ = ["register"]

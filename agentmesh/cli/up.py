@@ -6,7 +6,7 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from agentmesh.config import load_config
+from agentmesh.configfile import load_config
 from agentmesh.runtime.supervisor import run_up
 
 __all__ = ["register"]

@@ -26,7 +26,8 @@ from support import EchoAgent
 
 from agentmesh.bridge import create_app
 from agentmesh.bridge.server import uvicorn_options
-from agentmesh.config import MeshConfig, load_config
+from agentmesh.config import MeshConfig
+from agentmesh.configfile import load_config
 from agentmesh.context import current_call
 from agentmesh.pki import CertificateAuthority, write_identity
 from agentmesh.runtime.control import start_control

@@ -133,7 +133,7 @@ def test_serve_options(tmp_path: Path) -> None:
     from support import TD
 
     from agentmesh.bridge.server import split_listen, uvicorn_options
-    from agentmesh.config import parse_config
+    from agentmesh.configfile import parse_config
     from agentmesh.errors import PKIError
 
     config = parse_config({"trust_domain": TD, "agents": {}}, tmp_path)

@@ -14,7 +14,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from agentmesh.config import MeshConfig, load_config
+from agentmesh.config import MeshConfig
+from agentmesh.configfile import load_config
 from agentmesh.interceptors.client import delegating
 from agentmesh.runtime.agent import run_agent
 from agentmesh.runtime.control import start_control
