@@ -27,10 +27,10 @@ from agentmesh.errors import (
     TokenError,
     Unavailable,
 )
-from agentmesh.interceptors.base import Body, StreamBody
+from agentmesh.interceptors.base import Body, Stage, StreamBody
 from agentmesh.interceptors.status import status_of
 
-__all__ = ["AuditStage"]
+__all__ = ["AuditStage", "PayloadRecordStage"]
 
 
 def _stage_of(err: MeshError) -> A.DenialStage:
@@ -147,3 +147,17 @@ class AuditStage:
             await self._fail(call, span, e, context)
         finally:
             self._finish(call, span, self._code(context, call, failed), started)
+
+
+class PayloadRecordStage(Stage):
+    """Records the allow-listed request fields (``audit.payload_fields``), redacted, on the call's span.
+    Only in the chain when the allow-list is not empty: by default no payload content is recorded."""
+
+    inspects_requests = True
+
+    def __init__(self, sink: AuditSink) -> None:
+        self.sink = sink
+
+    def inspect(self, call: CallContext, request: Any) -> None:
+        if call.span is not None:
+            call.span.set_attributes(self.sink.payload_attributes(request))

@@ -6,6 +6,7 @@
     4. authorization  deny rules, then allow rules, then default deny
     5. rate limit     token bucket per (rule, verified principal)
     6. payload guard  size and patterns of every request message
+       (with audit.payload_fields, the allow-listed request fields are recorded, redacted, just before it)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import grpc
 
 from agentmesh.audit import AuditSink
 from agentmesh.guard import PayloadGuard
-from agentmesh.interceptors.audit import AuditStage
+from agentmesh.interceptors.audit import AuditStage, PayloadRecordStage
 from agentmesh.interceptors.auth import AuthorizationStage, TokenStage
 from agentmesh.interceptors.base import ServerChain
 from agentmesh.interceptors.identity import PeerIdentityCache, PeerIdentityStage
@@ -37,11 +38,13 @@ def server_chain(
     limiter: RateLimiter,
     guard: PayloadGuard,
 ) -> list[grpc.aio.ServerInterceptor]:
+    record = [PayloadRecordStage(sink)] if sink is not None and sink.payload_fields else []
     return [ServerChain(AuditStage(agent, sink, required=audit_required), [
         PeerIdentityStage(identities),
         TokenStage(verifier),
         AuthorizationStage(policy),
         RateLimitStage(limiter),
+        *record,  # only with audit.payload_fields: allow-listed request fields, redacted, on the span
         PayloadGuardStage(guard),
     ])]
 

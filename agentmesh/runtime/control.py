@@ -71,8 +71,7 @@ async def start_control(config: MeshConfig, *, address: str | None = None) -> tu
     authority = TokenAuthority.ensure(config.ca_dir, issuer=config.tokens.issuer)
     identity = AgentIdentity(config.identity_dir(name), config.trust_domain)
     chain = identity.files.chain
-    crl_path = config.crl_path if config.crl_path is not None and config.crl_path.exists() else None
-    revocations = RevocationList(crl_path, chain[0] if chain else None)
+    revocations = RevocationList(config.crl_path, chain[0] if chain else None)
     sink = build_audit(config.audit, service_name=name)
     server = MeshServer(identity, interceptors=identity_chain(
         name, sink=sink, identities=PeerIdentityCache(config.trust_domain, revocations=revocations)),

@@ -61,8 +61,8 @@ class MeshNode:
         if self.identity.spiffe_id != self.spiffe_id:
             raise PKIError(f"the identity in {self.identity.dir} is {self.identity.spiffe_id}, not {self.spiffe_id}")
         chain = self.identity.files.chain
-        crl_path = config.crl_path if config.crl_path is not None and config.crl_path.exists() else None
-        self.revocations = RevocationList(crl_path, chain[0] if chain else None, check_every=check_every)
+        # the CRL may appear later (first revocation): a missing file is re-checked, never an error
+        self.revocations = RevocationList(config.crl_path, chain[0] if chain else None, check_every=check_every)
         self.sink = sink if sink is not None else build_audit(config.audit, service_name=name)
         self.revoked = RevokedSet()
         self._external_keys, self._jwks_caches = keys_from_config(config.tokens, None, clock=clock)

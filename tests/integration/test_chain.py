@@ -236,3 +236,26 @@ async def test_own_certificate_rotation_keeps_calls_working(mesh: Mesh) -> None:
     assert node.identity.thumbprint != old
     claims = node.verifier.inspect(await node.tokens.token())
     assert claims.bound_thumbprint == node.identity.thumbprint
+
+
+async def test_payload_fields_are_recorded_only_when_allow_listed_and_redacted(tmp_path: Path) -> None:
+    audit = {"exporters": ["jsonl"], "jsonl_path": "audit.jsonl", "payload_fields": ["id", "metadata.note"]}
+    async with running_mesh(tmp_path, AGENTS, **{**SECTIONS, "audit": audit}) as m:
+        secret = m.client_token()
+        request = agent_pb2.Task(id="t-42", input=[agent_pb2.Part(text="private words")],
+                                 metadata={"note": f"Bearer {secret}"})
+        await m.nodes["ingestor"].stub("summarizer", agent_pb2_grpc.AgentStub).Invoke(request)
+        recorded = [r for r in spans(m)
+                    if r["kind"] == "server" and r["attributes"].get("agentmesh.agent") == "summarizer"]
+        attrs = recorded[0]["attributes"]
+        assert attrs["agentmesh.payload.id"] == "t-42"
+        assert attrs["agentmesh.payload.metadata.note"] == "[REDACTED]"
+        raw = m.audit_path.read_text()
+        assert "private words" not in raw and secret not in raw
+
+
+async def test_default_records_no_payload(mesh: Mesh) -> None:
+    await mesh.nodes["ingestor"].stub("summarizer", agent_pb2_grpc.AgentStub).Invoke(task("confidential text"))
+    recorded = spans(mesh)  # flushed
+    assert recorded and not [k for r in recorded for k in r["attributes"] if k.startswith("agentmesh.payload.")]
+    assert "confidential text" not in mesh.audit_path.read_text()
