@@ -51,6 +51,9 @@ CHANNEL_OPTIONS = (
 
 
 class MeshNode:
+    """One mesh member (agent, bridge or tool): its identity, both chains, its own bound token, and
+    channels to the other members; ``start()`` syncs keys and revocations with the control plane."""
+
     def __init__(self, config: MeshConfig, name: str, *, clock: Clock = time.time, sink: AuditSink | None = None,
                  limiter: RateLimiter | None = None, check_every: float = 1.0) -> None:
         self.config = config
