@@ -23,7 +23,7 @@ from agentmesh.audit import inject, rpc_attributes
 from agentmesh.context import maybe_current_call
 from agentmesh.metadata import ACTORS, AUTHORIZATION, IDENTITY_HEADERS, SUBJECT_TOKEN, TRACE_HEADERS
 
-__all__ = ["CLIENT_STEPS", "Delegation", "TokenSource", "client_interceptors", "delegating"]
+__all__ = ["CLIENT_STEPS", "ClientSteps", "Delegation", "TokenSource", "client_interceptors", "delegating"]
 
 #: the order of the client chain, for docs and tests: each is one method of MeshClientInterceptor
 CLIENT_STEPS = ("token", "delegation", "deadline", "client_span", "trace_context")
@@ -31,6 +31,13 @@ CLIENT_STEPS = ("token", "delegation", "deadline", "client_span", "trace_context
 
 class TokenSource(Protocol):
     async def token(self) -> str: ...
+
+    def cached(self) -> str | None:
+        """The token if it is at hand and fresh, without waiting; else None."""
+        ...
+
+
+Prepared = tuple[list[tuple[str, str]], float | None, Span]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,9 +72,14 @@ def _outgoing_delegation() -> Delegation | None:
     return None
 
 
-class _ClientSteps:
-    """The client chain's steps; grpc.aio files an interceptor under one call shape only, so
-    :func:`client_interceptors` makes one small subclass instance per shape sharing these steps."""
+class ClientSteps:
+    """The client chain's steps for calls from ``agent`` to ``target``, made once per channel.
+
+    :meth:`prepare_now` does them synchronously when this member's token is at hand (the steady
+    state), so a mesh channel runs them in the stub layer without grpc.aio's client-interceptor
+    machinery; :meth:`prepare` awaits the token first. :func:`client_interceptors` wraps the same
+    steps as grpc.aio interceptors, for channels made by hand.
+    """
 
     def __init__(self, agent: str, target: str, tokens: TokenSource | None, tracer: trace.Tracer | None = None,
                  *, default_timeout: float | None = None) -> None:
@@ -86,19 +98,28 @@ class _ClientSteps:
                 self._attributes[method] = attrs
         return attrs
 
-    async def _prepare(self, details: grpc.aio.ClientCallDetails) -> tuple[grpc.aio.ClientCallDetails, Span]:
-        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+    def prepare_now(self, method: str, metadata: Any, timeout: float | None) -> Prepared | None:
+        """(metadata, timeout, span) for a call, or None when the token must be fetched first."""
+        if self.tokens is None:
+            return self._build(method, metadata, timeout, None)
+        token = self.tokens.cached()
+        return None if token is None else self._build(method, metadata, timeout, token)
+
+    async def prepare(self, method: str, metadata: Any, timeout: float | None) -> Prepared:
+        token = await self.tokens.token() if self.tokens is not None else None
+        return self._build(method, metadata, timeout, token)
+
+    def _build(self, method: str, metadata: Any, timeout: float | None, token: str | None) -> Prepared:
         # identity headers come only from the steps below, never from the caller's metadata
-        md = [(k, v) for k, v in (details.metadata or ()) if k not in IDENTITY_HEADERS and k not in TRACE_HEADERS]
-        if self.tokens is not None:  # token
-            md.append((AUTHORIZATION, "Bearer " + await self.tokens.token()))
+        md = [(k, v) for k, v in (metadata or ()) if k not in IDENTITY_HEADERS and k not in TRACE_HEADERS]
+        if token is not None:  # token
+            md.append((AUTHORIZATION, "Bearer " + token))
         deleg = _outgoing_delegation()  # delegation
         if deleg is not None:
             md.append((SUBJECT_TOKEN, deleg.subject_token))
             if deleg.actors:
                 md.append((ACTORS, ",".join(deleg.actors)))
-        timeout = details.timeout  # deadline: never outlive the call being served
-        call = maybe_current_call()
+        call = maybe_current_call()  # deadline: never outlive the call being served
         if call is not None and call.deadline is not None:
             left = max(0.0, call.deadline - time.monotonic())
             timeout = left if timeout is None else min(timeout, left)
@@ -107,22 +128,11 @@ class _ClientSteps:
         span = self.tracer.start_span(method, kind=SpanKind.CLIENT,  # client_span
                                       attributes=self._span_attributes(method))
         inject(md, trace.set_span_in_context(span))  # trace_context
-        return grpc.aio.ClientCallDetails(details.method, timeout, md, details.credentials,
-                                          details.wait_for_ready), span
+        return md, timeout, span
 
-    async def _start(self, continuation: Callable[..., Awaitable[Any]],
-                     details: grpc.aio.ClientCallDetails, request: Any) -> tuple[Any, Span]:
-        new_details, span = await self._prepare(details)
-        try:
-            return await continuation(new_details, request), span
-        except BaseException:
-            span.set_status(Status(StatusCode.ERROR, "call not started"))
-            span.end()
-            raise
-
-    async def _intercept(self, continuation: Callable[..., Awaitable[Any]],
-                         details: grpc.aio.ClientCallDetails, request: Any) -> Any:
-        call, span = await self._start(continuation, details, request)
+    @staticmethod
+    def end_when_done(call: Any, span: Span) -> None:
+        """Ends the client span with the call's status once the call is over."""
 
         def done(c: Any) -> None:
             task = asyncio.ensure_future(_end_span(span, c))
@@ -130,29 +140,46 @@ class _ClientSteps:
             task.add_done_callback(_ending.discard)
 
         call.add_done_callback(done)
+
+    @staticmethod
+    def not_started(span: Span) -> None:
+        span.set_status(Status(StatusCode.ERROR, "call not started"))
+        span.end()
+
+    async def _intercept(self, continuation: Callable[..., Awaitable[Any]],
+                         details: grpc.aio.ClientCallDetails, request: Any) -> Any:
+        method = details.method.decode() if isinstance(details.method, bytes) else details.method
+        md, timeout, span = await self.prepare(method, details.metadata, details.timeout)
+        new_details = grpc.aio.ClientCallDetails(details.method, timeout, md, details.credentials,
+                                                 details.wait_for_ready)
+        try:
+            call = await continuation(new_details, request)
+        except BaseException:
+            self.not_started(span)
+            raise
+        self.end_when_done(call, span)  # the call is returned at once: its caller may cancel it
         return call
 
 
-class _UnaryUnary(_ClientSteps, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+class _UnaryUnary(ClientSteps, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
     async def intercept_unary_unary(self, continuation: Callable[..., Awaitable[Any]],
                                     client_call_details: grpc.aio.ClientCallDetails, request: Any) -> Any:
-        # the call is returned at once (its caller may cancel it); the span ends when it is done
         return await self._intercept(continuation, client_call_details, request)
 
 
-class _UnaryStream(_ClientSteps, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+class _UnaryStream(ClientSteps, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
     async def intercept_unary_stream(self, continuation: Callable[..., Awaitable[Any]],
                                      client_call_details: grpc.aio.ClientCallDetails, request: Any) -> Any:
         return await self._intercept(continuation, client_call_details, request)
 
 
-class _StreamUnary(_ClientSteps, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+class _StreamUnary(ClientSteps, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
     async def intercept_stream_unary(self, continuation: Callable[..., Awaitable[Any]],
                                      client_call_details: grpc.aio.ClientCallDetails, request_iterator: Any) -> Any:
         return await self._intercept(continuation, client_call_details, request_iterator)
 
 
-class _StreamStream(_ClientSteps, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+class _StreamStream(ClientSteps, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
     async def intercept_stream_stream(self, continuation: Callable[..., Awaitable[Any]],
                                       client_call_details: grpc.aio.ClientCallDetails, request_iterator: Any) -> Any:
         return await self._intercept(continuation, client_call_details, request_iterator)

@@ -2,28 +2,32 @@
 
 The server's certificate must chain to the mesh bundle and carry the agent name as a DNS SAN
 (checked through ``grpc.ssl_target_name_override``), so a mesh member cannot pose as another one
-at a known address. Channels are cached per target and rebuilt when our own identity files change;
-the interceptors of a channel are made for the identity snapshot the channel uses, so a token
-bound to one certificate is never sent over a connection made with another. Stubs from
-:meth:`MeshChannels.stub` follow rotations by themselves.
+at a known address.
+
+:meth:`MeshChannels.channel` returns a :class:`MeshChannel`: it looks like a ``grpc.aio.Channel``
+to generated stubs, follows certificate rotations (a new connection with the new certificate, and
+a token bound to exactly that certificate), and runs the client chain in the stub layer
+(:class:`agentmesh.interceptors.client.ClientSteps`), which costs less than grpc.aio interceptors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import asyncio
+from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
 
 from agentmesh.errors import ConfigError
 from agentmesh.identity import validate_agent_name
+from agentmesh.interceptors.client import ClientSteps
 from agentmesh.runtime.credentials import AgentIdentity, IdentityFiles
 
-__all__ = ["MeshChannels", "secure_channel"]
+__all__ = ["MeshChannel", "MeshChannels", "secure_channel"]
 
 T = TypeVar("T")
-#: (target agent name, identity snapshot) -> the client interceptors of a channel
-InterceptorFactory = Callable[[str, IdentityFiles], Sequence[grpc.aio.ClientInterceptor]]
+#: (target agent name, identity snapshot) -> the client chain of a channel (None: no chain)
+StepsFactory = Callable[[str, IdentityFiles], ClientSteps | None]
 
 
 def secure_channel(
@@ -53,15 +57,15 @@ class MeshChannels:
         identity: AgentIdentity,
         addresses: Mapping[str, str] | Callable[[str], str],
         *,
-        interceptors: Sequence[grpc.aio.ClientInterceptor] | InterceptorFactory = (),
+        steps: StepsFactory | None = None,
         options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         self.identity = identity
         self._resolve = addresses if callable(addresses) else self._from_mapping(dict(addresses))
-        fixed = tuple(interceptors) if not callable(interceptors) else ()
-        self._interceptors: InterceptorFactory = interceptors if callable(interceptors) else (lambda *_: fixed)
+        self._steps: StepsFactory = steps or (lambda *_: None)
         self.options = tuple(options)
-        self._channels: dict[str, tuple[int, grpc.aio.Channel]] = {}
+        self._current: dict[str, tuple[int, grpc.aio.Channel, ClientSteps | None]] = {}
+        self._facades: dict[str, MeshChannel] = {}
         self._retired: list[grpc.aio.Channel] = []
 
     @staticmethod
@@ -75,61 +79,78 @@ class MeshChannels:
 
         return resolve
 
-    def channel(self, name: str) -> grpc.aio.Channel:
-        """The current channel to agent ``name`` (made with the current identity files)."""
+    def current(self, name: str) -> tuple[grpc.aio.Channel, ClientSteps | None]:
+        """The connection to agent ``name`` made with the current identity files, and its chain."""
         self.identity.refresh()
         version = self.identity.version
-        cached = self._channels.get(name)
-        if cached is not None and cached[0] == version:
-            return cached[1]
+        hit = self._current.get(name)
+        if hit is not None and hit[0] == version:
+            return hit[1], hit[2]
         validate_agent_name(name)
-        if cached is not None:
-            self._retired.append(cached[1])  # in-flight calls finish; closed with the others
+        if hit is not None:
+            self._retired.append(hit[1])  # in-flight calls finish; closed with the others
         files = self.identity.files
-        ch = secure_channel(self.identity, self._resolve(name), name, files=files,
-                            interceptors=self._interceptors(name, files), options=self.options)
-        self._channels[name] = (version, ch)
-        return ch
+        ch = secure_channel(self.identity, self._resolve(name), name, files=files, options=self.options)
+        steps = self._steps(name, files)
+        self._current[name] = (version, ch, steps)
+        return ch, steps
+
+    def channel(self, name: str) -> MeshChannel:
+        """The channel to agent ``name`` (one object per name; it follows rotations)."""
+        facade = self._facades.get(name)
+        if facade is None:
+            self.current(name)  # refuses an unknown name now
+            facade = self._facades[name] = MeshChannel(self, name)
+        return facade
 
     def stub(self, name: str, stub_class: Callable[[Any], T]) -> T:
-        """A generated stub for agent ``name``, e.g. ``channels.stub("b", agent_pb2_grpc.AgentStub)``.
-
-        The stub may be kept: each call goes over the current channel, so it follows rotations.
-        """
-        return stub_class(_FollowingChannel(self, name))
+        """A generated stub for agent ``name``, e.g. ``channels.stub("b", agent_pb2_grpc.AgentStub)``;
+        it may be kept: every call goes over the current connection, through the client chain."""
+        return stub_class(self.channel(name))
 
     async def close(self) -> None:
-        channels = [c for _, c in self._channels.values()] + self._retired
-        self._channels.clear()
+        channels = [c for _, c, _ in self._current.values()] + self._retired
+        self._current.clear()
         self._retired.clear()
         for ch in channels:
             await ch.close()
 
 
-class _FollowingChannel:
-    """Quacks like a grpc.aio.Channel for generated stubs; calls go to the agent's current channel."""
+class MeshChannel:
+    """A ``grpc.aio.Channel`` look-alike for one agent; state queries go to the current connection."""
 
     def __init__(self, channels: MeshChannels, name: str) -> None:
         self._channels = channels
-        self._name = name
+        self.name = name
 
-    def _multi(self, kind: str, method: str, kwargs: dict[str, Any]) -> _FollowingCallable:
-        return _FollowingCallable(self._channels, self._name, kind, method, kwargs)
+    def _callable(self, kind: str, method: str, kwargs: dict[str, Any]) -> _ChainedCallable:
+        return _ChainedCallable(self._channels, self.name, kind, method, kwargs)
 
-    def unary_unary(self, method: str, **kwargs: Any) -> _FollowingCallable:
-        return self._multi("unary_unary", method, kwargs)
+    def unary_unary(self, method: str, **kwargs: Any) -> _ChainedCallable:
+        return self._callable("unary_unary", method, kwargs)
 
-    def unary_stream(self, method: str, **kwargs: Any) -> _FollowingCallable:
-        return self._multi("unary_stream", method, kwargs)
+    def unary_stream(self, method: str, **kwargs: Any) -> _ChainedCallable:
+        return self._callable("unary_stream", method, kwargs)
 
-    def stream_unary(self, method: str, **kwargs: Any) -> _FollowingCallable:
-        return self._multi("stream_unary", method, kwargs)
+    def stream_unary(self, method: str, **kwargs: Any) -> _ChainedCallable:
+        return self._callable("stream_unary", method, kwargs)
 
-    def stream_stream(self, method: str, **kwargs: Any) -> _FollowingCallable:
-        return self._multi("stream_stream", method, kwargs)
+    def stream_stream(self, method: str, **kwargs: Any) -> _ChainedCallable:
+        return self._callable("stream_stream", method, kwargs)
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
+        return self._channels.current(self.name)[0].get_state(try_to_connect)
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
+        await self._channels.current(self.name)[0].wait_for_state_change(last_observed_state)
+
+    async def channel_ready(self) -> None:
+        await self._channels.current(self.name)[0].channel_ready()
 
 
-class _FollowingCallable:
+class _ChainedCallable:
+    """A multicallable that runs the client chain, then calls over the current connection."""
+
     __slots__ = ("_callable", "_channel", "_channels", "_kind", "_kwargs", "_method", "_name")
 
     def __init__(self, channels: MeshChannels, name: str, kind: str, method: str, kwargs: dict[str, Any]) -> None:
@@ -137,9 +158,91 @@ class _FollowingCallable:
         self._channel: grpc.aio.Channel | None = None
         self._callable: Any = None
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        ch = self._channels.channel(self._name)
+    def __call__(self, request: Any = None, *, timeout: float | None = None, metadata: Any = None,
+                 credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
+                 compression: grpc.Compression | None = None) -> Any:
+        ch, steps = self._channels.current(self._name)
         if ch is not self._channel:
             self._callable = getattr(ch, self._kind)(self._method, **self._kwargs)
             self._channel = ch
-        return self._callable(*args, **kwargs)
+        invoke = self._callable
+        if steps is None:
+            return invoke(request, timeout=timeout, metadata=metadata, credentials=credentials,
+                          wait_for_ready=wait_for_ready, compression=compression)
+        prepared = steps.prepare_now(self._method, metadata, timeout)
+        if prepared is None:  # the token must be fetched first (start-up, right after a rotation)
+            async def start() -> Any:
+                md, t, span = await steps.prepare(self._method, metadata, timeout)
+                return _started(steps, span, lambda: invoke(request, timeout=t, metadata=md, credentials=credentials,
+                                                            wait_for_ready=wait_for_ready, compression=compression))
+
+            return _DeferredCall(asyncio.ensure_future(start()))
+        md, t, span = prepared
+        return _started(steps, span, lambda: invoke(request, timeout=t, metadata=md, credentials=credentials,
+                                                    wait_for_ready=wait_for_ready, compression=compression))
+
+
+def _started(steps: ClientSteps, span: Any, make: Callable[[], Any]) -> Any:
+    try:
+        call = make()
+    except BaseException:
+        steps.not_started(span)
+        raise
+    steps.end_when_done(call, span)
+    return call
+
+
+class _DeferredCall:
+    """A call whose start waits for this member's token: awaitable, iterable and cancellable like a
+    grpc.aio call; the other call methods wait for the real call, then answer from it."""
+
+    def __init__(self, starting: asyncio.Future[Any]) -> None:
+        self._starting = starting
+
+    def cancel(self) -> bool:
+        if self._starting.done() and not self._starting.cancelled() and self._starting.exception() is None:
+            return bool(self._starting.result().cancel())
+        return self._starting.cancel()
+
+    def done(self) -> bool:
+        if not self._starting.done():
+            return False
+        if self._starting.cancelled() or self._starting.exception() is not None:
+            return True
+        return bool(self._starting.result().done())
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        call = yield from self._starting.__await__()
+        return (yield from call.__await__())
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        call = await self._starting
+        async for item in call:
+            yield item
+
+    async def read(self) -> Any:
+        return await (await self._starting).read()
+
+    async def write(self, request: Any) -> None:
+        await (await self._starting).write(request)
+
+    async def done_writing(self) -> None:
+        await (await self._starting).done_writing()
+
+    async def code(self) -> grpc.StatusCode:
+        return await (await self._starting).code()
+
+    async def details(self) -> str:
+        return str(await (await self._starting).details())
+
+    async def initial_metadata(self) -> Any:
+        return await (await self._starting).initial_metadata()
+
+    async def trailing_metadata(self) -> Any:
+        return await (await self._starting).trailing_metadata()
+
+    async def wait_for_connection(self) -> None:
+        await (await self._starting).wait_for_connection()

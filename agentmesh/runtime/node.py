@@ -23,10 +23,10 @@ import grpc
 from agentmesh.audit import AuditSink, build_audit
 from agentmesh.clock import Clock
 from agentmesh.config import MeshConfig
-from agentmesh.errors import PKIError, Unavailable
+from agentmesh.errors import MeshError, PKIError, Unavailable
 from agentmesh.guard import PayloadGuard
 from agentmesh.interceptors.chain import server_chain
-from agentmesh.interceptors.client import client_interceptors
+from agentmesh.interceptors.client import ClientSteps
 from agentmesh.interceptors.identity import PeerIdentityCache
 from agentmesh.pki.crl import RevocationList
 from agentmesh.policy import PolicyEngine
@@ -75,8 +75,7 @@ class MeshNode:
         self.guard = PayloadGuard(config.guard)
         self.identities = PeerIdentityCache(config.trust_domain, revocations=self.revocations, clock=clock)
         self._controls: dict[str, tuple[grpc.aio.Channel, AgentTokenSource]] = {}  # by certificate thumbprint
-        self.channels = MeshChannels(self.identity, self._target, interceptors=self._client_chain,
-                                     options=CHANNEL_OPTIONS)
+        self.channels = MeshChannels(self.identity, self._target, steps=self._client_steps, options=CHANNEL_OPTIONS)
         self._refresher: asyncio.Task[None] | None = None
         self._keys_json = ""
 
@@ -107,9 +106,9 @@ class MeshNode:
         """This member's own token source, for its current certificate."""
         return self._control_for(self.identity.files)[1]
 
-    def _client_chain(self, target: str, files: IdentityFiles) -> list[grpc.aio.ClientInterceptor]:
-        return client_interceptors(self.name, target, self._control_for(files)[1], self.sink.tracer,
-                                   default_timeout=self.config.bridge.default_timeout)
+    def _client_steps(self, target: str, files: IdentityFiles) -> ClientSteps:
+        return ClientSteps(self.name, target, self._control_for(files)[1], self.sink.tracer,
+                           default_timeout=self.config.bridge.default_timeout)
 
     def server(self, **kw: Any) -> MeshServer:
         """An mTLS server with the whole server chain, for this node's identity."""
@@ -156,7 +155,15 @@ class MeshNode:
                 delay = min(delay * 2, 1.0)
         for cache in self._jwks_caches:
             await asyncio.to_thread(cache.refresh_if_stale)
+        await self._own_token()
         self._refresher = asyncio.create_task(self._refresh_loop())
+
+    async def _own_token(self) -> None:
+        """Fetches (or refreshes, past 3/4 of its life) this member's token ahead of its calls."""
+        try:
+            await self.tokens.token()
+        except MeshError as e:
+            log.warning("%s: no token from the control plane yet: %s", self.name, e.message)
 
     async def _refresh_loop(self) -> None:
         every = self.config.tokens.revocation_refresh
@@ -166,6 +173,7 @@ class MeshNode:
                 await self.sync()
             except Unavailable as e:
                 log.warning("%s: %s; keeping the last keys and revocations", self.name, e.message)
+            await self._own_token()
             for cache in self._jwks_caches:
                 with contextlib.suppress(Exception):  # a failed JWKS fetch keeps the cached keys
                     await asyncio.to_thread(cache.refresh_if_stale)

@@ -27,6 +27,9 @@ class StaticTokenSource:
     async def token(self) -> str:
         return self._token
 
+    def cached(self) -> str | None:
+        return self._token
+
 
 class AgentTokenSource:
     """Returns the cached token until ``refresh_at`` (a fraction of its lifetime) has passed."""
@@ -42,6 +45,10 @@ class AgentTokenSource:
 
     def _fresh(self, now: float) -> bool:
         return self._token is not None and now < self._issued + (self._expires - self._issued) * self._refresh_at
+
+    def cached(self) -> str | None:
+        """The current token while it is fresh, without waiting; None when it must be (re)fetched."""
+        return self._token if self._fresh(self._clock()) else None
 
     async def token(self) -> str:
         if self._fresh(self._clock()):

@@ -160,6 +160,7 @@ async def test_bridge_without_its_own_token_answers_503_never_401(mesh: BridgeMe
         raise TokenError("the control plane refused to issue a token")
 
     monkeypatch.setattr(mesh.nodes["bridge"].tokens, "token", no_token)
+    monkeypatch.setattr(mesh.nodes["bridge"].tokens, "cached", lambda: None)  # nothing fetched in advance either
     for path in (INVOKE.format("alpha"), "/v1/agents/alpha/bridgetest.v1.Probe/Ticks"):
         r = await mesh.client.post(path, json={}, headers=mesh.auth())
         assert r.status_code == 503, r.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -259,3 +260,32 @@ async def test_default_records_no_payload(mesh: Mesh) -> None:
     recorded = spans(mesh)  # flushed
     assert recorded and not [k for r in recorded for k in r["attributes"] if k.startswith("agentmesh.payload.")]
     assert "confidential text" not in mesh.audit_path.read_text()
+
+
+async def test_first_calls_wait_for_the_token_then_run_the_chain(mesh: Mesh) -> None:
+    """A member that has no token yet (not started): its calls fetch one first, unary and streaming."""
+    from agentmesh.runtime.node import MeshNode
+
+    node = MeshNode(mesh.config, "ingestor")
+    try:
+        assert node.tokens.cached() is None
+        stub = node.stub("summarizer", agent_pb2_grpc.AgentStub)
+        res = await stub.Invoke(task())
+        assert res.output[0].text.startswith("summarizer: peer=spiffe://example.org/agent/ingestor")
+        node2 = MeshNode(mesh.config, "ingestor")
+        try:
+            streamed = node2.stub("summarizer", agent_pb2_grpc.AgentStub).InvokeStream(task())
+            events = [e.progress async for e in streamed]
+            assert events == ["step 0", "step 1", "step 2"]
+        finally:
+            await node2.close()
+        node3 = MeshNode(mesh.config, "ingestor")
+        try:
+            pending = node3.stub("summarizer", agent_pb2_grpc.AgentStub).Invoke(task())  # waits for a token
+            assert pending.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await pending
+        finally:
+            await node3.close()
+    finally:
+        await node.close()
