@@ -142,6 +142,8 @@ class BridgeConfig:
     max_body: int = 1024 * 1024
     max_timeout: float = 60.0
     default_timeout: float = 30.0
+    http_parser: Literal["httptools", "h11"] = "httptools"  # h11 bounds request heads (16 KiB)
+    max_connections: int = 1024  # concurrent connections/requests; more get 503
 
 
 @dataclass(frozen=True, slots=True)

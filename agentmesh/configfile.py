@@ -316,6 +316,8 @@ def parse_config(raw: object, base: Path, source: Path | None = None) -> MeshCon
         max_body=b.size("max_body", 1024 * 1024),
         max_timeout=b.duration("max_timeout", 60.0),
         default_timeout=b.duration("default_timeout", 30.0),
+        http_parser=b.choice("http_parser", ("httptools", "h11"), "httptools"),  # type: ignore[arg-type]
+        max_connections=b.integer("max_connections", 1024, minimum=1),
     )
     if "*" in bridge.cors_origins:
         raise ConfigError("bridge.cors_origins: '*' is not allowed; list the origins explicitly")

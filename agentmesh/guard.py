@@ -4,8 +4,12 @@ Pure: it takes a protobuf message and returns a :class:`GuardResult`. It walks a
 fields recursively (nested messages, repeated fields, map keys and values, and so the contents of
 ``google.protobuf.Struct``/``Value``/``ListValue``) down to :data:`MAX_DEPTH` levels; a message
 nested deeper counts as a match of the pattern ``nesting-too-deep``, so depth cannot hide text.
-Results name the pattern, never the matched text. Non-ASCII text is NFKC-normalised and stripped of
-zero-width characters before matching, so look-alike and split-up spellings do not slip through.
+Results name the pattern, never the matched text. Non-ASCII text is folded before matching
+(compatibility forms, combining marks and invisible characters removed, common Cyrillic/Greek
+look-alikes mapped to Latin). Every pattern runs in time linear in the text.
+
+The guard is a tripwire, not a proof: encodings (base64, leetspeak), other languages and phrasing
+the patterns do not know get through. Agents must still treat payloads as untrusted data.
 """
 
 from __future__ import annotations
@@ -72,13 +76,27 @@ DEFAULT_PATTERNS: tuple[_Pattern, ...] = (
         "role-injection-marker",
         r"\b(?:begin|end)\s+(?:system|developer)\s+(?:prompt|message|instructions)\b"
         r"|<\|\s*(?:im_start|im_end|system|endoftext)\s*\|>|\[/?inst\]|<<\s*/?sys\s*>>"
-        r"|^\s*#{2,}\s*(?:system|new\s+instructions)\s*:",
+        r"|^[ \t]*#{2,}[ \t]*(?:system|new[ \t]+instructions)[ \t]*:",  # [ \t], not \s: no scan across lines
         ("begin", "end", "<|", "inst]", "sys", "##"),
     ),
 )
 
-_ZERO_WIDTH = dict.fromkeys(map(ord, "\u200b\u200c\u200d\u2060\ufeff\u00ad"))
+# Latin look-alikes from Cyrillic and Greek that survive NFKC (a small, common subset of Unicode's
+# confusables), mapped to the Latin letter they imitate.
+_CONFUSABLES = str.maketrans(
+    "аеорсухіјѕԁһӏԛѵԝаАЕОРСХІЈЅКМНТВαοιρνυτκεχ",
+    "aeopcyxijsdhlqvwaaeopcxijskmhtbaoipvutkex",
+)
 _SEPARATOR = "\n\x00\n"
+_DROPPED = frozenset({"Mn", "Me", "Cf"})  # combining marks, format characters (zero-width, invisible)
+
+
+def _fold(text: str) -> str:
+    """Non-ASCII text as the patterns should see it: compatibility forms folded (fullwidth, ligatures),
+    combining marks and invisible format characters dropped, Latin look-alikes mapped to Latin."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    kept = "".join(ch for ch in decomposed if unicodedata.category(ch) not in _DROPPED)
+    return unicodedata.normalize("NFKC", kept).translate(_CONFUSABLES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +153,7 @@ class PayloadGuard:
         if not text:
             return None
         if not text.isascii():
-            text = unicodedata.normalize("NFKC", text).translate(_ZERO_WIDTH)
+            text = _fold(text)
         if self._defaults:
             lower = text.lower()
             if self._any_hint is not None and self._any_hint.search(lower) is None:

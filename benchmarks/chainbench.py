@@ -127,7 +127,8 @@ async def _measure(mesh: BenchMesh, seconds: float) -> dict[str, float]:
         token = authority.issue(sub=peer_id, roles=list(config.agent(CLIENT).roles), audience=config.tokens.audience,
                                 ttl=3600, cnf_thumbprint=client.identity.thumbprint)
         chain = server_chain(AGENT, sink=server.sink, audit_required=config.audit.required,
-                             identities=server.identities, verifier=server.verifier, policy=server.policy,
+                             identities=server.identities, verifier=server.verifier,
+                             mesh_issuer=config.tokens.issuer, policy=server.policy,
                              limiter=server.limiter, guard=server.guard)
         echo = Echo()
         handler = grpc.unary_unary_rpc_method_handler(echo.Invoke, agent_pb2.Task.FromString,

@@ -73,7 +73,8 @@ def _chain_prefix(node: MeshNode, stages: int) -> MeshServer:
     1 = the audit span alone, 2 = + peer identity, ... 6 = the whole chain."""
     config = node.config
     (chain,) = server_chain(node.name, sink=node.sink, audit_required=config.audit.required,
-                            identities=node.identities, verifier=node.verifier, policy=node.policy,
+                            identities=node.identities, verifier=node.verifier,
+                            mesh_issuer=config.tokens.issuer, policy=node.policy,
                             limiter=node.limiter, guard=node.guard)
     assert isinstance(chain, ServerChain)
     interceptors = [] if stages <= 0 else [ServerChain(chain.around, chain.stages[: stages - 1])]

@@ -29,8 +29,8 @@ __all__ = ["MAX_DEPTH", "check_depth", "check_request"]
 
 MAX_DEPTH = 64
 FLT_MAX = 3.4028234663852886e38
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
-_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+_SPECIAL = re.compile(rb'["\\\[\]{}]')
+_QUOTE, _BACKSLASH, _OPEN_SQUARE, _OPEN_CURLY = b'"'[0], b"\\"[0], b"["[0], b"{"[0]
 _BASE64 = re.compile(BASE64_PATTERN)
 _INTS = {kind: re.compile(pattern) for kind, pattern in INT_PATTERNS.items()}
 _T = FieldDescriptor
@@ -39,16 +39,33 @@ _WRAPPED = {"google.protobuf.DoubleValue": _T.TYPE_DOUBLE, "google.protobuf.Floa
 
 
 def check_depth(body: bytes, limit: int = MAX_DEPTH) -> None:
-    """Refuses JSON nested deeper than ``limit`` (linear scan; brackets inside strings do not count)."""
+    """Refuses JSON nested deeper than ``limit``; brackets inside strings do not count.
+
+    One pass over the bytes that matter (quotes, backslashes, brackets), never a backtracking
+    pattern: an unterminated string of escaped quotes costs the same as any other body.
+    """
     if body.count(b"[") + body.count(b"{") <= limit:
         return
     depth = 0
-    for b in _STRING.sub(b'""', body).translate(None, _NOT_BRACKETS):
-        if b in b"[{":
+    in_string = False
+    escaped_at = -1  # position of the byte a backslash escapes
+    for m in _SPECIAL.finditer(body):
+        pos = m.start()
+        c = body[pos]
+        if in_string:
+            if pos == escaped_at:
+                continue
+            if c == _BACKSLASH:
+                escaped_at = pos + 1
+            elif c == _QUOTE:
+                in_string = False
+        elif c == _QUOTE:
+            in_string = True
+        elif c == _OPEN_SQUARE or c == _OPEN_CURLY:
             depth += 1
             if depth > limit:
                 raise HttpError.invalid(f"request body is nested deeper than {limit} levels")
-        else:
+        elif c != _BACKSLASH:
             depth -= 1
 
 

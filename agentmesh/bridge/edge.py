@@ -78,7 +78,7 @@ def authenticate(authorization: str | None, verifier: TokenVerifier) -> tuple[Ve
     except TokenError as e:
         raise HttpError(grpc.StatusCode.UNAUTHENTICATED, e.message,
                         headers={"WWW-Authenticate": WWW_AUTH_INVALID}) from None
-    if verified.sub.startswith("spiffe://") or verified.bound_thumbprint is not None:
+    if verified.sub.strip().lower().startswith("spiffe:") or verified.bound_thumbprint is not None:
         raise HttpError(grpc.StatusCode.UNAUTHENTICATED, "agent tokens are not accepted at the bridge",
                         headers={"WWW-Authenticate": WWW_AUTH_INVALID})
     return verified, token

@@ -26,6 +26,7 @@ from agentmesh.bridge.streaming import GrpcStreamResponse, disconnected, first_m
 from agentmesh.bridge.transcode import EMPTY, build_request, parse_json, to_json
 from agentmesh.config import MeshConfig
 from agentmesh.errors import MeshError
+from agentmesh.interceptors.auth import principal_of
 from agentmesh.interceptors.client import delegating
 from agentmesh.policy import PolicyRequest
 from agentmesh.runtime.node import MeshNode
@@ -110,7 +111,7 @@ class Gateway:
 
     def _authenticate(self, request: Request) -> tuple[VerifiedToken, str]:
         token, raw = authenticate(request.headers.get("authorization"), self.node.verifier)
-        request.state.principal = token.sub
+        request.state.principal = principal_of(token, self.config.tokens.issuer)
         return token, raw
 
     async def _body(self, request: Request, match: Match) -> Any:
@@ -169,7 +170,8 @@ class Gateway:
             methods = []
             for op in self.catalog.operations(agent):
                 decision = self.node.policy.decide(PolicyRequest(
-                    to=agent, method=op.method, peer=bridge, principal=token.sub, roles=token.roles,
+                    to=agent, method=op.method, peer=bridge, principal=principal_of(token, self.config.tokens.issuer),
+                    roles=token.roles,
                     actors=(bridge,)))
                 if decision.allowed:
                     methods.append({

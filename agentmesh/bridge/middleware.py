@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentmesh.audit import attributes as A
 from agentmesh.audit import extract
+from agentmesh.audit.redact import redact_text
 from agentmesh.bridge.edge import path_segments, request_id
 from agentmesh.bridge.errors import HttpError
 
@@ -90,7 +91,7 @@ class EdgeMiddleware:
             if status >= 500:
                 span.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
             span.end()
-            access_log.info("%s %s %d %.1fms principal=%s trace=%s request_id=%s", method, path,
+            access_log.info("%s %s %d %.1fms principal=%s trace=%s request_id=%s", method, redact_text(path),
                             status, (time.perf_counter() - start) * 1000, principal or "-",
                             format_trace_id(span.get_span_context().trace_id), rid)
 

@@ -63,8 +63,12 @@ def uvicorn_options(config: MeshConfig, *, listen: str | None = None, insecure_h
         "host": host, "port": port, "workers": workers, "access_log": False, "log_level": "info",
         "lifespan": "on", "proxy_headers": False, "server_header": False, "timeout_graceful_shutdown": 10,
         "loop": "uvloop" if importlib.util.find_spec("uvloop") else "auto",
-        "http": "httptools" if importlib.util.find_spec("httptools") else "auto",
+        "limit_concurrency": config.bridge.max_connections,
     }
+    if config.bridge.http_parser == "h11" or not importlib.util.find_spec("httptools"):
+        opts.update(http="h11", h11_max_incomplete_event_size=16 * 1024)
+    else:
+        opts["http"] = "httptools"  # about twice the throughput; bound request heads in front of it
     if not insecure_http and config.bridge.tls:
         cert, key = _tls_files(config)
         opts.update(ssl_certfile=str(cert), ssl_keyfile=str(key))

@@ -5,15 +5,23 @@ from __future__ import annotations
 import grpc
 
 from agentmesh.context import CallContext
-from agentmesh.errors import PermissionDenied, TokenError
+from agentmesh.errors import ConfigError, PermissionDenied, TokenError
+from agentmesh.identity import SpiffeId
 from agentmesh.interceptors.base import Stage
 from agentmesh.metadata import ACTORS, AUTHORIZATION, SUBJECT_TOKEN, bearer
 from agentmesh.policy import PolicyEngine, PolicyRequest
-from agentmesh.tokens import TokenVerifier
+from agentmesh.tokens import TokenVerifier, VerifiedToken
 
-__all__ = ["AuthorizationStage", "TokenStage"]
+__all__ = ["AuthorizationStage", "TokenStage", "principal_of"]
 
 MAX_ACTORS_HEADER = 4096
+
+
+def principal_of(token: VerifiedToken, mesh_issuer: str) -> str:
+    """The principal a verified token names: its subject for the mesh issuer; ``<iss>#<sub>`` for an
+    external issuer, so another issuer can never take the name of a mesh principal (or share its
+    rate-limit bucket)."""
+    return token.sub if token.iss == mesh_issuer else f"{token.iss}#{token.sub}"
 
 
 class TokenStage(Stage):
@@ -21,9 +29,10 @@ class TokenStage(Stage):
     also sends the original principal's token, which becomes the effective principal; the actor
     chain is the claimed earlier actors plus the verified peer."""
 
-    def __init__(self, verifier: TokenVerifier) -> None:
+    def __init__(self, verifier: TokenVerifier, *, mesh_issuer: str) -> None:
         super().__init__()
         self.verifier = verifier
+        self.mesh_issuer = mesh_issuer
 
     async def before(self, call: CallContext, context: grpc.aio.ServicerContext) -> None:
         peer = call.peer
@@ -36,6 +45,8 @@ class TokenStage(Stage):
                                        require_binding=True)
         except TokenError as e:
             raise TokenError(f"{e.message} (caller's own token, {call.method})") from None
+        if own.iss != self.mesh_issuer:  # only the control plane speaks for mesh members
+            raise TokenError(f"a caller's own token must come from the mesh issuer ({call.method})")
         call.peer_token = own
         subject = call.metadata_value(SUBJECT_TOKEN)
         claimed = call.metadata_value(ACTORS)
@@ -48,15 +59,19 @@ class TokenStage(Stage):
             sub = self.verifier.verify_unbound(subject)
         except TokenError as e:
             raise TokenError(f"{e.message} (delegated subject token, {call.method})") from None
-        if sub.sub.startswith("spiffe://"):
+        if sub.sub.strip().lower().startswith("spiffe:"):
             raise TokenError("a delegated subject token must belong to a principal, not to an agent")
         if claimed and len(claimed) > MAX_ACTORS_HEADER:
             raise TokenError("delegation chain too long")
         earlier = tuple(a for a in (claimed or "").split(",") if a)
-        if any(not a.startswith("spiffe://") for a in earlier):
-            raise TokenError("delegation chain holds an entry that is not a SPIFFE ID")
+        for actor in earlier:  # claimed by the (verified) peer: must at least be members of this mesh
+            try:
+                if SpiffeId.parse(actor).trust_domain != peer.spiffe_id.trust_domain:
+                    raise ConfigError("foreign trust domain")
+            except ConfigError:
+                raise TokenError("delegation chain holds an entry that is not a SPIFFE ID of this mesh") from None
         call.subject_token, call.raw_subject_token = sub, subject
-        call.principal, call.roles = sub.sub, sub.roles
+        call.principal, call.roles = principal_of(sub, self.mesh_issuer), sub.roles
         call.actors = (*earlier, peer.uri)
 
 

@@ -18,6 +18,8 @@ from typing import Any, Protocol
 import grpc
 
 from agentmesh.context import CallContext, _set, maybe_current_call
+from agentmesh.errors import MeshError
+from agentmesh.interceptors.status import status_of
 
 __all__ = ["EXEMPT_PREFIXES", "Around", "ServerChain", "Stage", "rewrap"]
 
@@ -98,6 +100,8 @@ class Stage:
 
     #: set by subclasses that look at request messages
     inspects_requests = False
+    #: set by stages that also guard the exempt methods (health): the peer's certificate checks
+    guards_exempt = False
 
     async def before(self, call: CallContext, context: grpc.aio.ServicerContext) -> None:
         """Per-call check; raise an ``agentmesh.errors.MeshError`` to refuse the call."""
@@ -130,6 +134,7 @@ class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self.around = around
         self.stages = tuple(stages)
         self.inspectors = tuple(s for s in self.stages if s.inspects_requests)
+        self.exempt_stages = tuple(s for s in self.stages if s.guards_exempt)
         self._wrapped: dict[int, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
@@ -138,16 +143,42 @@ class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None or handler_call_details.method.startswith(EXEMPT_PREFIXES):
+        if handler is None:
+            return handler
+        exempt = handler_call_details.method.startswith(EXEMPT_PREFIXES)
+        if exempt and not self.exempt_stages:
             return handler
         _set(self.around.open(handler_call_details))  # same Context for the handler call (grpc.aio)
         hit = self._wrapped.get(id(handler))
         if hit is not None and hit[0] is handler:
             return hit[1]
-        streaming = handler.stream_unary is not None or handler.stream_stream is not None
-        wrapped = rewrap(handler, self._make_unary(streaming), self._make_stream(streaming))
+        if exempt:  # health: the certificate checks (a revoked peer gets nothing), no token, no span
+            wrapped = rewrap(handler, self._exempt_unary, self._exempt_stream)
+        else:
+            streaming = handler.stream_unary is not None or handler.stream_stream is not None
+            wrapped = rewrap(handler, self._make_unary(streaming), self._make_stream(streaming))
         self._wrapped[id(handler)] = (handler, wrapped)
         return wrapped
+
+    async def _exempt_checks(self, context: grpc.aio.ServicerContext) -> None:
+        call = maybe_current_call()
+        assert call is not None
+        try:
+            for stage in self.exempt_stages:
+                await stage.before(call, context)
+        except MeshError as e:
+            code, message, md = status_of(e)
+            await context.abort(code, message, trailing_metadata=md)
+
+    async def _exempt_unary(self, inner: Behavior, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._exempt_checks(context)
+        return await inner(request, context)
+
+    async def _exempt_stream(self, inner: Behavior, request: Any,
+                             context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await self._exempt_checks(context)
+        async for item in call_stream(inner, request, context):
+            yield item
 
     def _requests(self, call: CallContext, request: Any, streaming: bool) -> Any:
         if not self.inspectors:

@@ -34,6 +34,7 @@ def server_chain(
     audit_required: bool,
     identities: PeerIdentityCache,
     verifier: TokenVerifier,
+    mesh_issuer: str,
     policy: PolicyEngine,
     limiter: RateLimiter,
     guard: PayloadGuard,
@@ -41,7 +42,7 @@ def server_chain(
     record = [PayloadRecordStage(sink)] if sink is not None and sink.payload_fields else []
     return [ServerChain(AuditStage(agent, sink, required=audit_required), [
         PeerIdentityStage(identities),
-        TokenStage(verifier),
+        TokenStage(verifier, mesh_issuer=mesh_issuer),
         AuthorizationStage(policy),
         RateLimitStage(limiter),
         *record,  # only with audit.payload_fields: allow-listed request fields, redacted, on the span

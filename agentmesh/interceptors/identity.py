@@ -54,6 +54,8 @@ def peer_pem(context: grpc.aio.ServicerContext) -> bytes | None:
 
 
 class PeerIdentityStage(Stage):
+    guards_exempt = True  # health checks too: a revoked or foreign certificate gets nothing
+
     def __init__(self, cache: PeerIdentityCache) -> None:
         super().__init__()
         self.cache = cache

@@ -113,7 +113,8 @@ class MeshNode:
     def server(self, **kw: Any) -> MeshServer:
         """An mTLS server with the whole server chain, for this node's identity."""
         chain = server_chain(self.name, sink=self.sink, audit_required=self.config.audit.required,
-                             identities=self.identities, verifier=self.verifier, policy=self.policy,
+                             identities=self.identities, verifier=self.verifier,
+                             mesh_issuer=self.config.tokens.issuer, policy=self.policy,
                              limiter=self.limiter, guard=self.guard)
         kw.setdefault("max_connection_age", self.config.max_connection_age)
         kw.setdefault("grace", self.config.grace_period)

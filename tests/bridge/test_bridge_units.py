@@ -154,3 +154,16 @@ def test_serve_options(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="workers"):
         uvicorn_options(config, workers=0)
     assert split_listen("[::1]:8443") == ("::1", 8443)
+
+
+def test_uvicorn_bounds_connections_and_with_h11_request_heads(tmp_path: Path) -> None:
+    from agentmesh.bridge.server import uvicorn_options
+    from agentmesh.configfile import parse_config
+
+    base = {"trust_domain": "example.org", "agents": {}}
+    fast = uvicorn_options(parse_config({**base, "bridge": {"tls": False}}, tmp_path))
+    assert fast["limit_concurrency"] == 1024 and fast["http"] in ("httptools", "h11")
+    strict = uvicorn_options(parse_config({**base, "bridge": {"tls": False, "http_parser": "h11",
+                                                             "max_connections": 64}}, tmp_path))
+    assert strict["http"] == "h11" and strict["h11_max_incomplete_event_size"] == 16 * 1024
+    assert strict["limit_concurrency"] == 64

@@ -289,3 +289,43 @@ async def test_first_calls_wait_for_the_token_then_run_the_chain(mesh: Mesh) -> 
             await node3.close()
     finally:
         await node.close()
+
+
+async def test_delegation_chain_entries_must_be_members_of_this_mesh(mesh: Mesh) -> None:
+    own, subject = mesh.agent_token("bridge"), mesh.client_token()
+    for actors in ("spiffe://evil.org/agent/x", "eyJhbGciOi.fake.jwt", "spiffe://example.org/../x"):
+        md = [("authorization", f"Bearer {own}"), ("x-agentmesh-subject-token", subject),
+              ("x-agentmesh-actors", actors)]
+        ch = raw_channel(mesh.config.agent("ingestor").address, "ingestor", bundle=mesh.ca.bundle,
+                         cert_dir=mesh.config.identity_dir("bridge"))
+        try:
+            await refused(agent_pb2_grpc.AgentStub(ch).Invoke(task(), metadata=md, timeout=5),
+                          grpc.StatusCode.UNAUTHENTICATED)
+        finally:
+            await ch.close()
+
+
+async def test_external_issuer_cannot_speak_for_members_or_take_their_names(tmp_path: Path) -> None:
+    """A partner IdP trusted for clients: its tokens never become a member's own token, and its
+    subjects are qualified by the issuer, so they never collide with mesh-issued principals."""
+    from agentmesh.interceptors.auth import principal_of
+
+    idp_dir = tmp_path / "idp"
+    idp_dir.mkdir()
+    idp = TokenAuthority.ensure(idp_dir, issuer="https://idp.example.com")
+    (tmp_path / "idp.jwks").write_text(json.dumps(idp.jwks()))
+    tokens = {"issuers": [{"iss": "https://idp.example.com", "jwks_file": "idp.jwks"}]}
+    policy = [*POLICY, {"name": "partner-alice", "action": "allow", "to": ["ingestor"], "via": ["bridge"],
+                        "principals": ["https://idp.example.com#alice@example.org"]}]
+    async with running_mesh(tmp_path, AGENTS, **{**SECTIONS, "tokens": tokens, "policy": policy}) as m:
+        node = m.nodes["ingestor"]
+        forged_own = idp.issue(sub=str(node.spiffe_id), roles=["ingestor"], audience="agentmesh", ttl=60,
+                               cnf_thumbprint=node.identity.thumbprint)
+        err = await refused(as_peer(m, "ingestor", "summarizer", forged_own), grpc.StatusCode.UNAUTHENTICATED)
+        assert "mesh issuer" in err.details()
+        partner = idp.issue(sub="alice@example.org", roles=[], audience="agentmesh", ttl=60)
+        assert principal_of(node.verifier.verify_unbound(partner), m.config.tokens.issuer) == \
+            "https://idp.example.com#alice@example.org"
+        with delegating(partner):
+            res = await m.nodes["bridge"].stub("ingestor", agent_pb2_grpc.AgentStub).Invoke(task())
+        assert "principal=https://idp.example.com#alice@example.org" in res.output[0].text

@@ -195,3 +195,23 @@ def test_half_written_rotation_keeps_the_last_good_identity(tmp_path: Path) -> N
     assert ident.files.thumbprint == first and ident.version == 0
     (ident.dir / "cert.pem").write_bytes(newer.cert_pem)
     assert ident.files.thumbprint != first and ident.version == 1
+
+
+async def test_health_needs_no_token_but_a_revoked_peer_gets_nothing(mesh: Mesh) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    a_dir = identity_dir(mesh.ca, mesh.root, "a")
+
+    async def check() -> int:
+        ch = raw_channel(mesh.address, "b", bundle=mesh.ca.bundle, cert_dir=a_dir)
+        try:
+            res = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+            return int(res.status)
+        finally:
+            await ch.close()
+
+    assert await check() == health_pb2.HealthCheckResponse.SERVING
+    mesh.ca.revoke("a")
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await check()
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and "revoked" in err.value.details()
