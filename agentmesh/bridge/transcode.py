@@ -37,6 +37,23 @@ EMPTY: Final = _NoBody()
 _PARSE_ERRORS = (json_format.ParseError, ValueError, TypeError, KeyError, AttributeError, RecursionError)
 
 
+class _DuplicateMember(ValueError):
+    pass
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose member names are unique: a duplicate could be read differently by the
+    agent, a proxy or a log reader (which value counts?), so it is refused, never resolved."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateMember(key[:64])
+            seen.add(key)
+    return obj
+
+
 def parse_json(body: bytes) -> Any:
     """The JSON value of a UTF-8 request body (depth-checked first); :data:`EMPTY` for an empty body."""
     if not body:
@@ -47,7 +64,9 @@ def parse_json(body: bytes) -> Any:
     except UnicodeDecodeError as e:
         raise HttpError.invalid(f"request body is not valid UTF-8 (byte {e.start})") from None
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_members)
+    except _DuplicateMember as e:
+        raise HttpError.invalid(f"request body has the member {e.args[0]!r} twice") from None
     except json.JSONDecodeError as e:
         raise HttpError.invalid(f"request body is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})") \
             from None

@@ -167,3 +167,12 @@ def test_uvicorn_bounds_connections_and_with_h11_request_heads(tmp_path: Path) -
                                                              "max_connections": 64}}, tmp_path))
     assert strict["http"] == "h11" and strict["h11_max_incomplete_event_size"] == 16 * 1024
     assert strict["limit_concurrency"] == 64
+
+
+def test_duplicate_json_members_are_refused() -> None:
+    from agentmesh.bridge.transcode import parse_json
+
+    assert parse_json(b'{"a": 1, "b": {"c": 2}}') == {"a": 1, "b": {"c": 2}}
+    for body in (b'{"id": "x", "id": "y"}', b'{"input": [{"text": "a", "text": "b"}]}'):
+        with pytest.raises(HttpError, match="twice"):
+            parse_json(body)
