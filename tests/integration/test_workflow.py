@@ -130,6 +130,19 @@ def test_up_starts_and_stops_cleanly(tmp_path: Path) -> None:
             assert f"spiffe://example.org/agent/{name}" in table
         children = _children(proc.pid)
         assert len(children) == 4
+        cli = [sys.executable, "-m", "agentmesh.cli.main"]
+        token = subprocess.run([*cli, "token", "issue", "--ca", str(tmp_path / ".mesh" / "ca"), "--sub", "alice",
+                                "--role", "client"], capture_output=True, text=True, check=True).stdout.strip()
+        body = json.dumps({"id": "cli-1", "input": [{"text": DOCUMENT}]})
+        call = subprocess.run([*cli, "call", "ingestor", "Invoke", "--config", str(config_path), "--as", "bridge",
+                               "--subject-token", "-", "--json", body], input=token + "\n",
+                              capture_output=True, text=True, timeout=60, cwd=REPO, env=env)
+        assert call.returncode == 0, call.stderr
+        assert '"verdict": "pass"' in call.stdout and token not in call.stdout + call.stderr
+        denied = subprocess.run([*cli, "call", "validator", "Invoke", "--config", str(config_path), "--as", "bridge",
+                                 "--subject-token", "-"], input=token + "\n", capture_output=True, text=True,
+                                timeout=60, cwd=REPO, env=env)
+        assert denied.returncode == 2 and "PERMISSION_DENIED" in denied.stderr
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
