@@ -329,3 +329,18 @@ async def test_external_issuer_cannot_speak_for_members_or_take_their_names(tmp_
         with delegating(partner):
             res = await m.nodes["bridge"].stub("ingestor", agent_pb2_grpc.AgentStub).Invoke(task())
         assert "principal=https://idp.example.com#alice@example.org" in res.output[0].text
+
+
+async def test_actor_chain_without_a_subject_token_is_refused(mesh: Mesh) -> None:
+    """A peer cannot claim to act for a chain of others without the principal's token."""
+    md = [("authorization", f"Bearer {mesh.agent_token('bridge')}"),
+          ("x-agentmesh-actors", f"spiffe://{TD}/agent/ingestor")]
+    ch = raw_channel(mesh.config.agent("summarizer").address, "summarizer", bundle=mesh.ca.bundle,
+                     cert_dir=mesh.config.identity_dir("bridge"))
+    try:
+        err = await refused(agent_pb2_grpc.AgentStub(ch).Invoke(task(), metadata=md, timeout=5),
+                            grpc.StatusCode.UNAUTHENTICATED)
+    finally:
+        await ch.close()
+    assert "without a subject token" in err.details()
+    assert mesh.agents["summarizer"].calls == 0
