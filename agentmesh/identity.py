@@ -17,6 +17,7 @@ __all__ = [
     "PeerIdentity",
     "SpiffeId",
     "cert_thumbprint",
+    "peer_identity_from_cert",
     "peer_identity_from_pem",
     "validate_agent_name",
     "validate_trust_domain",
@@ -118,15 +119,20 @@ class PeerIdentity:
 
 
 def peer_identity_from_pem(pem: bytes, trust_domain: str, now: float) -> PeerIdentity:
+    """:func:`peer_identity_from_cert` of a PEM leaf (as the gRPC auth context gives it)."""
+    try:
+        cert = x509.load_pem_x509_certificate(pem)
+    except ValueError:
+        raise PeerIdentityError("peer certificate could not be parsed") from None
+    return peer_identity_from_cert(cert, trust_domain, now)
+
+
+def peer_identity_from_cert(cert: x509.Certificate, trust_domain: str, now: float) -> PeerIdentity:
     """Checks a peer leaf that TLS already chain-verified, the SPIFFE X509-SVID way.
 
     Refuses: not exactly one URI SAN, a URI SAN that is not a SPIFFE ID of ``trust_domain``, a CA
     certificate used as a leaf, a leaf without the clientAuth EKU, and a leaf outside its validity.
     """
-    try:
-        cert = x509.load_pem_x509_certificate(pem)
-    except ValueError:
-        raise PeerIdentityError("peer certificate could not be parsed") from None
     try:
         bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
         if bc.ca:

@@ -11,7 +11,7 @@ __all__ = ["ACTORS", "AUTHORIZATION", "IDENTITY_HEADERS", "SUBJECT_TOKEN", "TRAC
 AUTHORIZATION = "authorization"  # "Bearer <the calling peer's own token>"
 SUBJECT_TOKEN = "x-agentmesh-subject-token"  # noqa: S105  (a header name)  # the original principal's token, when delegating
 ACTORS = "x-agentmesh-actors"  # earlier actors of a delegation chain, comma-separated SPIFFE IDs
-TRACE_HEADERS = ("traceparent", "tracestate")
+TRACE_HEADERS = frozenset({"traceparent", "tracestate"})  # W3C trace context
 
 #: headers an external client must never be able to set on a mesh call (the bridge drops them)
 IDENTITY_HEADERS = frozenset({

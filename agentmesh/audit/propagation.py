@@ -19,10 +19,11 @@ from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from agentmesh.metadata import TRACE_HEADERS
+
 __all__ = ["TRACE_HEADERS", "extract", "inject"]
 
 _PROPAGATOR = TraceContextTextMapPropagator()
-TRACE_HEADERS = frozenset(_PROPAGATOR.fields)  # {"traceparent", "tracestate"}
 _V00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _ROOT = Context()
 

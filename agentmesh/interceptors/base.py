@@ -74,10 +74,6 @@ def rewrap(
     return grpc.stream_stream_rpc_method_handler(ss, handler.request_deserializer, handler.response_serializer)
 
 
-async def call_unary(inner: Behavior, request: Any, context: grpc.aio.ServicerContext) -> Any:
-    return await inner(request, context)
-
-
 async def call_stream(inner: Behavior, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
     result = inner(request, context)
     if _inspect.isawaitable(result):  # a handler that writes with context.write() and returns None

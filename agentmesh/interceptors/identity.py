@@ -8,11 +8,13 @@ from collections.abc import Callable
 
 import grpc
 
+from agentmesh.config import MeshConfig
 from agentmesh.context import CallContext
 from agentmesh.errors import PeerIdentityError
 from agentmesh.identity import PeerIdentity, peer_identity_from_pem
 from agentmesh.interceptors.base import Stage
 from agentmesh.pki.crl import RevocationList
+from agentmesh.runtime.credentials import AgentIdentity
 
 __all__ = ["PeerIdentityCache", "PeerIdentityStage"]
 
@@ -62,3 +64,12 @@ class PeerIdentityStage(Stage):
 
     async def before(self, call: CallContext, context: grpc.aio.ServicerContext) -> None:
         call.peer = self.cache.identify(peer_pem(context))
+
+
+def peer_checks(config: MeshConfig, identity: AgentIdentity, *, check_every: float = 1.0,
+                clock: Callable[[], float] = time.time) -> PeerIdentityCache:
+    """The peer checks of a member: this trust domain, and the CRL signed by the member's own
+    issuing CA (the file may appear later, at the first revocation: it is re-checked, never an error)."""
+    chain = identity.files.chain
+    revocations = RevocationList(config.crl_path, chain[0] if chain else None, check_every=check_every)
+    return PeerIdentityCache(config.trust_domain, revocations=revocations, clock=clock)

@@ -18,9 +18,8 @@ from agentmesh.config import MeshConfig
 from agentmesh.context import current_call
 from agentmesh.errors import PermissionDenied
 from agentmesh.interceptors.chain import identity_chain
-from agentmesh.interceptors.identity import PeerIdentityCache
-from agentmesh.pki.crl import RevocationList
-from agentmesh.runtime.credentials import AgentIdentity
+from agentmesh.interceptors.identity import peer_checks
+from agentmesh.runtime.credentials import member_identity
 from agentmesh.runtime.server import MeshServer
 from agentmesh.tokens import RevocationStore, TokenAuthority
 from agentmesh.v1 import control_pb2, control_pb2_grpc
@@ -69,13 +68,11 @@ async def start_control(config: MeshConfig, *, address: str | None = None) -> tu
     """Starts the control plane server (creating the token key beside the CA on first use)."""
     name = config.control.name
     authority = TokenAuthority.ensure(config.ca_dir, issuer=config.tokens.issuer)
-    identity = AgentIdentity(config.identity_dir(name), config.trust_domain)
-    chain = identity.files.chain
-    revocations = RevocationList(config.crl_path, chain[0] if chain else None)
+    identity = member_identity(config, name)
     sink = build_audit(config.audit, service_name=name)
-    server = MeshServer(identity, interceptors=identity_chain(
-        name, sink=sink, identities=PeerIdentityCache(config.trust_domain, revocations=revocations)),
-        max_connection_age=config.max_connection_age, grace=config.grace_period)
+    chain = identity_chain(name, sink=sink, identities=peer_checks(config, identity))
+    server = MeshServer(identity, interceptors=chain, max_connection_age=config.max_connection_age,
+                        grace=config.grace_period)
     server.add(control_pb2_grpc.add_TokenServiceServicer_to_server, TokenService(config, authority),
                "agentmesh.v1.TokenService")
     await server.start(address or config.control.address)

@@ -18,10 +18,11 @@ import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from agentmesh.config import MeshConfig
 from agentmesh.errors import PKIError
-from agentmesh.identity import PeerIdentity, cert_thumbprint, peer_identity_from_pem
+from agentmesh.identity import cert_thumbprint, peer_identity_from_cert
 
-__all__ = ["AgentIdentity", "IdentityFiles"]
+__all__ = ["AgentIdentity", "IdentityFiles", "member_identity"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +82,7 @@ class AgentIdentity:
             return ()
 
     def _self_check(self) -> None:
-        me = peer_identity_from_pem(self.leaf_pem, self.trust_domain, time.time())
+        me = peer_identity_from_cert(self._files.leaf, self.trust_domain, time.time())
         self.spiffe_id = me.spiffe_id
         self.thumbprint = self._files.thumbprint
 
@@ -92,13 +93,7 @@ class AgentIdentity:
 
     @property
     def leaf_pem(self) -> bytes:
-        from cryptography.hazmat.primitives.serialization import Encoding
-
-        return self._files.leaf.public_bytes(Encoding.PEM)
-
-    @property
-    def me(self) -> PeerIdentity:
-        return peer_identity_from_pem(self.leaf_pem, self.trust_domain, time.time())
+        return self._files.leaf.public_bytes(serialization.Encoding.PEM)
 
     def refresh(self) -> bool:
         """Re-reads the files when they changed (checked at most every ``check_every`` s). True if reloaded."""
@@ -141,3 +136,12 @@ class AgentIdentity:
         f = files or self.files
         return grpc.ssl_channel_credentials(root_certificates=f.bundle, private_key=f.key,
                                             certificate_chain=f.cert_chain)
+
+
+def member_identity(config: MeshConfig, name: str, *, check_every: float = 1.0) -> AgentIdentity:
+    """The identity of mesh member ``name``, refused unless its certificate names that very member."""
+    identity = AgentIdentity(config.identity_dir(name), config.trust_domain, check_every=check_every)
+    expected = config.spiffe_id(name)
+    if identity.spiffe_id != expected:
+        raise PKIError(f"the identity in {identity.dir} is {identity.spiffe_id}, not {expected}")
+    return identity

@@ -23,16 +23,15 @@ import grpc
 from agentmesh.audit import AuditSink, build_audit
 from agentmesh.clock import Clock
 from agentmesh.config import MeshConfig
-from agentmesh.errors import MeshError, PKIError, Unavailable
+from agentmesh.errors import MeshError, Unavailable
 from agentmesh.guard import PayloadGuard
 from agentmesh.interceptors.chain import server_chain
 from agentmesh.interceptors.client import ClientSteps
-from agentmesh.interceptors.identity import PeerIdentityCache
-from agentmesh.pki.crl import RevocationList
+from agentmesh.interceptors.identity import peer_checks
 from agentmesh.policy import PolicyEngine
 from agentmesh.ratelimit import RateLimiter, build_limiter
 from agentmesh.runtime.channel import MeshChannels, secure_channel
-from agentmesh.runtime.credentials import AgentIdentity, IdentityFiles
+from agentmesh.runtime.credentials import IdentityFiles, member_identity
 from agentmesh.runtime.server import MeshServer
 from agentmesh.runtime.tokensource import AgentTokenSource, control_fetcher
 from agentmesh.tokens import KeySet, RevokedSet, keys_from_config, verifier_from_config
@@ -60,12 +59,8 @@ class MeshNode:
         self.name = name
         self.clock = clock
         self.spiffe_id = config.spiffe_id(name)
-        self.identity = AgentIdentity(config.identity_dir(name), config.trust_domain, check_every=check_every)
-        if self.identity.spiffe_id != self.spiffe_id:
-            raise PKIError(f"the identity in {self.identity.dir} is {self.identity.spiffe_id}, not {self.spiffe_id}")
-        chain = self.identity.files.chain
-        # the CRL may appear later (first revocation): a missing file is re-checked, never an error
-        self.revocations = RevocationList(config.crl_path, chain[0] if chain else None, check_every=check_every)
+        self.identity = member_identity(config, name, check_every=check_every)
+        self.identities = peer_checks(config, self.identity, check_every=check_every, clock=clock)
         self.sink = sink if sink is not None else build_audit(config.audit, service_name=name)
         self.revoked = RevokedSet()
         self._external_keys, self._jwks_caches = keys_from_config(config.tokens, None, clock=clock)
@@ -73,7 +68,6 @@ class MeshNode:
         self.policy = PolicyEngine(config.policy, config.trust_domain, max_depth=config.tokens.max_delegation_depth)
         self.limiter = limiter if limiter is not None else build_limiter(config.rate_limits)
         self.guard = PayloadGuard(config.guard)
-        self.identities = PeerIdentityCache(config.trust_domain, revocations=self.revocations, clock=clock)
         self._controls: dict[str, tuple[grpc.aio.Channel, AgentTokenSource]] = {}  # by certificate thumbprint
         self.channels = MeshChannels(self.identity, self._target, steps=self._client_steps, options=CHANNEL_OPTIONS)
         self._refresher: asyncio.Task[None] | None = None

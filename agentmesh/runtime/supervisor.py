@@ -14,8 +14,7 @@ import signal
 import ssl
 import sys
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -38,8 +37,6 @@ class Child:
     log_path: Path
     proc: asyncio.subprocess.Process | None = None
     status: str = "stopped"
-    started: float = 0.0
-    tail: deque[str] = field(default_factory=lambda: deque(maxlen=20))
 
     def last_lines(self, n: int = 10) -> list[str]:
         try:
@@ -87,7 +84,7 @@ class Supervisor:
         child.proc = await asyncio.create_subprocess_exec(*child.argv, stdout=log, stderr=log, env=env,
                                                           start_new_session=True, cwd=os.getcwd())
         log.close()
-        child.status, child.started = "starting", time.monotonic()
+        child.status = "starting"
 
     async def _healthy(self, child: Child) -> bool:
         if child.kind == "bridge":

@@ -344,3 +344,17 @@ async def test_actor_chain_without_a_subject_token_is_refused(mesh: Mesh) -> Non
         await ch.close()
     assert "without a subject token" in err.details()
     assert mesh.agents["summarizer"].calls == 0
+
+
+async def test_an_oversized_actor_chain_is_refused(mesh: Mesh) -> None:
+    md = [("authorization", f"Bearer {mesh.agent_token('bridge')}"),
+          ("x-agentmesh-subject-token", mesh.client_token()),
+          ("x-agentmesh-actors", ",".join([f"spiffe://{TD}/agent/ingestor"] * 200))]
+    ch = raw_channel(mesh.config.agent("ingestor").address, "ingestor", bundle=mesh.ca.bundle,
+                     cert_dir=mesh.config.identity_dir("bridge"))
+    try:
+        err = await refused(agent_pb2_grpc.AgentStub(ch).Invoke(task(), metadata=md, timeout=5),
+                            grpc.StatusCode.UNAUTHENTICATED)
+    finally:
+        await ch.close()
+    assert "too long" in err.details()

@@ -215,3 +215,31 @@ async def test_health_needs_no_token_but_a_revoked_peer_gets_nothing(mesh: Mesh)
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await check()
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and "revoked" in err.value.details()
+
+
+def test_a_cached_peer_is_refused_once_its_certificate_expires(tmp_path: Path) -> None:
+    """Long-lived connections: a certificate that was valid at the handshake stops working at expiry."""
+    from agentmesh.clock import FakeClock
+    from agentmesh.errors import PeerIdentityError
+
+    ca = new_ca(tmp_path)
+    issued = ca.issue("a", ttl=3600)
+    clock = FakeClock(time.time())
+    cache = PeerIdentityCache(TD, clock=clock)
+    pem = issued.cert_pem.split(b"-----END CERTIFICATE-----")[0] + b"-----END CERTIFICATE-----\n"
+    assert cache.identify(pem).name == "a"
+    clock.advance(3601)
+    with pytest.raises(PeerIdentityError, match="expired"):
+        cache.identify(pem)
+
+
+def test_a_member_identity_must_name_that_member(tmp_path: Path) -> None:
+    from agentmesh.configfile import parse_config
+    from agentmesh.errors import PKIError
+    from agentmesh.runtime.credentials import member_identity
+
+    ca = new_ca(tmp_path)
+    write_identity(ca.issue("b"), tmp_path / "identities" / "a")  # b's certificate where a's belongs
+    config = parse_config({"trust_domain": TD, "identities": "identities", "agents": {}}, tmp_path)
+    with pytest.raises(PKIError, match="not spiffe://example.org/agent/a"):
+        member_identity(config, "a")
