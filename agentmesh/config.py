@@ -12,6 +12,7 @@ from typing import Literal
 
 from agentmesh.errors import ConfigError
 from agentmesh.identity import SpiffeId, validate_agent_name
+from agentmesh.trust import RevocationPolicy
 
 __all__ = [
     "AgentConfig",
@@ -151,6 +152,9 @@ class ControlConfig:
     name: str = "control"
     address: str = "127.0.0.1:7100"
     identity_dir: Path | None = None
+    # server-authenticated TLS only, serving nothing but JoinService (members join with a one-time token)
+    join_address: str | None = None
+    cert_ttl: float = 86400.0  # lifetime of the certificates the control plane issues (join, renewal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,8 +170,9 @@ class MeshConfig:
     guard: GuardConfig = field(default_factory=GuardConfig)
     bridge: BridgeConfig = field(default_factory=BridgeConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
-    crl_path: Path | None = None
-    max_connection_age: float = 300.0
+    crl_path: Path | None = None  # read by the control plane (which holds the CA); members get it streamed
+    revocation: RevocationPolicy = field(default_factory=RevocationPolicy)
+    max_connection_age: float = 0.0  # 0: connections are not closed by age (streams are re-checked instead)
     grace_period: float = 10.0
     source: Path | None = None
 

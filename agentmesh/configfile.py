@@ -28,6 +28,7 @@ from agentmesh.config import (
 )
 from agentmesh.errors import ConfigError
 from agentmesh.identity import validate_agent_name, validate_trust_domain
+from agentmesh.trust import FAILURE_MODES, RevocationPolicy
 from agentmesh.units import parse_duration, parse_rate, parse_size
 
 __all__ = ["load_config", "parse_config"]
@@ -329,8 +330,19 @@ def parse_config(raw: object, base: Path, source: Path | None = None) -> MeshCon
         name=control_name,
         address=_address(c.text("address", "127.0.0.1:7100"), "control.address"),
         identity_dir=c.path_("identity", base, identities / control_name),
+        join_address=_address(c.text("join_address"), "control.join_address") if c.has("join_address") else None,
+        cert_ttl=c.duration("cert_ttl", 86400.0),
     )
+    if control.cert_ttl < 2:
+        raise ConfigError("control.cert_ttl: must be at least 2s")
     c.done()
+
+    r = top.section("revocation")
+    revocation = RevocationPolicy(
+        max_staleness=r.duration("max_staleness", 120.0),
+        failure_mode=r.choice("failure_mode", FAILURE_MODES, "closed"),  # type: ignore[arg-type]
+    )
+    r.done()
 
     cfg = MeshConfig(
         trust_domain=td,
@@ -345,7 +357,8 @@ def parse_config(raw: object, base: Path, source: Path | None = None) -> MeshCon
         bridge=bridge,
         control=control,
         crl_path=top.path_("crl", base, ca_dir / "crl.pem"),
-        max_connection_age=top.duration("max_connection_age", 300.0),
+        revocation=revocation,
+        max_connection_age=top.duration("max_connection_age", 0.0),
         grace_period=top.duration("grace_period", 10.0),
         source=source,
     )

@@ -10,7 +10,7 @@ import contextvars
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentmesh.errors import AuthenticationError
+from agentmesh.errors import MeshError
 from agentmesh.identity import PeerIdentity
 
 __all__ = ["CallContext", "current_call", "maybe_current_call"]
@@ -27,16 +27,16 @@ class CallContext:
     principal: str | None = None  # effective subject (the original caller when delegated)
     roles: tuple[str, ...] = ()
     actors: tuple[str, ...] = ()  # delegation chain, oldest first, immediate peer last
-    peer_token: Any = None  # the peer's own verified token
+    peer_token: Any = None  # the peer's own verified token (its jti is re-checked while the call runs)
     subject_token: Any = None  # the original principal's verified token when delegated
     raw_subject_token: str | None = field(default=None, repr=False)  # forwarded onward when delegating
     rule: str | None = None
     decision: str | None = None
     ratelimit_remaining: int | None = None
-    attributes: dict[str, Any] = field(default_factory=dict)
     span: Any = field(default=None, repr=False)  # the server span of this call
     deadline: float | None = None  # time.monotonic() by which the call must end
     status: Any = None  # grpc.StatusCode the chain ended the call with, if it did
+    ended_by: MeshError | None = None  # set when a revocation ends the call while it runs
 
     def metadata_value(self, key: str) -> str | None:
         """The first value of an invocation metadata key (keys are lowercase in gRPC)."""
@@ -49,14 +49,6 @@ class CallContext:
     def peer_spiffe_id(self) -> str | None:
         return self.peer.uri if self.peer else None
 
-    @property
-    def peer_name(self) -> str | None:
-        return self.peer.name if self.peer else None
-
-    @property
-    def delegated(self) -> bool:
-        return bool(self.actors)
-
 
 _current: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar("agentmesh_call", default=None)
 
@@ -66,16 +58,12 @@ def maybe_current_call() -> CallContext | None:
 
 
 def current_call() -> CallContext:
-    """The verified caller of the call being served; raises outside a mesh call."""
+    """The verified caller of the call being served; outside a mesh call it is a programming error."""
     call = _current.get()
     if call is None:
-        raise AuthenticationError("no mesh call in progress")
+        raise RuntimeError("current_call() is only available inside a call served by a mesh server")
     return call
 
 
 def _set(call: CallContext | None) -> contextvars.Token[CallContext | None]:
     return _current.set(call)
-
-
-def _reset(token: contextvars.Token[CallContext | None]) -> None:
-    _current.reset(token)

@@ -100,7 +100,8 @@ async def agent(config_path: str, name: str, redis: str | None, check_every: flo
 
 
 async def control(config_path: str) -> None:
-    server, sink = await start_control(load_config(config_path))
+    server = await start_control(load_config(config_path))
+    sink = server.sink
     try:
         await server.serve_forever()
     finally:

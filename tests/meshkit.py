@@ -119,7 +119,8 @@ async def running_mesh(root: Path, agents: dict[str, dict[str, Any]], *, serve: 
                        clock: Any = None, **sections: Any) -> AsyncIterator[Mesh]:
     path = write_mesh(root, agents, **sections)
     config = load_config(path)
-    control, control_sink = await start_control(config)
+    control = await start_control(config)
+    control_sink = control.sink
     ca = CertificateAuthority.load(config.ca_dir)
     authority = TokenAuthority.load(config.ca_dir, issuer=config.tokens.issuer)
     mesh = Mesh(root, config, ca, authority, control_sink=control_sink)

@@ -19,8 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 async def _serve(path: str) -> None:
     config = load_config(path)
-    server, sink = await start_control(config)
-    print(f"control plane ({config.spiffe_id(config.control.name)}) serving on {config.control.address}", flush=True)
+    server = await start_control(config)
+    sink = server.sink
+    joins = f"; joins on {config.control.join_address}" if config.control.join_address else ""
+    print(f"control plane ({config.spiffe_id(config.control.name)}) serving on {config.control.address}{joins}",
+          flush=True)
     try:
         await server.serve_forever()
     finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 
 from agentmesh.context import CallContext
@@ -29,10 +31,12 @@ class TokenStage(Stage):
     also sends the original principal's token, which becomes the effective principal; the actor
     chain is the claimed earlier actors plus the verified peer."""
 
-    def __init__(self, verifier: TokenVerifier, *, mesh_issuer: str) -> None:
+    def __init__(self, verifier: TokenVerifier, *, mesh_issuer: str,
+                 member_revoked: Callable[[str | None], bool] = lambda name: False) -> None:
         super().__init__()
         self.verifier = verifier
         self.mesh_issuer = mesh_issuer
+        self.member_revoked = member_revoked
 
     async def before(self, call: CallContext, context: grpc.aio.ServicerContext) -> None:
         peer = call.peer
@@ -66,10 +70,13 @@ class TokenStage(Stage):
         earlier = tuple(a for a in (claimed or "").split(",") if a)
         for actor in earlier:  # claimed by the (verified) peer: must at least be members of this mesh
             try:
-                if SpiffeId.parse(actor).trust_domain != peer.spiffe_id.trust_domain:
+                sid = SpiffeId.parse(actor)
+                if sid.trust_domain != peer.spiffe_id.trust_domain:
                     raise ConfigError("foreign trust domain")
             except ConfigError:
                 raise TokenError("delegation chain holds an entry that is not a SPIFFE ID of this mesh") from None
+            if self.member_revoked(sid.agent_name):  # a delegation a revoked member started
+                raise TokenError(f"delegation chain holds revoked member {sid.agent_name}")
         call.subject_token, call.raw_subject_token = sub, subject
         call.principal, call.roles = principal_of(sub, self.mesh_issuer), sub.roles
         call.actors = (*earlier, peer.uri)

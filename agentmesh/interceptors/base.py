@@ -11,6 +11,7 @@ A stage has two hooks:
 
 from __future__ import annotations
 
+import asyncio
 import inspect as _inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
@@ -19,6 +20,7 @@ import grpc
 
 from agentmesh.context import CallContext, _set, maybe_current_call
 from agentmesh.errors import MeshError
+from agentmesh.interceptors.active import ActiveCalls
 from agentmesh.interceptors.status import status_of
 
 __all__ = ["EXEMPT_PREFIXES", "Around", "ServerChain", "Stage", "rewrap"]
@@ -126,8 +128,9 @@ class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     lookup, one contextvar and the stages' own decisions (not a coroutine layer per stage).
     """
 
-    def __init__(self, around: Around, stages: Sequence[Stage]) -> None:
+    def __init__(self, around: Around, stages: Sequence[Stage], *, active: ActiveCalls | None = None) -> None:
         self.around = around
+        self.active = active if active is not None else ActiveCalls()
         self.stages = tuple(stages)
         self.inspectors = tuple(s for s in self.stages if s.inspects_requests)
         self.exempt_stages = tuple(s for s in self.stages if s.guards_exempt)
@@ -200,7 +203,15 @@ class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             async def body() -> Any:
                 for stage in self.stages:
                     await stage.before(call, context)
-                return await inner(self._requests(call, request, streaming), context)
+                task = self.active.add(call)
+                try:
+                    return await inner(self._requests(call, request, streaming), context)
+                except asyncio.CancelledError:
+                    if call.ended_by is None:
+                        raise
+                    raise call.ended_by from None  # revoked while it ran: the chain maps it to a status
+                finally:
+                    self.active.discard(task)
 
             return await self.around.unary(call, context, body)
 
@@ -216,8 +227,16 @@ class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             async def body() -> AsyncIterator[Any]:
                 for stage in self.stages:
                     await stage.before(call, context)
-                async for item in call_stream(inner, self._requests(call, request, streaming), context):
-                    yield item
+                task = self.active.add(call)
+                try:
+                    async for item in call_stream(inner, self._requests(call, request, streaming), context):
+                        yield item
+                except asyncio.CancelledError:
+                    if call.ended_by is None:
+                        raise
+                    raise call.ended_by from None
+                finally:
+                    self.active.discard(task)
 
             async for item in self.around.stream(call, context, body):
                 yield item

@@ -16,6 +16,9 @@ import grpc
 from agentmesh.audit import AuditSink
 from agentmesh.guard import PayloadGuard
 from agentmesh.interceptors.audit import AuditStage, PayloadRecordStage
+from collections.abc import Callable
+
+from agentmesh.interceptors.active import ActiveCalls
 from agentmesh.interceptors.auth import AuthorizationStage, TokenStage
 from agentmesh.interceptors.base import ServerChain
 from agentmesh.interceptors.identity import PeerIdentityCache, PeerIdentityStage
@@ -24,7 +27,7 @@ from agentmesh.policy import PolicyEngine
 from agentmesh.ratelimit import RateLimiter
 from agentmesh.tokens import TokenVerifier
 
-__all__ = ["identity_chain", "server_chain"]
+__all__ = ["audit_only_chain", "identity_chain", "server_chain"]
 
 
 def server_chain(
@@ -38,19 +41,27 @@ def server_chain(
     policy: PolicyEngine,
     limiter: RateLimiter,
     guard: PayloadGuard,
+    active: ActiveCalls | None = None,
+    member_revoked: Callable[[str | None], bool] = lambda name: False,
 ) -> list[grpc.aio.ServerInterceptor]:
     record = [PayloadRecordStage(sink)] if sink is not None and sink.payload_fields else []
     return [ServerChain(AuditStage(agent, sink, required=audit_required), [
         PeerIdentityStage(identities),
-        TokenStage(verifier, mesh_issuer=mesh_issuer),
+        TokenStage(verifier, mesh_issuer=mesh_issuer, member_revoked=member_revoked),
         AuthorizationStage(policy),
         RateLimitStage(limiter),
         *record,  # only with audit.payload_fields: allow-listed request fields, redacted, on the span
         PayloadGuardStage(guard),
-    ])]
+    ], active=active)]
 
 
-def identity_chain(agent: str, *, sink: AuditSink | None,
-                   identities: PeerIdentityCache) -> list[grpc.aio.ServerInterceptor]:
+def identity_chain(agent: str, *, sink: AuditSink | None, identities: PeerIdentityCache,
+                   active: ActiveCalls | None = None) -> list[grpc.aio.ServerInterceptor]:
     """The chain of the control plane: certificate identity only (agents have no token yet)."""
-    return [ServerChain(AuditStage(agent, sink), [PeerIdentityStage(identities)])]
+    return [ServerChain(AuditStage(agent, sink), [PeerIdentityStage(identities)], active=active)]
+
+
+def audit_only_chain(agent: str, *, sink: AuditSink | None) -> list[grpc.aio.ServerInterceptor]:
+    """The chain of the control plane's join port: its callers have no certificate yet; every
+    attempt (refused ones too) is an audit span."""
+    return [ServerChain(AuditStage(agent, sink), [])]

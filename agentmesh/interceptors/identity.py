@@ -8,24 +8,24 @@ from collections.abc import Callable
 
 import grpc
 
-from agentmesh.config import MeshConfig
 from agentmesh.context import CallContext
 from agentmesh.errors import PeerIdentityError
 from agentmesh.identity import PeerIdentity, peer_identity_from_pem
 from agentmesh.interceptors.base import Stage
-from agentmesh.pki.crl import RevocationList
-from agentmesh.runtime.credentials import AgentIdentity
+from agentmesh.runtime.truststate import TrustState
 
 __all__ = ["PeerIdentityCache", "PeerIdentityStage"]
 
 
 class PeerIdentityCache:
-    """Parses each distinct peer certificate once (bounded LRU); validity and CRL are checked every call."""
+    """Parses each distinct peer certificate once (bounded LRU); validity and revocation are checked
+    on every call. A peer is cached only once it passed, so "known" peers are those accepted before
+    (what ``revocation.failure_mode: closed`` keeps serving while the revocation data is stale)."""
 
-    def __init__(self, trust_domain: str, *, revocations: RevocationList | None = None, size: int = 4096,
+    def __init__(self, trust_domain: str, *, trust: TrustState | None = None, size: int = 4096,
                  clock: Callable[[], float] = time.time) -> None:
         self.trust_domain = trust_domain
-        self.revocations = revocations
+        self.trust = trust
         self.size = size
         self.clock = clock
         self._cache: OrderedDict[bytes, PeerIdentity] = OrderedDict()
@@ -37,13 +37,17 @@ class PeerIdentityCache:
         peer = self._cache.get(pem)
         if peer is None:
             peer = peer_identity_from_pem(pem, self.trust_domain, now)
+            if self.trust is not None:
+                self.trust.check_peer(peer, known=False)
             self._cache[pem] = peer
             if len(self._cache) > self.size:
                 self._cache.popitem(last=False)
-        elif now > peer.not_after:
+            return peer
+        self._cache.move_to_end(pem)
+        if now > peer.not_after:
             raise PeerIdentityError("peer certificate has expired")
-        if self.revocations is not None and self.revocations.is_revoked(peer.serial):
-            raise PeerIdentityError(f"peer certificate of {peer.spiffe_id} is revoked")
+        if self.trust is not None:
+            self.trust.check_peer(peer, known=True)
         return peer
 
 
@@ -64,12 +68,3 @@ class PeerIdentityStage(Stage):
 
     async def before(self, call: CallContext, context: grpc.aio.ServicerContext) -> None:
         call.peer = self.cache.identify(peer_pem(context))
-
-
-def peer_checks(config: MeshConfig, identity: AgentIdentity, *, check_every: float = 1.0,
-                clock: Callable[[], float] = time.time) -> PeerIdentityCache:
-    """The peer checks of a member: this trust domain, and the CRL signed by the member's own
-    issuing CA (the file may appear later, at the first revocation: it is re-checked, never an error)."""
-    chain = identity.files.chain
-    revocations = RevocationList(config.crl_path, chain[0] if chain else None, check_every=check_every)
-    return PeerIdentityCache(config.trust_domain, revocations=revocations, clock=clock)

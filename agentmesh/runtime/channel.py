@@ -13,12 +13,14 @@ a token bound to exactly that certificate), and runs the client chain in the stu
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
 
-from agentmesh.errors import ConfigError
+from agentmesh.errors import ConfigError, Unavailable
 from agentmesh.identity import validate_agent_name
 from agentmesh.interceptors.client import ClientSteps
 from agentmesh.runtime.credentials import AgentIdentity, IdentityFiles
@@ -59,14 +61,17 @@ class MeshChannels:
         *,
         steps: StepsFactory | None = None,
         options: Sequence[tuple[str, Any]] = (),
+        refused: Callable[[str], bool] = lambda name: False,
     ) -> None:
         self.identity = identity
+        self.refused = refused  # e.g. a member revoked as a whole: never dialled, whatever its certificate
         self._resolve = addresses if callable(addresses) else self._from_mapping(dict(addresses))
         self._steps: StepsFactory = steps or (lambda *_: None)
         self.options = tuple(options)
-        self._current: dict[str, tuple[int, grpc.aio.Channel, ClientSteps | None]] = {}
+        # by name: (identity version, connection, its chain, when the certificate it presents expires)
+        self._current: dict[str, tuple[int, grpc.aio.Channel, ClientSteps | None, float]] = {}
         self._facades: dict[str, MeshChannel] = {}
-        self._retired: list[grpc.aio.Channel] = []
+        self._closing: set[asyncio.Task[None]] = set()
 
     @staticmethod
     def _from_mapping(addresses: dict[str, str]) -> Callable[[str], str]:
@@ -81,18 +86,21 @@ class MeshChannels:
 
     def current(self, name: str) -> tuple[grpc.aio.Channel, ClientSteps | None]:
         """The connection to agent ``name`` made with the current identity files, and its chain."""
+        if self.refused(name):
+            self.drop(name)
+            raise Unavailable(f"agent {name} is revoked; calls to it are refused")
         self.identity.refresh()
         version = self.identity.version
         hit = self._current.get(name)
         if hit is not None and hit[0] == version:
             return hit[1], hit[2]
         validate_agent_name(name)
-        if hit is not None:
-            self._retired.append(hit[1])  # in-flight calls finish; closed with the others
+        if hit is not None:  # a rotation: calls in flight on the old connection may run while its cert is valid
+            self.retire(hit[1], grace=max(1.0, hit[3] - time.time()))
         files = self.identity.files
         ch = secure_channel(self.identity, self._resolve(name), name, files=files, options=self.options)
         steps = self._steps(name, files)
-        self._current[name] = (version, ch, steps)
+        self._current[name] = (version, ch, steps, files.leaf.not_valid_after_utc.timestamp())
         return ch, steps
 
     def channel(self, name: str) -> MeshChannel:
@@ -108,12 +116,27 @@ class MeshChannels:
         it may be kept: every call goes over the current connection, through the client chain."""
         return stub_class(self.channel(name))
 
+    def retire(self, channel: grpc.aio.Channel, *, grace: float | None) -> None:
+        """Closes a channel in the background: no new calls; those in flight get ``grace`` seconds."""
+        task = asyncio.get_running_loop().create_task(channel.close(grace))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def drop(self, name: str) -> None:
+        """Closes the connection to ``name`` now, cancelling its calls in flight (a revoked member)."""
+        hit = self._current.pop(name, None)
+        if hit is not None:
+            self.retire(hit[1], grace=None)
+
     async def close(self) -> None:
-        channels = [c for _, c, _ in self._current.values()] + self._retired
+        channels = [hit[1] for hit in self._current.values()]
         self._current.clear()
-        self._retired.clear()
         for ch in channels:
             await ch.close()
+        for task in list(self._closing):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 class MeshChannel:

@@ -1,14 +1,23 @@
-"""The control process: holds the token signing key and issues certificate-bound agent tokens.
+"""The control process: issues certificate-bound agent tokens, renews and joins members' certificates,
+and streams the trust data (revocations, key set, bundle) to every member.
 
-Agents authenticate with their mTLS certificate only (they have no token yet); the token's subject
-is the certificate's SPIFFE ID, its roles come from the mesh config, and ``cnf.x5t#S256`` binds it
-to that very certificate (RFC 8705), so a stolen token is useless from any other peer.
+Agents authenticate with their mTLS certificate only (they have no token yet); a token's subject is
+the certificate's SPIFFE ID, its roles come from the mesh config, and ``cnf.x5t#S256`` binds it to
+that very certificate (RFC 8705), so a stolen token is useless from any other peer. ``Renew`` signs a
+CSR for the caller's OWN SPIFFE ID only (a revoked caller never gets this far: its handshake passes
+but the peer stage refuses it). ``Join`` is served on a separate, server-authenticated port
+(``control.join_address``) and nothing else is: a one-time join token names the only member it may
+join as. The control plane renews its own certificate through the CA it holds.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import time
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -17,36 +26,55 @@ from agentmesh.clock import Clock
 from agentmesh.config import MeshConfig
 from agentmesh.context import current_call
 from agentmesh.errors import PermissionDenied
-from agentmesh.interceptors.chain import identity_chain
-from agentmesh.interceptors.identity import peer_checks
+from agentmesh.interceptors.active import ActiveCalls
+from agentmesh.interceptors.chain import audit_only_chain, identity_chain
+from agentmesh.interceptors.identity import PeerIdentityCache
+from agentmesh.pki import CertificateAuthority, IssuedCert
+from agentmesh.pki.join import JoinRefused, JoinTokens
 from agentmesh.runtime.credentials import member_identity
+from agentmesh.runtime.publisher import TrustPublisher
+from agentmesh.runtime.renewal import Renewer, SignedIdentity
 from agentmesh.runtime.server import MeshServer
-from agentmesh.tokens import RevocationStore, TokenAuthority
+from agentmesh.runtime.truststate import TrustState
+from agentmesh.tokens import TokenAuthority
 from agentmesh.v1 import control_pb2, control_pb2_grpc
 
-__all__ = ["TokenService", "start_control"]
+__all__ = ["ControlPlane", "IdentityService", "JoinService", "TokenService", "start_control"]
+
+log = logging.getLogger("agentmesh.control")
+
+
+def member_roles(config: MeshConfig, name: str | None) -> tuple[str, ...]:
+    """The roles of a mesh member; refuses a certificate holder that the config does not name."""
+    if name is not None and name in config.agents:
+        return config.agents[name].roles
+    if name in (config.bridge.name, config.control.name):
+        return ()
+    raise PermissionDenied(f"{name or 'this peer'} is not a member of the mesh config")
+
+
+def _issued(issued: IssuedCert, ca: CertificateAuthority) -> control_pb2.IssuedIdentity:
+    if issued.capped:
+        log.warning("control: %s's certificate is capped by the issuing CA's end (%s); run: agentmesh ca rotate",
+                    issued.name, ca.cert.not_valid_after_utc.isoformat(timespec="seconds"))
+    return control_pb2.IssuedIdentity(cert_chain_pem=issued.cert_pem, bundle_pem=ca.bundle,
+                                      not_after=int(issued.cert.not_valid_after_utc.timestamp()))
 
 
 class TokenService(control_pb2_grpc.TokenServiceServicer):
-    def __init__(self, config: MeshConfig, authority: TokenAuthority, *, clock: Clock = time.time) -> None:
+    def __init__(self, config: MeshConfig, authority: TokenAuthority, publisher: TrustPublisher, *,
+                 clock: Clock = time.time) -> None:
         self.config = config
         self.authority = authority
-        self.revocations = RevocationStore(config.ca_dir, clock=clock)
+        self.publisher = publisher
         self.clock = clock
         self._jwks = json.dumps(authority.jwks())
-
-    def _roles_of(self, name: str | None) -> tuple[str, ...]:
-        if name is not None and name in self.config.agents:
-            return self.config.agents[name].roles
-        if name == self.config.bridge.name:
-            return ()
-        raise PermissionDenied(f"{name or 'this peer'} is not a member of the mesh config; no token issued")
 
     async def IssueAgentToken(self, request: control_pb2.AgentTokenRequest,
                               context: grpc.aio.ServicerContext) -> control_pb2.AgentToken:
         peer = current_call().peer
         assert peer is not None, "the control chain verifies the peer first"
-        roles = self._roles_of(peer.name)
+        roles = member_roles(self.config, peer.name)
         ttl = self.config.tokens.ttl
         if request.ttl_seconds:
             ttl = min(ttl, float(request.ttl_seconds))
@@ -57,23 +85,129 @@ class TokenService(control_pb2_grpc.TokenServiceServicer):
 
     async def ListRevoked(self, request: control_pb2.RevokedTokensRequest,
                           context: grpc.aio.ServicerContext) -> control_pb2.RevokedTokens:
-        return control_pb2.RevokedTokens(jti=sorted(self.revocations.load()))
+        return control_pb2.RevokedTokens(jti=sorted(self.publisher.snapshot.revoked_jtis))
 
     async def GetKeySet(self, request: control_pb2.KeySetRequest,
                         context: grpc.aio.ServicerContext) -> control_pb2.KeySet:
         return control_pb2.KeySet(jwks_json=self._jwks, issuer=self.authority.issuer)
 
 
-async def start_control(config: MeshConfig, *, address: str | None = None) -> tuple[MeshServer, AuditSink]:
-    """Starts the control plane server (creating the token key beside the CA on first use)."""
+class IdentityService(control_pb2_grpc.IdentityServiceServicer):
+    def __init__(self, config: MeshConfig, publisher: TrustPublisher, *, clock: Clock = time.time) -> None:
+        self.config = config
+        self.publisher = publisher
+        self.clock = clock
+
+    async def Renew(self, request: control_pb2.CertificateSigningRequest,
+                    context: grpc.aio.ServicerContext) -> control_pb2.IssuedIdentity:
+        peer = current_call().peer
+        assert peer is not None, "the control chain verifies the peer first"
+        assert peer.name is not None
+        member_roles(self.config, peer.name)
+        ca = CertificateAuthority.load(self.config.ca_dir, clock=self.clock)
+        latest = ca.latest(peer.name)
+        issued = ca.issue_csr(peer.name, request.csr_pem, ttl=self.config.control.cert_ttl,
+                              dns=latest.dns if latest is not None else ())
+        return _issued(issued, ca)
+
+    async def WatchTrust(self, request: control_pb2.WatchTrustRequest,
+                         context: grpc.aio.ServicerContext) -> AsyncIterator[control_pb2.TrustUpdate]:
+        async for update in self.publisher.watch():
+            yield update
+
+
+class JoinService(control_pb2_grpc.JoinServiceServicer):
+    def __init__(self, config: MeshConfig, *, clock: Clock = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        self.tokens = JoinTokens(config.ca_dir, clock=clock)
+
+    async def Join(self, request: control_pb2.JoinRequest,
+                   context: grpc.aio.ServicerContext) -> control_pb2.IssuedIdentity:
+        ca = CertificateAuthority.load(self.config.ca_dir, clock=self.clock)
+        try:
+            grant = self.tokens.redeem(request.join_token, blocked=ca.blocked())
+        except JoinRefused as e:
+            raise PermissionDenied(f"join refused: {e.message}") from None
+        member_roles(self.config, grant.name)
+        issued = ca.issue_csr(grant.name, request.csr_pem, ttl=self.config.control.cert_ttl, dns=grant.dns)
+        log.info("control: %s joined (serial %x)", grant.name, issued.serial)
+        return _issued(issued, ca)
+
+
+class ControlPlane:
+    """The running control plane: its mTLS server, its join server, and their background work."""
+
+    def __init__(self, server: MeshServer, join: MeshServer | None, sink: AuditSink, publisher: TrustPublisher,
+                 trust: TrustState, tasks: list[asyncio.Task[None]]) -> None:
+        self.server = server
+        self.join = join
+        self.sink = sink
+        self.publisher = publisher
+        self.trust = trust
+        self._tasks = tasks
+
+    @property
+    def port(self) -> int | None:
+        return self.server.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.join is not None:
+            await self.join.stop(grace)
+        await self.server.stop(grace)
+
+    async def serve_forever(self) -> None:
+        """Runs until SIGTERM/SIGINT (draining calls in flight), then stops everything else."""
+        try:
+            await self.server.serve_forever()
+        finally:
+            await self.stop(0)
+
+
+async def start_control(config: MeshConfig, *, address: str | None = None,
+                        clock: Clock = time.time) -> ControlPlane:
+    """Starts the control plane (creating the token key beside the CA on first use)."""
     name = config.control.name
     authority = TokenAuthority.ensure(config.ca_dir, issuer=config.tokens.issuer)
     identity = member_identity(config, name)
     sink = build_audit(config.audit, service_name=name)
-    chain = identity_chain(name, sink=sink, identities=peer_checks(config, identity))
-    server = MeshServer(identity, interceptors=chain, max_connection_age=config.max_connection_age,
-                        grace=config.grace_period)
-    server.add(control_pb2_grpc.add_TokenServiceServicer_to_server, TokenService(config, authority),
-               "agentmesh.v1.TokenService")
+    publisher = TrustPublisher(config.ca_dir, jwks_json=json.dumps(authority.jwks()), issuer=authority.issuer,
+                               heartbeat=config.tokens.revocation_refresh, clock=clock)
+    trust = TrustState(config.revocation, clock=clock, owner=name)
+    trust.update(publisher.snapshot)
+    active = ActiveCalls()
+    trust.on_update(lambda _snapshot: active.sweep(trust.refusal))
+    peers = PeerIdentityCache(config.trust_domain, trust=trust, clock=clock)
+    server = MeshServer(identity, interceptors=identity_chain(name, sink=sink, identities=peers, active=active),
+                        max_connection_age=config.max_connection_age, grace=config.grace_period)
+    server.add(control_pb2_grpc.add_TokenServiceServicer_to_server,
+               TokenService(config, authority, publisher, clock=clock), "agentmesh.v1.TokenService")
+    server.add(control_pb2_grpc.add_IdentityServiceServicer_to_server,
+               IdentityService(config, publisher, clock=clock), "agentmesh.v1.IdentityService")
     await server.start(address or config.control.address)
-    return server, sink
+    join = None
+    if config.control.join_address:
+        join = MeshServer(identity, interceptors=audit_only_chain(name, sink=sink), grace=config.grace_period,
+                          client_auth=False)
+        join.add(control_pb2_grpc.add_JoinServiceServicer_to_server, JoinService(config, clock=clock),
+                 "agentmesh.v1.JoinService")
+        try:
+            await join.start(config.control.join_address)
+        except BaseException:
+            await server.stop(0)
+            raise
+
+    async def sign_locally(csr: bytes) -> SignedIdentity:
+        ca = CertificateAuthority.load(config.ca_dir, clock=clock)
+        latest = ca.latest(name)
+        issued = ca.issue_csr(name, csr, ttl=config.control.cert_ttl, dns=latest.dns if latest is not None else ())
+        return SignedIdentity(issued.cert_pem, ca.bundle)
+
+    renewer = Renewer(identity, sign_locally, owner=name, clock=clock)
+    tasks = [asyncio.create_task(publisher.run(trust.update)), asyncio.create_task(renewer.run())]
+    return ControlPlane(server, join, sink, publisher, trust, tasks)

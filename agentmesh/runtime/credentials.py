@@ -8,6 +8,7 @@ channel caches compare against.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -22,7 +23,47 @@ from agentmesh.config import MeshConfig
 from agentmesh.errors import PKIError
 from agentmesh.identity import cert_thumbprint, peer_identity_from_cert
 
-__all__ = ["AgentIdentity", "IdentityFiles", "member_identity"]
+__all__ = ["AgentIdentity", "IdentityFiles", "install_identity", "member_identity"]
+
+NEXT = ".next"  # suffix of the files of an identity being installed
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def install_identity(directory: Path, *, cert_chain: bytes, key: bytes | None, bundle: bytes) -> None:
+    """Replaces an identity on disk so that a reader (or a restart) never pairs a key with the wrong
+    certificate: the new files are written completely beside the old ones (``*.next``), then moved
+    into place key first; :meth:`IdentityFiles.read` finishes an install cut off between the moves."""
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _write_atomic(directory / ("bundle.pem" + NEXT), bundle, 0o644)
+    _write_atomic(directory / ("cert.pem" + NEXT), cert_chain, 0o644)
+    if key is not None:
+        _write_atomic(directory / ("key.pem" + NEXT), key, 0o600)
+        os.replace(directory / ("key.pem" + NEXT), directory / "key.pem")
+    _finish_install(directory)
+
+
+def _finish_install(directory: Path) -> bool:
+    """Moves a pending certificate and bundle into place once their key is (the last step of
+    :func:`install_identity`, also what a reader does after an install was cut off). True if it moved any."""
+    if (directory / ("key.pem" + NEXT)).exists():
+        return False  # the key was not moved yet: the old identity is still whole
+    moved = False
+    for name in ("bundle.pem", "cert.pem"):
+        with contextlib.suppress(FileNotFoundError):  # another reader finished it first
+            os.replace(directory / (name + NEXT), directory / name)
+            moved = True
+    return moved
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +79,15 @@ class IdentityFiles:
 
     @classmethod
     def read(cls, directory: Path) -> IdentityFiles:
+        try:
+            return cls._read(directory)
+        except PKIError:
+            if not _finish_install(directory):
+                raise
+            return cls._read(directory)
+
+    @classmethod
+    def _read(cls, directory: Path) -> IdentityFiles:
         try:
             key = (directory / "key.pem").read_bytes()
             cert_chain = (directory / "cert.pem").read_bytes()
@@ -95,13 +145,17 @@ class AgentIdentity:
     def leaf_pem(self) -> bytes:
         return self._files.leaf.public_bytes(serialization.Encoding.PEM)
 
-    def refresh(self) -> bool:
+    def reload(self) -> bool:
+        """Re-reads the files now (after this process installed a renewed identity)."""
+        return self.refresh(force=True)
+
+    def refresh(self, *, force: bool = False) -> bool:
         """Re-reads the files when they changed (checked at most every ``check_every`` s). True if reloaded."""
         now = time.monotonic()
-        if now < self._next_check:
+        if now < self._next_check and not force:
             return False
         with self._lock:
-            if now < self._next_check:
+            if now < self._next_check and not force:
                 return False
             self._next_check = now + self.check_every
             stamp = self._stat()
@@ -121,14 +175,22 @@ class AgentIdentity:
         f = self._files
         return grpc.ssl_server_certificate_configuration([(f.key, f.cert_chain)], root_certificates=f.bundle)
 
-    def server_credentials(self) -> grpc.ServerCredentials:
-        """mTLS server credentials that require and verify a client certificate, following the files."""
+    def server_credentials(self, *, client_auth: bool = True) -> grpc.ServerCredentials:
+        """Server credentials following the files; by default mTLS (a verified client certificate is
+        required). The fetcher runs for new handshakes and serves whatever version is current, no
+        matter which reader noticed the change first."""
+        served = self.version
 
         def fetch() -> grpc.ServerCertificateConfiguration | None:
-            return self._server_config() if self.refresh() else None
+            nonlocal served
+            self.refresh()
+            if self.version == served:
+                return None
+            served = self.version
+            return self._server_config()
 
         return grpc.dynamic_ssl_server_credentials(
-            self._server_config(), fetch, require_client_authentication=True
+            self._server_config(), fetch, require_client_authentication=client_auth
         )
 
     def channel_credentials(self, files: IdentityFiles | None = None) -> grpc.ChannelCredentials:

@@ -1,11 +1,16 @@
 """A mesh member in one process: identity, both chains, its token, and channels to the other agents.
 
     node = MeshNode(load_config("mesh.yaml"), "summarizer")
-    await node.start()                      # keys + revocations from the control plane
+    await node.start()                      # trust data from the control plane; renewal in the background
     server = node.server()                  # mTLS + the whole server chain
     server.add(agent_pb2_grpc.add_AgentServicer_to_server, Summarizer(node), "agentmesh.v1.Agent")
     await server.start(node.address)
     validator = node.stub("validator", agent_pb2_grpc.AgentStub)   # client chain attached
+
+A member never needs the CA directory: the control plane streams it the signed CRL, revoked token
+ids, revoked members, the token key set and the trust bundle (``IdentityService.WatchTrust``), and
+renews its certificate (``IdentityService.Renew``) at about half its lifetime. Every change ends the
+calls it refuses (in both directions: calls this member serves, and its connections to a revoked member).
 """
 
 from __future__ import annotations
@@ -14,53 +19,73 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
+from cryptography import x509
 
 from agentmesh.audit import AuditSink, build_audit
 from agentmesh.clock import Clock
 from agentmesh.config import MeshConfig
-from agentmesh.errors import MeshError, Unavailable
+from agentmesh.errors import MeshError, PKIError, Unavailable
 from agentmesh.guard import PayloadGuard
+from agentmesh.interceptors.active import ActiveCalls
 from agentmesh.interceptors.chain import server_chain
 from agentmesh.interceptors.client import ClientSteps
-from agentmesh.interceptors.identity import peer_checks
+from agentmesh.interceptors.identity import PeerIdentityCache
 from agentmesh.policy import PolicyEngine
 from agentmesh.ratelimit import RateLimiter, build_limiter
 from agentmesh.runtime.channel import MeshChannels, secure_channel
-from agentmesh.runtime.credentials import IdentityFiles, member_identity
+from agentmesh.runtime.credentials import IdentityFiles, install_identity, member_identity
+from agentmesh.runtime.publisher import snapshot_of
+from agentmesh.runtime.renewal import Renewer, SignedIdentity, backoff
 from agentmesh.runtime.server import MeshServer
 from agentmesh.runtime.tokensource import AgentTokenSource, control_fetcher
+from agentmesh.runtime.truststate import TrustState
 from agentmesh.tokens import KeySet, RevokedSet, keys_from_config, verifier_from_config
+from agentmesh.trust import TrustSnapshot
 from agentmesh.v1 import control_pb2, control_pb2_grpc
 
-__all__ = ["MeshNode"]
+__all__ = ["MeshNode", "rpc_error"]
 
 log = logging.getLogger("agentmesh.node")
 T = TypeVar("T")
 CHANNEL_OPTIONS = (
     ("grpc.lb_policy_name", "round_robin"),
-    # an agent that comes back is reachable again within seconds (gRPC's default backoff grows to 120 s)
+    # an agent (or the control plane) that comes back is reachable again within seconds
+    # (gRPC's default reconnect backoff grows to 120 s)
     ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.max_reconnect_backoff_ms", 5000),
+    ("grpc.max_reconnect_backoff_ms", 3000),
 )
+
+
+def rpc_error(e: grpc.aio.AioRpcError, what: str) -> MeshError:
+    """A control-plane RPC failure as one line of the error tree (refusals keep their meaning)."""
+    details = e.details() or e.code().name
+    if e.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
+                    grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT):
+        return PKIError(f"{what} refused by the control plane: {details}")
+    return Unavailable(f"{what}: control plane unavailable ({e.code().name})")
 
 
 class MeshNode:
     """One mesh member (agent, bridge or tool): its identity, both chains, its own bound token, and
-    channels to the other members; ``start()`` syncs keys and revocations with the control plane."""
+    channels to the other members; ``start()`` takes the trust data from the control plane and keeps
+    following it, and keeps the member's certificate renewed."""
 
     def __init__(self, config: MeshConfig, name: str, *, clock: Clock = time.time, sink: AuditSink | None = None,
-                 limiter: RateLimiter | None = None, check_every: float = 1.0) -> None:
+                 limiter: RateLimiter | None = None, check_every: float = 1.0, renew: bool = True) -> None:
         self.config = config
         self.name = name
         self.clock = clock
         self.spiffe_id = config.spiffe_id(name)
         self.identity = member_identity(config, name, check_every=check_every)
-        self.identities = peer_checks(config, self.identity, check_every=check_every, clock=clock)
+        self.trust = TrustState(config.revocation, clock=clock, owner=name)
+        self.identities = PeerIdentityCache(config.trust_domain, trust=self.trust, clock=clock)
+        self.active = ActiveCalls()
         self.sink = sink if sink is not None else build_audit(config.audit, service_name=name)
         self.revoked = RevokedSet()
         self._external_keys, self._jwks_caches = keys_from_config(config.tokens, None, clock=clock)
@@ -69,9 +94,15 @@ class MeshNode:
         self.limiter = limiter if limiter is not None else build_limiter(config.rate_limits)
         self.guard = PayloadGuard(config.guard)
         self._controls: dict[str, tuple[grpc.aio.Channel, AgentTokenSource]] = {}  # by certificate thumbprint
-        self.channels = MeshChannels(self.identity, self._target, steps=self._client_steps, options=CHANNEL_OPTIONS)
-        self._refresher: asyncio.Task[None] | None = None
+        self.channels = MeshChannels(self.identity, self._target, steps=self._client_steps, options=CHANNEL_OPTIONS,
+                                     refused=self.trust.member_revoked)
+        self.renewer = Renewer(self.identity, self._sign, owner=name, clock=clock, on_renewed=self._own_token) \
+            if renew else None
+        self._tasks: list[asyncio.Task[None]] = []
         self._keys_json = ""
+        self._revoked_jtis: frozenset[str] = frozenset()
+        self._first_update = asyncio.Event()
+        self.trust.on_update(self._apply)
 
     # ------------------------------------------------------------------ wiring
     @property
@@ -86,12 +117,16 @@ class MeshNode:
 
     def _control_for(self, files: IdentityFiles) -> tuple[grpc.aio.Channel, AgentTokenSource]:
         """The control-plane channel and token source of one identity snapshot: the token it fetches
-        is bound to exactly the certificate the snapshot's channels present."""
+        is bound to exactly the certificate the snapshot's channels present. Those of earlier
+        certificates are closed once nothing uses them (their calls in flight get a grace period)."""
         hit = self._controls.get(files.thumbprint)
         if hit is None:
             channel = secure_channel(self.identity, self.config.control.address, self.config.control.name,
-                                     files=files)
+                                     files=files, options=CHANNEL_OPTIONS)
             hit = (channel, AgentTokenSource(control_fetcher(channel), clock=self.clock))
+            for thumbprint, (old, _) in list(self._controls.items()):
+                del self._controls[thumbprint]
+                self.channels.retire(old, grace=60.0)
             self._controls[files.thumbprint] = hit
         return hit
 
@@ -109,7 +144,8 @@ class MeshNode:
         chain = server_chain(self.name, sink=self.sink, audit_required=self.config.audit.required,
                              identities=self.identities, verifier=self.verifier,
                              mesh_issuer=self.config.tokens.issuer, policy=self.policy,
-                             limiter=self.limiter, guard=self.guard)
+                             limiter=self.limiter, guard=self.guard, active=self.active,
+                             member_revoked=self.trust.member_revoked)
         kw.setdefault("max_connection_age", self.config.max_connection_age)
         kw.setdefault("grace", self.config.grace_period)
         return MeshServer(self.identity, interceptors=chain, **kw)
@@ -118,40 +154,98 @@ class MeshNode:
         """A generated stub for agent ``name``; calls go through the client chain over mTLS."""
         return self.channels.stub(name, stub_class)
 
-    # ------------------------------------------------------------------ control plane sync
-    async def sync(self) -> None:
-        """Fetches the mesh token keys and the token revocation list from the control plane."""
-        stub = control_pb2_grpc.TokenServiceStub(self._control_for(self.identity.files)[0])
-        try:
-            keys = await stub.GetKeySet(control_pb2.KeySetRequest(), timeout=5)
-            revoked = await stub.ListRevoked(control_pb2.RevokedTokensRequest(), timeout=5)
-        except grpc.aio.AioRpcError as e:
-            raise Unavailable(f"control plane at {self.config.control.address} unavailable ({e.code().name})") \
-                from None
-        if keys.jwks_json != self._keys_json:
-            mesh = KeySet.from_jwks(json.loads(keys.jwks_json), keys.issuer)
+    # ------------------------------------------------------------------ trust data from the control plane
+    def _apply(self, snapshot: TrustSnapshot) -> None:
+        """What follows from new (or re-confirmed) trust data: key set, revoked jtis, calls to end."""
+        if snapshot.jwks_json and snapshot.jwks_json != self._keys_json:
+            mesh = KeySet.from_jwks(json.loads(snapshot.jwks_json), snapshot.issuer)
             self.verifier.keys = KeySet.merge(mesh, self._external_keys)
             self.verifier.clear_cache()
-            self._keys_json = keys.jwks_json
-        self.revoked.update(revoked.jti)
+            self._keys_json = snapshot.jwks_json
+        if snapshot.revoked_jtis != self._revoked_jtis:
+            self._revoked_jtis = snapshot.revoked_jtis
+            self.revoked.update(snapshot.revoked_jtis)
+            self.verifier.clear_cache()
+        for name in snapshot.revoked_members:
+            self.channels.drop(name)
+        ended = self.active.sweep(self.trust.refusal)
+        if ended:
+            log.warning("%s: ended %d call(s) in flight refused by the new trust data", self.name, ended)
+        if snapshot.bundle and snapshot.bundle != self.identity.files.bundle:  # a root rollover
+            files = self.identity.files
+            install_identity(self.identity.dir, cert_chain=files.cert_chain, key=None, bundle=snapshot.bundle)
+            self.identity.reload()
+            log.info("%s: trust bundle updated by the control plane", self.name)
+        self._first_update.set()
+
+    def _receive(self, update: control_pb2.TrustUpdate) -> None:
+        current = self.trust.snapshot
+        now = self.clock()
+        if current is not None and update.generation == current.generation and update.crl_pem and \
+                now <= current.crl_next_update:
+            self.trust.update(current.confirmed(now))  # a heartbeat: the same data, confirmed
+            return
+        roots = x509.load_pem_x509_certificates(self.identity.files.bundle)
+        if update.bundle_pem:
+            roots += x509.load_pem_x509_certificates(update.bundle_pem)
+        self.trust.update(snapshot_of(update, roots, now))
+
+    async def _watch(self) -> None:
+        """Follows ``WatchTrust``; reconnects with jittered backoff (at most a few seconds)."""
+        attempt = 0
+        reported = False
+        while True:
+            channel = self._control_for(self.identity.files)[0]
+            try:
+                async for update in control_pb2_grpc.IdentityServiceStub(channel).WatchTrust(
+                        control_pb2.WatchTrustRequest()):
+                    self._receive(update)
+                    attempt, reported = 0, False
+            except grpc.aio.AioRpcError as e:
+                if not reported:
+                    reported = True
+                    log.warning("%s: lost the control plane's trust stream (%s); reconnecting", self.name,
+                                e.code().name)
+            except PKIError as e:
+                log.error("%s: refused trust data from the control plane: %s", self.name, e.message)
+            attempt += 1
+            await asyncio.sleep(backoff(attempt, base=0.2, cap=3.0, rand=random.random()))
+
+    async def _sign(self, csr: bytes) -> SignedIdentity:
+        stub = control_pb2_grpc.IdentityServiceStub(self._control_for(self.identity.files)[0])
+        try:
+            res = await stub.Renew(control_pb2.CertificateSigningRequest(csr_pem=csr), timeout=10)
+        except grpc.aio.AioRpcError as e:
+            raise rpc_error(e, f"{self.name}: certificate renewal") from None
+        return SignedIdentity(res.cert_chain_pem, res.bundle_pem)
 
     async def start(self, *, timeout: float = 30.0) -> None:
-        """Syncs with the control plane (retrying until ``timeout``), then keeps syncing in the background."""
-        deadline = time.monotonic() + timeout
-        delay = 0.05
-        while True:
-            try:
-                await self.sync()
-                break
-            except Unavailable:
-                if time.monotonic() + delay > deadline:
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+        """Takes the trust data from the control plane (waiting up to ``timeout``), then follows it."""
+        self._tasks.append(asyncio.create_task(self._watch()))
+        try:
+            await asyncio.wait_for(self._first_update.wait(), timeout)
+        except TimeoutError:
+            message = (f"{self.name}: no trust data from the control plane at {self.config.control.address} "
+                       f"within {timeout:.0f} s")
+            if self.config.revocation.failure_mode != "open":
+                raise Unavailable(f"{message}; cannot check revocations (revocation.failure_mode="
+                                  f"{self.config.revocation.failure_mode})") from None
+            log.warning("%s; serving without revocation data (revocation.failure_mode=open)", message)
         for cache in self._jwks_caches:
             await asyncio.to_thread(cache.refresh_if_stale)
         await self._own_token()
-        self._refresher = asyncio.create_task(self._refresh_loop())
+        if self.renewer is not None:
+            self._tasks.append(asyncio.create_task(self.renewer.run()))
+        if self._jwks_caches:
+            self._tasks.append(asyncio.create_task(self._refresh_jwks()))
+
+    async def wait_for_trust(self, predicate: Callable[[TrustSnapshot], bool], *, timeout: float = 10.0) -> None:
+        """Waits until the trust data satisfies ``predicate`` (e.g. after a revocation)."""
+        deadline = time.monotonic() + timeout
+        while not (self.trust.snapshot is not None and predicate(self.trust.snapshot)):
+            if time.monotonic() > deadline:
+                raise Unavailable(f"{self.name}: the trust data did not change within {timeout:.0f} s")
+            await asyncio.sleep(0.01)
 
     async def _own_token(self) -> None:
         """Fetches (or refreshes, past 3/4 of its life) this member's token ahead of its calls."""
@@ -160,24 +254,20 @@ class MeshNode:
         except MeshError as e:
             log.warning("%s: no token from the control plane yet: %s", self.name, e.message)
 
-    async def _refresh_loop(self) -> None:
-        every = self.config.tokens.revocation_refresh
+    async def _refresh_jwks(self) -> None:
         while True:
-            await asyncio.sleep(every)
-            try:
-                await self.sync()
-            except Unavailable as e:
-                log.warning("%s: %s; keeping the last keys and revocations", self.name, e.message)
-            await self._own_token()
+            await asyncio.sleep(self.config.tokens.revocation_refresh)
             for cache in self._jwks_caches:
                 with contextlib.suppress(Exception):  # a failed JWKS fetch keeps the cached keys
                     await asyncio.to_thread(cache.refresh_if_stale)
 
     async def close(self) -> None:
-        if self._refresher is not None:
-            self._refresher.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
+                await task
+        self._tasks.clear()
         await self.channels.close()
         for channel, _ in self._controls.values():
             await channel.close()

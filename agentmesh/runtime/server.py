@@ -20,9 +20,10 @@ AddServicer = Callable[[Any, grpc.aio.Server], None]
 class MeshServer:
     """One agent's gRPC server.
 
-    Requires and verifies client certificates (re-read from disk for new handshakes), closes every
-    connection after ``max_connection_age`` so peers re-handshake with fresh certificates, serves
-    ``grpc.health.v1``, and drains in-flight calls for ``grace`` seconds on stop / SIGTERM.
+    Requires and verifies client certificates (re-read from disk for new handshakes; ``client_auth=False``
+    only for the control plane's join port), serves ``grpc.health.v1``, and drains in-flight calls for
+    ``grace`` seconds on stop / SIGTERM. Connections are not closed by age unless ``max_connection_age``
+    is set: calls are re-checked against revocations while they run instead.
     """
 
     def __init__(
@@ -30,19 +31,19 @@ class MeshServer:
         identity: AgentIdentity,
         *,
         interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
-        max_connection_age: float = 300.0,
+        max_connection_age: float = 0.0,
         grace: float = 10.0,
         options: Sequence[tuple[str, Any]] = (),
+        client_auth: bool = True,
     ) -> None:
         self.identity = identity
         self.grace = grace
+        self.client_auth = client_auth
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
-        opts = [
-            ("grpc.max_connection_age_ms", int(max_connection_age * 1000)),
-            ("grpc.max_connection_age_grace_ms", int(grace * 1000)),
-            ("grpc.so_reuseport", 0),
-            *options,
-        ]
+        opts: list[tuple[str, Any]] = [("grpc.so_reuseport", 0), *options]
+        if max_connection_age > 0:
+            opts += [("grpc.max_connection_age_ms", int(max_connection_age * 1000)),
+                     ("grpc.max_connection_age_grace_ms", int(grace * 1000))]
         self.server = grpc.aio.server(interceptors=list(interceptors), options=opts)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port: int | None = None
@@ -57,7 +58,7 @@ class MeshServer:
         self._services.extend(service_names)
 
     async def start(self, address: str = "127.0.0.1:0") -> int:
-        port = int(self.server.add_secure_port(address, self.identity.server_credentials()))
+        port = int(self.server.add_secure_port(address, self.identity.server_credentials(client_auth=self.client_auth)))
         if port == 0:
             raise OSError(f"cannot listen on {address}")
         await self.server.start()

@@ -1,9 +1,11 @@
 """An agent's own short-lived token: fetched from the control plane over mTLS, cached, and
-refreshed before it expires (single flight: concurrent callers share one fetch)."""
+refreshed before it expires (single flight: concurrent callers share one fetch). A failed fetch is
+not retried by every call: until a jittered, growing delay has passed, callers get the last error."""
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import Awaitable, Callable
 
@@ -11,24 +13,12 @@ import grpc
 
 from agentmesh.clock import Clock
 from agentmesh.errors import TokenError, Unavailable
+from agentmesh.runtime.renewal import backoff
 from agentmesh.v1 import control_pb2, control_pb2_grpc
 
-__all__ = ["AgentTokenSource", "StaticTokenSource", "control_fetcher"]
+__all__ = ["AgentTokenSource", "control_fetcher"]
 
 Fetch = Callable[[], Awaitable[tuple[str, float]]]
-
-
-class StaticTokenSource:
-    """A fixed token (tests, the CLI with a token from ``agentmesh token issue``)."""
-
-    def __init__(self, token: str) -> None:
-        self._token = token
-
-    async def token(self) -> str:
-        return self._token
-
-    def cached(self) -> str | None:
-        return self._token
 
 
 class AgentTokenSource:
@@ -42,6 +32,9 @@ class AgentTokenSource:
         self._issued = 0.0
         self._expires = 0.0
         self._lock = asyncio.Lock()
+        self._failures = 0
+        self._retry_at = 0.0
+        self._last_error: Unavailable | None = None
 
     def _fresh(self, now: float) -> bool:
         return self._token is not None and now < self._issued + (self._expires - self._issued) * self._refresh_at
@@ -57,13 +50,21 @@ class AgentTokenSource:
         async with self._lock:
             now = self._clock()
             if not self._fresh(now):
+                if now < self._retry_at and self._last_error is not None:
+                    if self._token is not None and now < self._expires:
+                        return self._token
+                    raise self._last_error
                 try:
                     token, expires = await self._fetch()
-                except Unavailable:
+                except Unavailable as e:
+                    self._failures += 1
+                    self._last_error = e
+                    self._retry_at = now + backoff(self._failures, rand=random.random())
                     if self._token is not None and now < self._expires:
                         return self._token  # control plane briefly away: the current token still holds
                     raise
                 self._token, self._issued, self._expires = token, now, expires
+                self._failures, self._last_error = 0, None
             assert self._token is not None
             return self._token
 

@@ -185,3 +185,201 @@ class TokenService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class IdentityServiceStub:
+    """Served on the control plane's mTLS port: identity comes from the verified client certificate.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Renew = channel.unary_unary(
+                '/agentmesh.v1.IdentityService/Renew',
+                request_serializer=agentmesh_dot_v1_dot_control__pb2.CertificateSigningRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_control__pb2.IssuedIdentity.FromString,
+                _registered_method=True)
+        self.WatchTrust = channel.unary_stream(
+                '/agentmesh.v1.IdentityService/WatchTrust',
+                request_serializer=agentmesh_dot_v1_dot_control__pb2.WatchTrustRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_control__pb2.TrustUpdate.FromString,
+                _registered_method=True)
+
+
+class IdentityServiceServicer:
+    """Served on the control plane's mTLS port: identity comes from the verified client certificate.
+    """
+
+    def Renew(self, request, context):
+        """A fresh certificate for the caller's OWN SPIFFE ID, for the key in the CSR.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchTrust(self, request, context):
+        """Revocations, key set and trust bundle as a stream of full snapshots.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_IdentityServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Renew': grpc.unary_unary_rpc_method_handler(
+                    servicer.Renew,
+                    request_deserializer=agentmesh_dot_v1_dot_control__pb2.CertificateSigningRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_control__pb2.IssuedIdentity.SerializeToString,
+            ),
+            'WatchTrust': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchTrust,
+                    request_deserializer=agentmesh_dot_v1_dot_control__pb2.WatchTrustRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_control__pb2.TrustUpdate.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'agentmesh.v1.IdentityService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('agentmesh.v1.IdentityService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class IdentityService:
+    """Served on the control plane's mTLS port: identity comes from the verified client certificate.
+    """
+
+    @staticmethod
+    def Renew(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.IdentityService/Renew',
+            agentmesh_dot_v1_dot_control__pb2.CertificateSigningRequest.SerializeToString,
+            agentmesh_dot_v1_dot_control__pb2.IssuedIdentity.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchTrust(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/agentmesh.v1.IdentityService/WatchTrust',
+            agentmesh_dot_v1_dot_control__pb2.WatchTrustRequest.SerializeToString,
+            agentmesh_dot_v1_dot_control__pb2.TrustUpdate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class JoinServiceStub:
+    """Served on the control plane's join port (server-authenticated TLS only: the member has no
+    certificate yet); the one-time token names the only member it may join as.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Join = channel.unary_unary(
+                '/agentmesh.v1.JoinService/Join',
+                request_serializer=agentmesh_dot_v1_dot_control__pb2.JoinRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_control__pb2.IssuedIdentity.FromString,
+                _registered_method=True)
+
+
+class JoinServiceServicer:
+    """Served on the control plane's join port (server-authenticated TLS only: the member has no
+    certificate yet); the one-time token names the only member it may join as.
+    """
+
+    def Join(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_JoinServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Join': grpc.unary_unary_rpc_method_handler(
+                    servicer.Join,
+                    request_deserializer=agentmesh_dot_v1_dot_control__pb2.JoinRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_control__pb2.IssuedIdentity.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'agentmesh.v1.JoinService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('agentmesh.v1.JoinService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class JoinService:
+    """Served on the control plane's join port (server-authenticated TLS only: the member has no
+    certificate yet); the one-time token names the only member it may join as.
+    """
+
+    @staticmethod
+    def Join(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.JoinService/Join',
+            agentmesh_dot_v1_dot_control__pb2.JoinRequest.SerializeToString,
+            agentmesh_dot_v1_dot_control__pb2.IssuedIdentity.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -82,3 +82,80 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         """The public keys that verify mesh tokens; agents never hold the signing key."""
 
 def add_TokenServiceServicer_to_server(servicer: TokenServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class IdentityServiceStub:
+    """Served on the control plane's mTLS port: identity comes from the verified client certificate."""
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> IdentityServiceAsyncStub: ...
+    Renew: _grpc.UnaryUnaryMultiCallable[_control_pb2.CertificateSigningRequest, _control_pb2.IssuedIdentity]
+    """A fresh certificate for the caller's OWN SPIFFE ID, for the key in the CSR."""
+    WatchTrust: _grpc.UnaryStreamMultiCallable[_control_pb2.WatchTrustRequest, _control_pb2.TrustUpdate]
+    """Revocations, key set and trust bundle as a stream of full snapshots."""
+
+@_typing.type_check_only
+class IdentityServiceAsyncStub(IdentityServiceStub):
+    """Served on the control plane's mTLS port: identity comes from the verified client certificate."""
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Renew: _aio.UnaryUnaryMultiCallable[_control_pb2.CertificateSigningRequest, _control_pb2.IssuedIdentity]  # type: ignore[assignment]
+    """A fresh certificate for the caller's OWN SPIFFE ID, for the key in the CSR."""
+    WatchTrust: _aio.UnaryStreamMultiCallable[_control_pb2.WatchTrustRequest, _control_pb2.TrustUpdate]  # type: ignore[assignment]
+    """Revocations, key set and trust bundle as a stream of full snapshots."""
+
+class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Served on the control plane's mTLS port: identity comes from the verified client certificate."""
+
+    @_abc_1.abstractmethod
+    def Renew(
+        self,
+        request: _control_pb2.CertificateSigningRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.IssuedIdentity, _abc.Awaitable[_control_pb2.IssuedIdentity]]:
+        """A fresh certificate for the caller's OWN SPIFFE ID, for the key in the CSR."""
+
+    @_abc_1.abstractmethod
+    def WatchTrust(
+        self,
+        request: _control_pb2.WatchTrustRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_control_pb2.TrustUpdate], _abc.AsyncIterator[_control_pb2.TrustUpdate]]:
+        """Revocations, key set and trust bundle as a stream of full snapshots."""
+
+def add_IdentityServiceServicer_to_server(servicer: IdentityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class JoinServiceStub:
+    """Served on the control plane's join port (server-authenticated TLS only: the member has no
+    certificate yet); the one-time token names the only member it may join as.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> JoinServiceAsyncStub: ...
+    Join: _grpc.UnaryUnaryMultiCallable[_control_pb2.JoinRequest, _control_pb2.IssuedIdentity]
+
+@_typing.type_check_only
+class JoinServiceAsyncStub(JoinServiceStub):
+    """Served on the control plane's join port (server-authenticated TLS only: the member has no
+    certificate yet); the one-time token names the only member it may join as.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Join: _aio.UnaryUnaryMultiCallable[_control_pb2.JoinRequest, _control_pb2.IssuedIdentity]  # type: ignore[assignment]
+
+class JoinServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Served on the control plane's join port (server-authenticated TLS only: the member has no
+    certificate yet); the one-time token names the only member it may join as.
+    """
+
+    @_abc_1.abstractmethod
+    def Join(
+        self,
+        request: _control_pb2.JoinRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.IssuedIdentity, _abc.Awaitable[_control_pb2.IssuedIdentity]]: ...
+
+def add_JoinServiceServicer_to_server(servicer: JoinServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

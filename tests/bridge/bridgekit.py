@@ -189,7 +189,8 @@ async def running_bridge(root: Path, agents: dict[str, dict[str, Any]], *, serve
     ca = CertificateAuthority.load(root / "ca")
     write_identity(ca.issue("bridge", dns=["localhost"]), root / "identities" / "bridge")  # HTTPS name too
     config = load_config(path)
-    control, control_sink = await start_control(config)
+    control = await start_control(config)
+    control_sink = control.sink
     authority = TokenAuthority.load(config.ca_dir, issuer=config.tokens.issuer)
     nodes: dict[str, MeshNode] = {}
     servers: dict[str, MeshServer] = {}

@@ -206,7 +206,8 @@ async def test_revoked_token_reaches_running_agents(mesh: Mesh) -> None:
         await stub.Invoke(task())
         claims = mesh.nodes["ingestor"].verifier.inspect(token)
         RevocationStore(mesh.config.ca_dir).revoke(claims.jti, claims.exp)
-        await mesh.nodes["ingestor"].sync()  # what the background refresh does every few seconds
+        # the control plane notices the revocation and pushes it to every member
+        await mesh.nodes["ingestor"].wait_for_trust(lambda t: claims.jti in t.revoked_jtis)
         err = await refused(stub.Invoke(task()), grpc.StatusCode.UNAUTHENTICATED)
     assert "revoked" in err.details()
 

@@ -68,7 +68,8 @@ class Workflow:
 @pytest.fixture
 async def workflow(tmp_path: Path) -> AsyncIterator[Workflow]:
     config = load_config(prepare(tmp_path))
-    control, sink = await start_control(config)
+    control = await start_control(config)
+    sink = control.sink
     wf = Workflow(config)
     try:
         yield wf

@@ -15,10 +15,13 @@ from support import TD, EchoAgent, custom_leaf, identity_dir, new_ca, raw_channe
 from agentmesh.interceptors.audit import AuditStage
 from agentmesh.interceptors.base import ServerChain
 from agentmesh.interceptors.identity import PeerIdentityCache, PeerIdentityStage
-from agentmesh.pki import CertificateAuthority, RevocationList, write_identity
+from agentmesh.pki import CertificateAuthority, write_identity
 from agentmesh.runtime.channel import MeshChannels
 from agentmesh.runtime.credentials import AgentIdentity
+from agentmesh.runtime.publisher import TrustPublisher
 from agentmesh.runtime.server import MeshServer
+from agentmesh.runtime.truststate import TrustState
+from agentmesh.trust import RevocationPolicy
 from agentmesh.v1 import agent_pb2_grpc
 
 REFUSED = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED}
@@ -32,6 +35,14 @@ class Mesh:
     agent: EchoAgent
     address: str
     b_identity: AgentIdentity
+    publisher: TrustPublisher
+    trust: TrustState
+
+    def revoke(self, name: str) -> None:
+        """Revokes ``name`` in the CA and hands b the new trust data (what the control plane streams)."""
+        self.ca.revoke(name)
+        assert self.publisher.refresh()
+        self.trust.update(self.publisher.snapshot)
 
 
 @pytest.fixture
@@ -39,13 +50,15 @@ async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
     ca = new_ca(tmp_path)
     b_dir = identity_dir(ca, tmp_path, "b")
     ident = AgentIdentity(b_dir, TD, check_every=0)
-    crl = RevocationList(ca.crl_path, ca.cert, check_every=0)
-    chain = [ServerChain(AuditStage("b", None), [PeerIdentityStage(PeerIdentityCache(TD, revocations=crl))])]
+    publisher = TrustPublisher(ca.dir, jwks_json="", issuer="")
+    trust = TrustState(RevocationPolicy())
+    trust.update(publisher.snapshot)
+    chain = [ServerChain(AuditStage("b", None), [PeerIdentityStage(PeerIdentityCache(TD, trust=trust))])]
     server = MeshServer(ident, interceptors=chain, grace=0.5)
     agent = EchoAgent()
     server.add(agent_pb2_grpc.add_AgentServicer_to_server, agent, "agentmesh.v1.Agent")
     port = await server.start("127.0.0.1:0")
-    yield Mesh(tmp_path, ca, server, agent, f"127.0.0.1:{port}", ident)
+    yield Mesh(tmp_path, ca, server, agent, f"127.0.0.1:{port}", ident, publisher, trust)
     await server.stop(0)
 
 
@@ -116,7 +129,7 @@ async def test_revoked_certificate_is_refused_without_restart(mesh: Mesh) -> Non
     a_dir = identity_dir(mesh.ca, mesh.root, "a")
     await call_with(mesh, a_dir)  # works before revocation
     mesh.agent.calls = 0
-    mesh.ca.revoke("a")
+    mesh.revoke("a")
     code = await assert_refused(mesh, a_dir)
     assert code == grpc.StatusCode.UNAUTHENTICATED
 
@@ -211,7 +224,7 @@ async def test_health_needs_no_token_but_a_revoked_peer_gets_nothing(mesh: Mesh)
             await ch.close()
 
     assert await check() == health_pb2.HealthCheckResponse.SERVING
-    mesh.ca.revoke("a")
+    mesh.revoke("a")
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await check()
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and "revoked" in err.value.details()

@@ -1,0 +1,125 @@
+"""The control plane's side of trust distribution: one full snapshot of what members need (signed
+CRL, issuing CAs, trust bundle, revoked token ids, revoked members, the token key set), rebuilt when
+the CA directory changes and streamed to every member (``IdentityService.WatchTrust``).
+
+Operators' commands (``cert revoke``, ``revoke-agent``, ``token revoke``, ``ca rotate``) write the CA
+directory; the publisher notices within ``poll`` seconds (a few ``stat`` calls) and pushes at once, so
+propagation is bounded by ``poll`` plus one network hop. Between changes every stream gets the same
+snapshot as a heartbeat every ``heartbeat`` seconds, which is how members bound its staleness. The
+control plane holds the CA, so it also re-signs the CRL before half its validity has passed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+from cryptography import x509
+
+from agentmesh.clock import Clock
+from agentmesh.pki import CertificateAuthority
+from agentmesh.pki.certs import dump_cert
+from agentmesh.tokens import RevocationStore
+from agentmesh.tokens.revocation import REVOKED_FILE
+from agentmesh.trust import TrustSnapshot, revoked_members, verify_snapshot
+from agentmesh.v1 import control_pb2
+
+__all__ = ["TrustPublisher"]
+
+log = logging.getLogger("agentmesh.control")
+WATCHED = ("crl.pem", REVOKED_FILE, "index.jsonl", "bundle.pem", "ca.pem")
+CRL_VALIDITY = 86400.0
+
+
+class TrustPublisher:
+    def __init__(self, ca_dir: Path, *, jwks_json: str, issuer: str, heartbeat: float = 5.0, poll: float = 0.25,
+                 clock: Clock = time.time) -> None:
+        self.ca_dir = Path(ca_dir)
+        self.jwks_json = jwks_json
+        self.issuer = issuer
+        self.heartbeat = heartbeat
+        self.poll = poll
+        self.clock = clock
+        self.tokens = RevocationStore(self.ca_dir, clock=clock)
+        self.generation = 0
+        self._stamp: tuple[tuple[int, int], ...] = ()
+        self._changed = asyncio.Event()
+        self.current = self._build()
+        self.snapshot = self._verify(self.current)
+
+    # ------------------------------------------------------------------ building
+    def _stat(self) -> tuple[tuple[int, int], ...]:
+        out = []
+        for name in WATCHED:
+            try:
+                st = os.stat(self.ca_dir / name)
+                out.append((st.st_mtime_ns, st.st_size))
+            except FileNotFoundError:
+                out.append((0, 0))
+        return tuple(out)
+
+    def _build(self) -> control_pb2.TrustUpdate:
+        ca = CertificateAuthority.load(self.ca_dir, clock=self.clock)
+        now = self.clock()
+        crl = x509.load_pem_x509_crl(ca.crl_path.read_bytes()) if ca.crl_path.exists() else None
+        nu = crl.next_update_utc if crl is not None else None
+        if nu is None or nu.timestamp() - now < CRL_VALIDITY / 2 or crl.issuer != ca.cert.subject:  # type: ignore[union-attr]
+            ca.write_crl(validity=CRL_VALIDITY)  # the control plane holds the CA: keep the CRL fresh
+        entries = ca.entries()
+        members = revoked_members(((e.name, e.revoked_at is not None, e.not_after) for e in entries),
+                                  ca.blocked(), now)
+        self._stamp = self._stat()
+        self.generation += 1
+        return control_pb2.TrustUpdate(
+            crl_pem=ca.crl_path.read_bytes(), issuers_pem=dump_cert(*ca.issuers()), bundle_pem=ca.bundle,
+            revoked_jti=sorted(self.tokens.load()), revoked_members=sorted(members),
+            jwks_json=self.jwks_json, issuer=self.issuer, generation=self.generation)
+
+    def _verify(self, msg: control_pb2.TrustUpdate) -> TrustSnapshot:
+        roots = x509.load_pem_x509_certificates(msg.bundle_pem)
+        return snapshot_of(msg, roots, self.clock())
+
+    def refresh(self) -> bool:
+        """Rebuilds the snapshot when the CA directory changed (or the CRL needs re-signing)."""
+        if self._stat() == self._stamp and self.snapshot.crl_next_update - self.clock() >= CRL_VALIDITY / 2:
+            return False
+        self.current = self._build()
+        self.snapshot = self._verify(self.current)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        return True
+
+    # ------------------------------------------------------------------ serving
+    async def run(self, on_change: Callable[[TrustSnapshot], None] | None = None) -> None:
+        """Watches the CA directory until cancelled."""
+        while True:
+            await asyncio.sleep(self.poll)
+            try:
+                changed = self.refresh()
+            except Exception as e:  # a half-written file: try again at the next poll
+                log.warning("control: cannot rebuild the trust snapshot yet (%s)", e.__class__.__name__)
+                continue
+            if on_change is not None:
+                on_change(self.snapshot if changed else self.snapshot.confirmed(self.clock()))
+
+    async def watch(self) -> AsyncIterator[control_pb2.TrustUpdate]:
+        """The current snapshot at once, then on every change, and as a heartbeat in between."""
+        while True:
+            changed = self._changed
+            yield self.current
+            try:
+                await asyncio.wait_for(changed.wait(), self.heartbeat)
+            except TimeoutError:
+                pass
+
+
+def snapshot_of(msg: control_pb2.TrustUpdate, roots: list[x509.Certificate], now: float) -> TrustSnapshot:
+    """The verified snapshot of one ``TrustUpdate`` (raises PKIError when it cannot be trusted)."""
+    return verify_snapshot(crl_pem=msg.crl_pem, issuers_pem=msg.issuers_pem, trusted_roots=roots,
+                           revoked_jtis=msg.revoked_jti, revoked_members=msg.revoked_members, now=now,
+                           generation=msg.generation, bundle=msg.bundle_pem, jwks_json=msg.jwks_json,
+                           issuer=msg.issuer)
