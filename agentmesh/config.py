@@ -155,6 +155,7 @@ class ControlConfig:
     # server-authenticated TLS only, serving nothing but JoinService (members join with a one-time token)
     join_address: str | None = None
     cert_ttl: float = 86400.0  # lifetime of the certificates the control plane issues (join, renewal)
+    connect_timeout: float = 30.0  # how long a starting member waits for the control plane's trust data
 
 
 @dataclass(frozen=True, slots=True)

@@ -332,6 +332,7 @@ def parse_config(raw: object, base: Path, source: Path | None = None) -> MeshCon
         identity_dir=c.path_("identity", base, identities / control_name),
         join_address=_address(c.text("join_address"), "control.join_address") if c.has("join_address") else None,
         cert_ttl=c.duration("cert_ttl", 86400.0),
+        connect_timeout=c.duration("connect_timeout", 30.0),
     )
     if control.cert_ttl < 2:
         raise ConfigError("control.cert_ttl: must be at least 2s")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,9 +68,10 @@ class Mesh:
     ca: CertificateAuthority
     authority: TokenAuthority
     nodes: dict[str, MeshNode] = field(default_factory=dict)
-    agents: dict[str, RelayAgent] = field(default_factory=dict)
+    agents: dict[str, Any] = field(default_factory=dict)
     servers: list[MeshServer] = field(default_factory=list)
     control_sink: AuditSink | None = None
+    control: Any = None  # the running ControlPlane
 
     @property
     def audit_path(self) -> Path:
@@ -94,12 +95,14 @@ class Mesh:
             node.sink.force_flush(5)
 
 
-def write_mesh(root: Path, agents: dict[str, dict[str, Any]], **sections: Any) -> Path:
-    """A CA, identities for every member, and mesh.yaml (agents on free ports)."""
+def write_mesh(root: Path, agents: dict[str, dict[str, Any]], *, leaf_ttl: float = 86400.0,
+               **sections: Any) -> Path:
+    """A CA, identities for every member (living ``leaf_ttl``), and mesh.yaml (agents on free ports)."""
     ca = CertificateAuthority.init(root / "ca", TD)
     names = [*agents, "bridge", "control", "outsider"]
     for name in names:
-        write_identity(ca.issue(name), root / "identities" / name)
+        write_identity(ca.issue(name, ttl=leaf_ttl, dns=["localhost"] if name == "bridge" else ()),
+                       root / "identities" / name)
     doc: dict[str, Any] = {
         "trust_domain": TD,
         "ca": "ca",
@@ -116,21 +119,22 @@ def write_mesh(root: Path, agents: dict[str, dict[str, Any]], **sections: Any) -
 
 @contextlib.asynccontextmanager
 async def running_mesh(root: Path, agents: dict[str, dict[str, Any]], *, serve: Sequence[str] | None = None,
-                       clock: Any = None, **sections: Any) -> AsyncIterator[Mesh]:
-    path = write_mesh(root, agents, **sections)
+                       clock: Any = None, servicer: Callable[[MeshNode], Any] = RelayAgent,
+                       leaf_ttl: float = 86400.0, **sections: Any) -> AsyncIterator[Mesh]:
+    path = write_mesh(root, agents, leaf_ttl=leaf_ttl, **sections)
     config = load_config(path)
     control = await start_control(config)
     control_sink = control.sink
     ca = CertificateAuthority.load(config.ca_dir)
     authority = TokenAuthority.load(config.ca_dir, issuer=config.tokens.issuer)
-    mesh = Mesh(root, config, ca, authority, control_sink=control_sink)
+    mesh = Mesh(root, config, ca, authority, control_sink=control_sink, control=control)
     try:
         for name in ([*agents, "bridge"] if serve is None else serve):
             node = MeshNode(config, name, check_every=0, **({"clock": clock} if clock else {}))
             mesh.nodes[name] = node
             await node.start(timeout=10)
             if name in agents:
-                agent = RelayAgent(node)
+                agent = servicer(node)
                 server = node.server(grace=0.2)
                 server.add(agent_pb2_grpc.add_AgentServicer_to_server, agent, "agentmesh.v1.Agent")
                 await server.start(node.address)

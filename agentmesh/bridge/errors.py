@@ -4,6 +4,12 @@ The body is always ``{"code": "<gRPC status name>", "message": "...", "details":
 status comes from :data:`agentmesh.errors.GRPC_TO_HTTP` unless the error is HTTP-only (405, 413,
 415). Internals never reach a client: INTERNAL/UNKNOWN/DATA_LOSS and transport failures get a
 generic message, and only the public ``google.rpc`` detail types are passed on (never DebugInfo).
+
+The bridge verifies the client's token itself, then calls as its own mesh member (its certificate,
+its bound token) with the client's token as the delegated subject. An agent that refuses the bridge's
+own identity answers UNAUTHENTICATED too, but that is the mesh's failure, not the client's: it becomes
+a 503 with ``Retry-After`` and no ``WWW-Authenticate``, so a client with a good token does not go and
+re-authenticate (:func:`refuses_bridge_identity` tells the two apart from the status alone).
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ from starlette.responses import Response
 from agentmesh.errors import MeshError, http_status_for
 from agentmesh.interceptors.status import RATELIMIT_LIMIT, RATELIMIT_REMAINING, RATELIMIT_RESET, RETRY_AFTER
 
-__all__ = ["HttpError", "error_body", "from_call_error", "from_rpc_error"]
+__all__ = ["MESH_RETRY_AFTER", "HttpError", "error_body", "from_call_error", "from_rpc_error",
+           "refuses_bridge_identity"]
 
 log = logging.getLogger("agentmesh.bridge")
 
@@ -40,6 +47,21 @@ _HIDDEN = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.Sta
 #: trailing metadata of a rate-limited call -> the HTTP header carrying it
 _RATE_HEADERS = {RATELIMIT_LIMIT: "RateLimit-Limit", RATELIMIT_REMAINING: "RateLimit-Remaining",
                  RATELIMIT_RESET: "RateLimit-Reset", RETRY_AFTER: "Retry-After"}
+#: seconds a client is asked to wait when the bridge's own mesh membership failed (Retry-After)
+MESH_RETRY_AFTER = 10
+#: The server chain's wording (the contract :func:`refuses_bridge_identity` reads): a refused delegated
+#: client token says "(delegated subject token, <method>)" (``interceptors/auth.py``): the client's to fix.
+#: A refused caller, here the bridge, is named by its own token (``interceptors/auth.py``) or by its
+#: certificate (``interceptors/identity.py``, ``identity.py``, ``trust.py``): the mesh's to fix.
+_ABOUT_CLIENT = "delegated subject token"
+_ABOUT_CALLER = "(caller's own token,"
+_OWN_PREFIXES = (
+    "missing bearer token",  # the bridge sent no token of its own
+    "a caller's own token",  # not from the mesh issuer
+    "delegation chain",  # the actor chain the bridge sent
+    "no verified client certificate", "peer certificate", "peer presented", "peer belongs",  # its certificate
+    "mesh member",  # the bridge revoked as a member
+)
 
 
 class HttpError(Exception):
@@ -74,6 +96,20 @@ def error_body(code: grpc.StatusCode, message: str, details: Sequence[Mapping[st
     return {"code": code.name, "message": message, "details": list(details)}
 
 
+def refuses_bridge_identity(code: grpc.StatusCode, details: str | None) -> bool:
+    """Whether an agent's status refuses the bridge's own mesh identity (its certificate, its token,
+    the delegation it sent) rather than the client: UNAUTHENTICATED worded by the server chain as
+    about the caller, not about the delegated subject token. Anything else a handler says with
+    UNAUTHENTICATED is the agent's verdict on the client and stays a 401."""
+    if code != grpc.StatusCode.UNAUTHENTICATED or not details or _ABOUT_CLIENT in details:
+        return False
+    return _ABOUT_CALLER in details or details.startswith(_OWN_PREFIXES)
+
+
+def _mesh_failure(message: str) -> HttpError:
+    return HttpError(grpc.StatusCode.UNAVAILABLE, message, headers={"Retry-After": str(MESH_RETRY_AFTER)})
+
+
 def from_call_error(exc: BaseException, agent: str, timeout: float) -> HttpError | None:
     """The HTTP error of a failed call: the agent's status, or a 503 when our own client chain could
     not make the call (e.g. no token from the control plane; that is the bridge's fault, never the
@@ -82,13 +118,17 @@ def from_call_error(exc: BaseException, agent: str, timeout: float) -> HttpError
         return from_rpc_error(exc, agent, timeout)
     if isinstance(exc, MeshError):
         log.warning("the bridge cannot call %s: %s", agent, exc.message)
-        return HttpError(grpc.StatusCode.UNAVAILABLE, "the bridge cannot reach the mesh right now")
+        return _mesh_failure("the bridge cannot reach the mesh right now")
     return None
 
 
 def from_rpc_error(err: grpc.aio.AioRpcError, agent: str, timeout: float) -> HttpError:
     """The HTTP error for a failed call to ``agent``: status, safe message, details, rate-limit headers."""
     code = err.code()
+    if refuses_bridge_identity(code, err.details()):
+        log.warning("%s refused the bridge's own mesh identity: %s", agent, err.details())
+        return _mesh_failure(f"the bridge's own mesh identity was refused by {agent}: {err.details()}; "
+                             "retry later")
     if code in _HIDDEN:
         return HttpError(code, f"agent {agent!r} failed to handle the request")
     if code == grpc.StatusCode.UNAVAILABLE:

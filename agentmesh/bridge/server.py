@@ -1,11 +1,12 @@
 """Serving the bridge with uvicorn: HTTPS by default, uvloop + httptools when installed.
 
 The HTTPS certificate is ``bridge.tls_cert``/``bridge.tls_key`` when configured, else the bridge's
-mesh identity (``cert.pem``/``key.pem``). Plain HTTP needs ``insecure_http`` (``--insecure-http``)
-or ``bridge.tls: false`` in the config file. uvicorn's access log is off (the bridge writes its own
-without secrets) and its log level is never below INFO: at TRACE it would log request headers.
-With ``workers > 1`` uvicorn imports :func:`app_from_env`, which reads the config path from
-``AGENTMESH_BRIDGE_CONFIG``.
+mesh identity (``cert.pem``/``key.pem``); a renewed pair reaches new connections without a restart,
+in every worker (:mod:`agentmesh.bridge.tlsreload`). Plain HTTP needs ``insecure_http``
+(``--insecure-http``) or ``bridge.tls: false`` in the config file. uvicorn's access log is off (the
+bridge writes its own without secrets) and its log level is never below INFO: at TRACE it would log
+request headers. With ``workers > 1`` uvicorn imports :func:`app_from_env`, which reads the config
+path from ``AGENTMESH_BRIDGE_CONFIG``.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from starlette.applications import Starlette
 
 from agentmesh.bridge.app import create_app
+from agentmesh.bridge.tlsreload import ReloadingContextFactory, uvicorn_reloads
 from agentmesh.config import MeshConfig
 from agentmesh.configfile import load_config
 from agentmesh.errors import ConfigError, PKIError
@@ -72,6 +74,8 @@ def uvicorn_options(config: MeshConfig, *, listen: str | None = None, insecure_h
     if not insecure_http and config.bridge.tls:
         cert, key = _tls_files(config)
         opts.update(ssl_certfile=str(cert), ssl_keyfile=str(key))
+        if uvicorn_reloads():
+            opts["ssl_context_factory"] = ReloadingContextFactory()
     return opts
 
 
@@ -84,6 +88,8 @@ def serve(config: MeshConfig, *, listen: str | None = None, insecure_http: bool 
     if "ssl_certfile" not in opts:
         log.warning("the bridge serves plain HTTP on %s:%s: bearer tokens cross the network in clear text",
                     opts["host"], opts["port"])
+    elif "ssl_context_factory" not in opts:
+        log.warning("uvicorn < 0.47 reads the HTTPS certificate once: restart the bridge after renewing it")
     if workers == 1:
         uvicorn.run(create_app(config), **opts)
         return

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
+from pathlib import Path
 
+from agentmesh.config import MeshConfig
 from agentmesh.configfile import load_config
 from agentmesh.runtime.agent import run_agent
+from agentmesh.runtime.join import join
 
 __all__ = ["register"]
 
@@ -15,11 +19,29 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("agent", help="run one agent named in the mesh config")
     p.add_argument("name", help="agent name (agents.NAME in the config)")
     p.add_argument("--config", required=True, help="mesh config file")
+    add_join_arguments(p)
     p.set_defaults(func=_run)
+
+
+def add_join_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--join", metavar="TOKEN", help="join first with a one-time token (agentmesh cert join-token): "
+                   "the key is made here, only a CSR travels; '-' reads the token from stdin")
+    p.add_argument("--bundle", type=Path, help="the mesh trust bundle for --join (default: bundle.pem in the "
+                   "member's identity directory)")
+
+
+def join_first(args: argparse.Namespace, config: MeshConfig, name: str) -> None:
+    """Joins the mesh when ``--join`` was given (before the member starts)."""
+    if not args.join:
+        return
+    token = sys.stdin.readline() if args.join == "-" else args.join
+    serial = asyncio.run(join(config, name, token, bundle=args.bundle))
+    print(f"{name} joined the mesh: certificate serial {serial:x} in {config.identity_dir(name)}", flush=True)
 
 
 def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     config.agent(args.name)  # a clear error for an unknown name, before anything starts
+    join_first(args, config, args.name)
     asyncio.run(run_agent(config, args.name))
     return 0

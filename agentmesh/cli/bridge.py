@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from agentmesh.cli.agent import add_join_arguments, join_first
 from agentmesh.configfile import load_config
 
 __all__ = ["register"]
@@ -17,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--insecure-http", action="store_true",
                    help="serve plain HTTP instead of HTTPS (tokens then cross the network in clear text)")
     p.add_argument("--workers", type=int, default=1, metavar="N", help="worker processes (default 1)")
+    add_join_arguments(p)
     p.set_defaults(func=_run)
 
 
@@ -24,5 +26,6 @@ def _run(args: argparse.Namespace) -> int:
     from agentmesh.bridge import serve  # starlette/uvicorn only load for this command
 
     config = load_config(args.config)
+    join_first(args, config, config.bridge.name)
     serve(config, listen=args.listen, insecure_http=args.insecure_http, workers=args.workers)
     return 0

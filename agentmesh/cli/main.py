@@ -12,7 +12,7 @@ from agentmesh.errors import MeshError
 __all__ = ["main"]
 
 #: command groups, each a module of agentmesh.cli with ``register(subparsers)``
-GROUPS = ("ca", "cert", "token", "control", "agent", "up", "call", "audit", "bridge")
+GROUPS = ("ca", "cert", "token", "control", "agent", "up", "call", "audit", "bridge", "lifecycle")
 
 
 class _Parser(argparse.ArgumentParser):

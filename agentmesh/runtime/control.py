@@ -128,7 +128,7 @@ class JoinService(control_pb2_grpc.JoinServiceServicer):
         try:
             grant = self.tokens.redeem(request.join_token, blocked=ca.blocked())
         except JoinRefused as e:
-            raise PermissionDenied(f"join refused: {e.message}") from None
+            raise PermissionDenied(e.message) from None
         member_roles(self.config, grant.name)
         issued = ca.issue_csr(grant.name, request.csr_pem, ttl=self.config.control.cert_ttl, dns=grant.dns)
         log.info("control: %s joined (serial %x)", grant.name, issued.serial)

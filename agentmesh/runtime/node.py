@@ -209,7 +209,7 @@ class MeshNode:
             except PKIError as e:
                 log.error("%s: refused trust data from the control plane: %s", self.name, e.message)
             attempt += 1
-            await asyncio.sleep(backoff(attempt, base=0.2, cap=3.0, rand=random.random()))
+            await asyncio.sleep(backoff(attempt, base=0.2, cap=3.0, rand=random.random()))  # noqa: S311 (jitter)
 
     async def _sign(self, csr: bytes) -> SignedIdentity:
         stub = control_pb2_grpc.IdentityServiceStub(self._control_for(self.identity.files)[0])
@@ -219,8 +219,10 @@ class MeshNode:
             raise rpc_error(e, f"{self.name}: certificate renewal") from None
         return SignedIdentity(res.cert_chain_pem, res.bundle_pem)
 
-    async def start(self, *, timeout: float = 30.0) -> None:
-        """Takes the trust data from the control plane (waiting up to ``timeout``), then follows it."""
+    async def start(self, *, timeout: float | None = None) -> None:
+        """Takes the trust data from the control plane (waiting up to ``timeout``, default
+        ``control.connect_timeout``), then follows it."""
+        timeout = self.config.control.connect_timeout if timeout is None else timeout
         self._tasks.append(asyncio.create_task(self._watch()))
         try:
             await asyncio.wait_for(self._first_update.wait(), timeout)

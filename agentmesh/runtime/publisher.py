@@ -28,15 +28,16 @@ from agentmesh.tokens.revocation import REVOKED_FILE
 from agentmesh.trust import TrustSnapshot, revoked_members, verify_snapshot
 from agentmesh.v1 import control_pb2
 
-__all__ = ["TrustPublisher"]
+__all__ = ["POLL", "TrustPublisher", "snapshot_of"]
 
 log = logging.getLogger("agentmesh.control")
+POLL = 0.25
 WATCHED = ("crl.pem", REVOKED_FILE, "index.jsonl", "bundle.pem", "ca.pem")
 CRL_VALIDITY = 86400.0
 
 
 class TrustPublisher:
-    def __init__(self, ca_dir: Path, *, jwks_json: str, issuer: str, heartbeat: float = 5.0, poll: float = 0.25,
+    def __init__(self, ca_dir: Path, *, jwks_json: str, issuer: str, heartbeat: float = 5.0, poll: float = POLL,
                  clock: Clock = time.time) -> None:
         self.ca_dir = Path(ca_dir)
         self.jwks_json = jwks_json

@@ -49,7 +49,7 @@ def renewal_due(start: float, not_after: float, *, fraction: float = 0.5, jitter
 
 def backoff(attempt: int, *, base: float = 0.2, cap: float = 5.0, rand: float = 0.5) -> float:
     """Exponential backoff with full jitter: a delay in [0, min(cap, base * 2**attempt)]."""
-    return min(cap, base * (2 ** min(attempt, 30))) * rand
+    return float(min(cap, base * (2 ** min(attempt, 30)))) * rand
 
 
 class Renewer:
@@ -61,7 +61,7 @@ class Renewer:
         self.sign = sign
         self.owner = owner
         self.clock = clock
-        self.rng = rng or random.Random()
+        self.rng = rng or random.Random()  # noqa: S311 (jitter, not a secret)
         self.on_renewed = on_renewed
         self.renewals = 0
         self._held_since = clock()

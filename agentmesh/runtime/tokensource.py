@@ -59,7 +59,7 @@ class AgentTokenSource:
                 except Unavailable as e:
                     self._failures += 1
                     self._last_error = e
-                    self._retry_at = now + backoff(self._failures, rand=random.random())
+                    self._retry_at = now + backoff(self._failures, rand=random.random())  # noqa: S311 (jitter, not a secret)
                     if self._token is not None and now < self._expires:
                         return self._token  # control plane briefly away: the current token still holds
                     raise

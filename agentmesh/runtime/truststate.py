@@ -22,7 +22,7 @@ from agentmesh.trust import RevocationPolicy, TrustSnapshot, check_member, check
 __all__ = ["TrustState"]
 
 log = logging.getLogger("agentmesh.trust")
-Listener = Callable[[TrustSnapshot], None]
+Listener = Callable[[TrustSnapshot], object]
 
 
 class TrustState:

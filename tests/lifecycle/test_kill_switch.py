@@ -1,0 +1,129 @@
+"""The kill switch against a live mesh: `agentmesh revoke-agent` (a real process) ends what the revoked
+member has open, and refuses it in both directions, while everyone else's calls keep succeeding."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from meshkit import Mesh, running_mesh
+from support import TD, task
+
+from agentmesh.errors import PKIError, Unavailable
+from agentmesh.interceptors.client import delegating
+from agentmesh.runtime.node import MeshNode
+from agentmesh.v1 import agent_pb2, agent_pb2_grpc
+
+AGENTS = {"ingestor": {"roles": ["ingestor"]}, "rogue": {"roles": ["worker"]}, "other": {"roles": ["worker"]}}
+POLICY = [
+    {"name": "workers-call-ingestor", "action": "allow", "to": ["ingestor"], "from": ["rogue", "other"]},
+    {"name": "other-calls-rogue", "action": "allow", "to": ["rogue"], "from": ["other"]},
+    {"name": "delegated", "action": "allow", "to": ["ingestor"], "roles": ["client"], "via": ["other"]},
+]
+
+
+class HoldingAgent(agent_pb2_grpc.AgentServicer):
+    """Answers at once, or holds the call open ("hold"): a unary call in flight, a long-lived stream."""
+
+    def __init__(self, node: MeshNode) -> None:
+        self.node = node
+        self.calls = 0
+
+    async def Invoke(self, request: agent_pb2.Task, context: grpc.aio.ServicerContext) -> agent_pb2.TaskResult:
+        self.calls += 1
+        if request.input[0].text == "hold":
+            await asyncio.Event().wait()
+        return agent_pb2.TaskResult(task_id=request.id, status=agent_pb2.TASK_STATUS_COMPLETED)
+
+    async def InvokeStream(self, request: agent_pb2.Task, context: grpc.aio.ServicerContext) -> AsyncIterator[
+            agent_pb2.TaskEvent]:
+        yield agent_pb2.TaskEvent(task_id=request.id, progress="open")
+        await asyncio.Event().wait()  # a stream that stays open until something ends it
+
+
+@pytest.fixture
+async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
+    async with running_mesh(tmp_path, AGENTS, servicer=HoldingAgent, policy=POLICY) as m:
+        yield m
+
+
+def revoke_agent(mesh: Mesh, name: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    assert mesh.config.source is not None
+    return subprocess.run([sys.executable, "-m", "agentmesh.cli.main", "revoke-agent", name, "--config",
+                           str(mesh.config.source), *extra], capture_output=True, text=True, timeout=60)
+
+
+async def test_revoke_agent_cuts_its_streams_and_calls_and_refuses_it_both_ways(mesh: Mesh) -> None:
+    rogue, other = mesh.nodes["rogue"], mesh.nodes["other"]
+    ingestor_from_rogue = rogue.stub("ingestor", agent_pb2_grpc.AgentStub)
+    ingestor_from_other = other.stub("ingestor", agent_pb2_grpc.AgentStub)
+    rogue_from_other = other.stub("rogue", agent_pb2_grpc.AgentStub)
+
+    # before: everything works, in both directions
+    await ingestor_from_rogue.Invoke(task(), timeout=5)
+    await rogue_from_other.Invoke(task(), timeout=5)
+    stream = ingestor_from_rogue.InvokeStream(task())
+    assert (await stream.read()).progress == "open"
+    held = asyncio.ensure_future(ingestor_from_rogue.Invoke(task("hold")))
+    while mesh.agents["ingestor"].calls < 2:
+        await asyncio.sleep(0.01)
+    with delegating(mesh.client_token(), actors=(f"spiffe://{TD}/agent/rogue",)):
+        await ingestor_from_other.Invoke(task(), timeout=5)  # a delegation naming rogue as an earlier actor
+
+    done = revoke_agent(mesh, "rogue", "--reason", "compromised in test")
+    assert done.returncode == 0, done.stderr
+    assert "revoked rogue: 1 certificate(s)" in done.stdout
+
+    # its open stream and its call in flight end with UNAUTHENTICATED (not at connection age: now)
+    with pytest.raises(grpc.aio.AioRpcError) as cut:
+        await asyncio.wait_for(stream.read(), 10)
+    assert cut.value.code() == grpc.StatusCode.UNAUTHENTICATED and "revoked" in (cut.value.details() or "")
+    with pytest.raises(grpc.aio.AioRpcError) as failed:
+        await asyncio.wait_for(held, 10)
+    assert failed.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    # new calls from it fail; calls to it are refused by the caller; delegations it started are refused
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await ingestor_from_rogue.Invoke(task(), timeout=5)
+    assert refused.value.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNAVAILABLE)
+    await other.wait_for_trust(lambda t: "rogue" in t.revoked_members)
+    with pytest.raises(Unavailable, match="rogue is revoked"):
+        await rogue_from_other.Invoke(task(), timeout=5)
+    with delegating(mesh.client_token(), actors=(f"spiffe://{TD}/agent/rogue",)), \
+            pytest.raises(grpc.aio.AioRpcError) as chain:
+        await ingestor_from_other.Invoke(task(), timeout=5)
+    assert chain.value.code() == grpc.StatusCode.UNAUTHENTICATED and "revoked member rogue" in chain.value.details()
+
+    # everyone else keeps working
+    await ingestor_from_other.Invoke(task(), timeout=5)
+
+    # renewal and join are blocked, the CA says why, and the audit log says who
+    listing = subprocess.run([sys.executable, "-m", "agentmesh.cli.main", "cert", "list", "--ca",
+                              str(mesh.config.ca_dir)], capture_output=True, text=True, timeout=60)
+    assert "compromised in test" in listing.stdout
+    with pytest.raises(PKIError, match="revoked"):
+        await rogue.renewer.renew()  # type: ignore[union-attr]
+    mesh.flush()
+    records = [json.loads(line) for line in mesh.audit_path.read_text().splitlines()]
+    admin = [r for r in records if r["name"] == "agentmesh.admin/RevokeAgent"]
+    assert admin and admin[0]["attributes"]["agentmesh.admin.reason"] == "compromised in test"
+
+
+async def test_reinstate_lifts_the_block(mesh: Mesh) -> None:
+    assert revoke_agent(mesh, "rogue").returncode == 0
+    cmd = [sys.executable, "-m", "agentmesh.cli.main", "reinstate", "rogue", "--config", str(mesh.config.source)]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0 and "reinstated rogue" in first.stdout
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert again.returncode != 0 and again.stderr.count("\n") == 1 and "not revoked" in again.stderr
+
+
+async def test_revoke_agent_refuses_unknown_members_in_one_line(mesh: Mesh) -> None:
+    bad = revoke_agent(mesh, "nobody")
+    assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "not a member" in bad.stderr
