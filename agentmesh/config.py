@@ -41,18 +41,6 @@ class AgentConfig:
     descriptors: tuple[str, ...] = DEFAULT_DESCRIPTORS  # generated *_pb2 modules of its services
     replicas: tuple[str, ...] = ()  # extra addresses of replicas behind the same name
 
-    @property
-    def cert_path(self) -> Path:
-        return self.identity_dir / "cert.pem"
-
-    @property
-    def key_path(self) -> Path:
-        return self.identity_dir / "key.pem"
-
-    @property
-    def bundle_path(self) -> Path:
-        return self.identity_dir / "bundle.pem"
-
 
 @dataclass(frozen=True, slots=True)
 class ExternalIssuer:

@@ -202,7 +202,7 @@ class MeshNode:
                     self._receive(update)
                     attempt, reported = 0, False
             except grpc.aio.AioRpcError as e:
-                if not reported:
+                if not reported and self._first_update.is_set():  # before that, start() says what is wrong
                     reported = True
                     log.warning("%s: lost the control plane's trust stream (%s); reconnecting", self.name,
                                 e.code().name)
