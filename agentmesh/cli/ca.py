@@ -1,9 +1,11 @@
-"""``agentmesh ca init``: create the mesh's root and issuing CA."""
+"""``agentmesh ca init|rotate|rollover``: create the mesh's root and issuing CA, and renew them."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from cryptography import x509
 
 from agentmesh.pki import CertificateAuthority
 
@@ -19,6 +21,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     init.add_argument("--force", action="store_true", help="replace an existing CA")
     init.set_defaults(func=_init)
 
+    rotate = s.add_parser("rotate", help="a new issuing intermediate (new key) under the same root")
+    rotate.add_argument("--ca", required=True, type=Path, help="CA directory")
+    rotate.set_defaults(func=_rotate)
+
+    roll = s.add_parser("rollover", help="a new root: trust old + new, then --finish to drop the old one")
+    roll.add_argument("--ca", required=True, type=Path, help="CA directory")
+    roll.add_argument("--finish", action="store_true", help="drop the old root from the trust bundle")
+    roll.set_defaults(func=_rollover)
+
+
+def _describe(cert: x509.Certificate) -> str:
+    return f"serial {cert.serial_number:x}, expires {cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S}Z"
+
 
 def _init(args: argparse.Namespace) -> int:
     ca = CertificateAuthority.init(args.dir, args.trust_domain, force=args.force)
@@ -26,4 +41,37 @@ def _init(args: argparse.Namespace) -> int:
     print(f"  root:         {ca.dir / 'root.pem'} (expires {ca.root.not_valid_after_utc:%Y-%m-%d})")
     print(f"  issuing CA:   {ca.dir / 'ca.pem'} (expires {ca.cert.not_valid_after_utc:%Y-%m-%d})")
     print(f"  trust bundle: {ca.dir / 'bundle.pem'}")
+    return 0
+
+
+def _rotate(args: argparse.Namespace) -> int:
+    ca = CertificateAuthority.load(args.ca)
+    old = ca.cert
+    new = ca.rotate()
+    print(f"rotated the issuing CA of spiffe://{ca.trust_domain}")
+    print(f"  old: {_describe(old)} (archived in {ca.dir / 'issuers'}; its key is deleted)")
+    print(f"  new: {_describe(new)}")
+    print(f"  CRL re-signed by the new issuing CA: {ca.crl_path}")
+    return 0
+
+
+def _rollover(args: argparse.Namespace) -> int:
+    ca = CertificateAuthority.load(args.ca)
+    if args.finish:
+        dropped = ca.finish_rollover()
+        if not dropped:
+            print(f"no root rollover under way: {ca.dir / 'bundle.pem'} holds the current root only")
+            return 0
+        for root in dropped:
+            print(f"dropped the old root ({_describe(root)}) from {ca.dir / 'bundle.pem'}")
+        print(f"  trusted root: {_describe(ca.root)}")
+        print("next: distribute the bundle; members that still hold the old root keep trusting it until they do")
+        return 0
+    old = ca.root
+    new = ca.rollover()
+    print(f"rolled over the root CA of spiffe://{ca.trust_domain}")
+    print(f"  old root: {_describe(old)} (archived in {ca.dir / 'roots'}; still in the trust bundle)")
+    print(f"  new root: {_describe(new)}; new issuing CA: {_describe(ca.cert)}")
+    print(f"next: distribute {ca.dir / 'bundle.pem'} (old + new root) to every member; when every member "
+          f"trusts the new root, run: agentmesh ca rollover --ca {ca.dir} --finish")
     return 0

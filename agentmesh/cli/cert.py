@@ -1,13 +1,16 @@
-"""``agentmesh cert issue|list|revoke|renew``: onboard agents and manage their certificates."""
+"""``agentmesh cert issue|list|revoke|renew|join-token``: onboard agents and manage their certificates."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 import time
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-from agentmesh.pki import CertificateAuthority, IssuedCert, write_identity
+from agentmesh.pki import CertificateAuthority, IssuedCert, JoinTokens, MemberBlocked, write_identity
 from agentmesh.units import parse_duration
 
 __all__ = ["register"]
@@ -34,7 +37,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rv = s.add_parser("revoke", help="revoke an agent's certificates (by name) or one serial (hex)")
     rv.add_argument("target", metavar="NAME|SERIAL")
     rv.add_argument("--ca", required=True, type=Path, help="CA directory")
+    rv.add_argument("--reason", default="", help="why (recorded in the index, shown by 'cert list')")
     rv.set_defaults(func=_revoke)
+
+    jt = s.add_parser("join-token", help="a one-time token with which a new agent gets its first certificate")
+    jt.add_argument("name", help="the agent the token is for")
+    jt.add_argument("--ca", required=True, type=Path, help="CA directory")
+    jt.add_argument("--ttl", default="15m", help="how long the token can be used, e.g. 15m, 1h (default 15m)")
+    jt.add_argument("--dns", action="append", default=[], metavar="HOST", help="extra DNS SAN (repeatable)")
+    jt.set_defaults(func=_join_token)
 
 
 def _common(p: argparse.ArgumentParser, *, out: bool) -> None:
@@ -44,41 +55,78 @@ def _common(p: argparse.ArgumentParser, *, out: bool) -> None:
     p.add_argument("--dns", action="append", default=[], metavar="HOST", help="extra DNS SAN (repeatable)")
 
 
-def _write(issued: IssuedCert, out: Path) -> int:
+def _when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _operator() -> str:
+    return os.environ.get("USER", "")[:64]
+
+
+def _write(issued: IssuedCert, out: Path, ca: CertificateAuthority) -> int:
     write_identity(issued, out)
     print(f"{issued.spiffe_id}  serial {issued.serial:x}  expires "
           f"{issued.cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S}Z  -> {out}")
+    if issued.capped:
+        print(f"agentmesh: warning: the certificate of {issued.name} ends with the issuing CA on "
+              f"{ca.cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S}Z, before --ttl; "
+              f"rotate it with: agentmesh ca rotate --ca {ca.dir}", file=sys.stderr)
     return 0
 
 
 def _issue(args: argparse.Namespace) -> int:
     ttl = parse_duration(args.ttl, what="--ttl")
     ca = CertificateAuthority.load(args.ca)
-    return _write(ca.issue(args.name, ttl=ttl, dns=args.dns), args.out)
+    return _write(ca.issue(args.name, ttl=ttl, dns=args.dns), args.out, ca)
 
 
 def _renew(args: argparse.Namespace) -> int:
     ttl = parse_duration(args.ttl, what="--ttl")
     ca = CertificateAuthority.load(args.ca)
-    return _write(ca.renew(args.name, ttl=ttl, dns=args.dns), args.out)
+    return _write(ca.renew(args.name, ttl=ttl, dns=args.dns), args.out, ca)
 
 
 def _list(args: argparse.Namespace) -> int:
     ca = CertificateAuthority.load(args.ca)
     now = time.time()
-    rows = [("NAME", "SERIAL", "SPIFFE ID", "NOT AFTER", "STATUS")]
-    for e in ca.entries():
-        rows.append((e.name, format(e.serial, "x"), e.spiffe_id,
-                     datetime.fromtimestamp(e.not_after, UTC).strftime("%Y-%m-%d %H:%M:%SZ"), e.status(now)))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    entries = ca.entries()
+    with_reason = any(e.reason for e in entries)  # the REASON column only when a revocation gave one
+    rows = [("NAME", "SERIAL", "SPIFFE ID", "NOT AFTER", "STATUS", *(("REASON",) if with_reason else ()))]
+    for e in entries:
+        reason = (e.reason or "-") if e.revoked_at is not None else ""
+        rows.append((e.name, format(e.serial, "x"), e.spiffe_id, _when(e.not_after), e.status(now),
+                     *((reason,) if with_reason else ())))
+    _print_table(rows)
+    blocked = [(b.name, "blocked", b.reason or "-", f"by {b.by or '-'}", _when(b.at))
+               for b in sorted(ca.blocked().values(), key=lambda b: b.at)]
+    if blocked:
+        print()
+        _print_table(blocked)
+    return 0
+
+
+def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-    return 0
 
 
 def _revoke(args: argparse.Namespace) -> int:
     ca = CertificateAuthority.load(args.ca)
-    for e in ca.revoke(args.target):
+    for e in ca.revoke(args.target, reason=args.reason, by=_operator()):
         print(f"revoked {e.name} serial {e.serial:x}")
     print(f"CRL updated: {ca.crl_path}")
+    return 0
+
+
+def _join_token(args: argparse.Namespace) -> int:
+    ttl = parse_duration(args.ttl, what="--ttl")
+    ca = CertificateAuthority.load(args.ca)
+    blocked = ca.blocked()
+    if args.name in blocked:
+        raise MemberBlocked(args.name, blocked[args.name].reason)
+    token = JoinTokens(ca.dir).create(args.name, ttl=ttl, dns=args.dns, blocked=blocked)
+    print(token)
+    print(f"agentmesh: join token for {args.name} (one use) expires {_when(time.time() + ttl)}; start the agent "
+          f"with: agentmesh agent {args.name} --config mesh.yaml --join TOKEN", file=sys.stderr)
     return 0

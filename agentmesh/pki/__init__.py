@@ -1,6 +1,31 @@
-"""The mini CA that ships with agentmesh."""
+"""The mini CA that ships with agentmesh: issuing (from a key or a CSR), revocation and the kill switch,
+intermediate rotation and root rollover, one-time join tokens."""
 
-from agentmesh.pki.ca import CertificateAuthority, IndexEntry, IssuedCert, write_identity, write_private
+from agentmesh.pki.ca import (
+    BlockEntry,
+    CertificateAuthority,
+    IndexEntry,
+    IssuedCert,
+    MemberBlocked,
+    write_identity,
+    write_private,
+)
 from agentmesh.pki.crl import RevocationList
+from agentmesh.pki.csr import check_csr, make_csr
+from agentmesh.pki.join import JoinGrant, JoinRefused, JoinTokens
 
-__all__ = ["CertificateAuthority", "IndexEntry", "IssuedCert", "RevocationList", "write_identity", "write_private"]
+__all__ = [
+    "BlockEntry",
+    "CertificateAuthority",
+    "IndexEntry",
+    "IssuedCert",
+    "JoinGrant",
+    "JoinRefused",
+    "JoinTokens",
+    "MemberBlocked",
+    "RevocationList",
+    "check_csr",
+    "make_csr",
+    "write_identity",
+    "write_private",
+]

@@ -1,13 +1,18 @@
 """The mini CA: a root and an issuing intermediate in one directory, an append-only index, a CRL.
 
-Directory layout (0700; keys 0600)::
+Directory layout (0700; keys and the index 0600)::
 
     ca.json                 trust domain and format version
     root.pem  root-key.pem  self-signed root (ECDSA P-256, 10 years)
     ca.pem    ca-key.pem    issuing intermediate (1 year), signs leaves and the CRL
-    bundle.pem              the trust bundle (the root)
-    index.jsonl             one line per issue / revoke event (append-only)
+    bundle.pem              the trust bundle: the root, or old + new root during a rollover
+    index.jsonl             one line per event: issue, revoke, block, unblock, rotate, rollover (append-only)
     crl.pem                 the signed CRL of revoked leaves
+    issuers/<serial>.pem    intermediates replaced by ``rotate`` (certificates only; their keys are gone)
+    roots/<serial>.pem      roots replaced by ``rollover``
+    join-tokens.jsonl       one-time join tokens (agentmesh.pki.join)
+
+Every writer holds ``.lock`` (flock) and first re-reads the CA files if another process rotated them.
 """
 
 from __future__ import annotations
@@ -17,34 +22,53 @@ import datetime as dt
 import fcntl
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from agentmesh.errors import PKIError
 from agentmesh.identity import SpiffeId, validate_agent_name, validate_trust_domain
 from agentmesh.pki.certs import (
     PrivateKey,
+    PublicKey,
     build_certificate,
-    ca_profile,
     dump_cert,
     dump_key,
+    issuer_problem,
     leaf_profile,
+    leaf_window,
+    new_intermediate,
     new_key,
+    new_root,
+    rotation_due,
+    validate_dns_names,
 )
+from agentmesh.pki.crl import build_crl, crl_number, next_crl_number
+from agentmesh.pki.csr import check_csr
 
-__all__ = ["CertificateAuthority", "IndexEntry", "IssuedCert", "write_identity", "write_private"]
+__all__ = [
+    "BlockEntry",
+    "CertificateAuthority",
+    "IndexEntry",
+    "IssuedCert",
+    "MemberBlocked",
+    "write_identity",
+    "write_private",
+]
 
 Clock = Callable[[], float]
 ROOT_TTL = 10 * 365 * 86400
 INTERMEDIATE_TTL = 365 * 86400
 BACKDATE = 60
 DEFAULT_LEAF_TTL = 24 * 3600
+MAX_NOTE = 200  # characters of a revocation reason or an operator name
 
 
 def write_private(path: Path, data: bytes) -> None:
@@ -57,6 +81,13 @@ def write_private(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
+def _replace_private(path: Path, data: bytes) -> None:
+    """Writes a secret 0600 beside ``path`` and renames it over ``path`` (readers see old or new, whole)."""
+    tmp = path.with_name(path.name + ".tmp")
+    write_private(tmp, data)
+    os.replace(tmp, path)
+
+
 def _write_public(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
@@ -67,14 +98,22 @@ def _utc(ts: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(ts, dt.UTC)
 
 
+def _note(text: str, what: str) -> str:
+    """A reason or operator name for the index: one line of printable text (it ends up in error messages)."""
+    if not isinstance(text, str) or len(text) > MAX_NOTE or not text.isprintable():
+        raise PKIError(f"{what} must be one line of printable text, at most {MAX_NOTE} characters")
+    return text.strip()
+
+
 @dataclass(frozen=True, slots=True)
 class IssuedCert:
     name: str
     spiffe_id: SpiffeId
     cert: x509.Certificate
-    key: PrivateKey
+    key: PrivateKey | None  # None when issued from a CSR: the key never left the member
     chain: tuple[x509.Certificate, ...]  # intermediates, leaf excluded
     bundle: bytes  # trust bundle PEM
+    capped: bool = False  # the issuing CA's end cut the requested lifetime short
 
     @property
     def serial(self) -> int:
@@ -86,6 +125,8 @@ class IssuedCert:
 
     @property
     def key_pem(self) -> bytes:
+        if self.key is None:
+            raise PKIError(f"the certificate of {self.name} was issued from a CSR: its key stays with the agent")
         return dump_key(self.key)
 
 
@@ -96,6 +137,9 @@ class IndexEntry:
     spiffe_id: str
     not_after: float
     revoked_at: float | None
+    dns: tuple[str, ...] = ()  # the DNS SANs of the certificate
+    reason: str | None = None  # revocation reason ("" when none was given); None while not revoked
+    revoked_by: str | None = None
 
     def status(self, now: float) -> str:
         if self.revoked_at is not None:
@@ -103,14 +147,144 @@ class IndexEntry:
         return "expired" if now > self.not_after else "valid"
 
 
+@dataclass(frozen=True, slots=True)
+class BlockEntry:
+    """A member on the kill switch: the CA issues it nothing until it is unblocked."""
+
+    name: str
+    reason: str
+    by: str
+    at: float
+
+
+class MemberBlocked(PKIError):
+    """The CA refuses to issue to a blocked member; ``name`` and ``reason`` let a caller reword the hint."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(f"agent {name} is revoked ({reason or 'no reason given'}); "
+                         f"reinstate it with: agentmesh reinstate {name} --config FILE")
+        self.name = name
+        self.reason = reason
+
+
+class _Index:
+    """The state folded from index.jsonl; append-only, so a refresh reads only the lines added since."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.entries: dict[int, IndexEntry] = {}
+        self.blocked: dict[str, BlockEntry] = {}
+        self._where: tuple[int, int] = (-1, 0)  # (inode, bytes folded)
+
+    def refresh(self, path: str) -> None:
+        try:
+            st = os.stat(path)
+            if (st.st_ino, st.st_size) == self._where:
+                return  # nothing new: one stat per call
+            with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                if st.st_ino != self._where[0] or st.st_size < self._where[1]:  # replaced (ca init --force)
+                    self._reset()
+                done = self._where[1]
+                f.seek(done)
+                data = f.read()
+        except FileNotFoundError:
+            self._reset()
+            return
+        end = data.rfind(b"\n") + 1  # a line being appended right now is folded next time
+        for line in data[:end].split(b"\n")[:-1]:
+            if line.strip():
+                try:
+                    self._apply(json.loads(line))
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    raise PKIError(f"the CA index {path} is damaged (near byte {done})") from None
+            done += len(line) + 1
+        self._where = (st.st_ino, done)
+
+    def appended(self, inode: int, offset: int, event: dict[str, Any], size: int) -> None:
+        """Folds an event this process just appended at ``offset`` (under the lock), if nothing is unread before it."""
+        if self._where == (inode, offset):
+            self._apply(event)
+            self._where = (inode, offset + size)
+
+    def _apply(self, ev: dict[str, Any]) -> None:
+        op = ev["op"]
+        if op == "issue":
+            serial = int(ev["serial"], 16)
+            self.entries[serial] = IndexEntry(ev["name"], serial, ev["spiffe_id"], float(ev["not_after"]), None,
+                                              tuple(ev.get("dns", ())))
+        elif op == "revoke":
+            serial = int(ev["serial"], 16)
+            if (e := self.entries.get(serial)) is not None:
+                self.entries[serial] = IndexEntry(e.name, e.serial, e.spiffe_id, e.not_after, float(ev["at"]),
+                                                  e.dns, str(ev.get("reason", "")), str(ev.get("by", "")))
+        elif op == "block":
+            self.blocked[ev["name"]] = BlockEntry(ev["name"], str(ev.get("reason", "")), str(ev.get("by", "")),
+                                                  float(ev["at"]))
+        elif op == "unblock":
+            self.blocked.pop(ev["name"], None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Files:
+    root: x509.Certificate
+    cert: x509.Certificate
+    key: PrivateKey
+    bundle: bytes
+    stamp: tuple[tuple[int, int, int], ...]
+
+
+_STAMPED = ("ca.pem", "bundle.pem")  # every rotation or rollover replaces ca.pem; finish_rollover bundle.pem
+
+
+def _stamp(d: Path | str) -> tuple[tuple[int, int, int], ...]:
+    out = []
+    for name in _STAMPED:
+        try:
+            st = os.stat(os.path.join(d, name))
+            out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+        except FileNotFoundError:
+            out.append((0, 0, 0))
+    return tuple(out)
+
+
+def _read_files(d: Path) -> _Files:
+    stamp = _stamp(d)
+    try:
+        root = x509.load_pem_x509_certificate((d / "root.pem").read_bytes())
+        cert = x509.load_pem_x509_certificate((d / "ca.pem").read_bytes())
+        key = serialization.load_pem_private_key((d / "ca-key.pem").read_bytes(), password=None)
+        bundle_path = d / "bundle.pem"
+        bundle = bundle_path.read_bytes() if bundle_path.exists() else dump_cert(root)
+    except PermissionError as e:
+        raise PKIError(f"cannot read the CA in {d}: permission denied ({Path(e.filename).name})") from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PKIError(f"the CA in {d} is unreadable or damaged ({e.__class__.__name__})") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise PKIError(f"the CA key in {d} is not an EC key")
+    if _public_der(key.public_key()) != _public_der(cert.public_key()):
+        raise PKIError(f"ca.pem and ca-key.pem in {d} do not match (a rotation in progress?); try again")
+    return _Files(root, cert, key, bundle, stamp)
+
+
+def _public_der(key: object) -> bytes:
+    if not isinstance(key, ec.EllipticCurvePublicKey):
+        return b""
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 def write_identity(issued: IssuedCert, out: Path) -> None:
     """Writes ``cert.pem`` (leaf + intermediate), ``key.pem`` (0600) and ``bundle.pem`` into ``out``.
 
     The key is written first and the certificate last (atomically), so a reloader that watches
-    ``cert.pem`` never pairs a new certificate with an old key.
+    ``cert.pem`` never pairs a new certificate with an old key. A certificate issued from a CSR has no
+    key here: ``key.pem`` (born on the member) is left as it is.
     """
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_private(out / "key.pem", issued.key_pem)
+    if issued.key is not None:
+        write_private(out / "key.pem", issued.key_pem)
     _write_public(out / "bundle.pem", issued.bundle)
     _write_public(out / "cert.pem", issued.cert_pem)
 
@@ -119,14 +293,20 @@ class CertificateAuthority:
     """A loaded CA directory. Create one with :meth:`init`, open one with :meth:`load`."""
 
     def __init__(self, directory: Path, trust_domain: str, root: x509.Certificate, cert: x509.Certificate,
-                 key: PrivateKey, clock: Clock = time.time) -> None:
+                 key: PrivateKey, clock: Clock = time.time, *, bundle: bytes | None = None) -> None:
         self.dir = directory
         self.trust_domain = trust_domain
         self.root = root
         self.cert = cert
         self.key = key
         self.clock = clock
-        self.bundle = dump_cert(root)
+        self.bundle = bundle if bundle is not None else dump_cert(root)
+        self._dirname = str(directory)
+        self._stamp = _stamp(directory)
+        self._index = _Index()
+        self._mutex = threading.RLock()
+        self._depth = 0
+        self._synced = False
 
     # ------------------------------------------------------------------ create / open
     @classmethod
@@ -139,25 +319,15 @@ class CertificateAuthority:
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(d, 0o700)
         now = clock()
-        root_key, inter_key = new_key(), new_key()
-        root = build_certificate(
-            subject_cn=f"agentmesh root CA ({trust_domain})", subject_key=root_key,
-            profile=ca_profile(trust_domain, path_length=1),
-            not_before=_utc(now - BACKDATE), not_after=_utc(now + ROOT_TTL),
-            issuer_cert=None, issuer_key=root_key,
-        )
-        inter = build_certificate(
-            subject_cn=f"agentmesh issuing CA ({trust_domain})", subject_key=inter_key,
-            profile=ca_profile(trust_domain, path_length=0),
-            not_before=_utc(now - BACKDATE), not_after=_utc(now + INTERMEDIATE_TTL),
-            issuer_cert=root, issuer_key=root_key,
-        )
-        write_private(d / "root-key.pem", dump_key(root_key))
-        write_private(d / "ca-key.pem", dump_key(inter_key))
+        root_key, root = new_root(trust_domain, now, ttl=ROOT_TTL, backdate=BACKDATE)
+        inter_key, inter = new_intermediate(trust_domain, root, root_key, now, ttl=INTERMEDIATE_TTL,
+                                                  backdate=BACKDATE)
+        _replace_private(d / "root-key.pem", dump_key(root_key))
+        _replace_private(d / "ca-key.pem", dump_key(inter_key))
         _write_public(d / "root.pem", dump_cert(root))
         _write_public(d / "ca.pem", dump_cert(inter))
         _write_public(d / "bundle.pem", dump_cert(root))
-        (d / "index.jsonl").write_bytes(b"")
+        _replace_private(d / "index.jsonl", b"")
         _write_public(d / "ca.json", json.dumps({"version": 1, "trust_domain": trust_domain}).encode())
         ca = cls(d, trust_domain, root, inter, inter_key, clock)
         ca.write_crl()
@@ -171,16 +341,53 @@ class CertificateAuthority:
             raise PKIError(f"no CA in {d} (create one with: agentmesh ca init --dir {d} --trust-domain ...)")
         try:
             td = json.loads(meta.read_text())["trust_domain"]
-            root = x509.load_pem_x509_certificate((d / "root.pem").read_bytes())
-            cert = x509.load_pem_x509_certificate((d / "ca.pem").read_bytes())
-            key = serialization.load_pem_private_key((d / "ca-key.pem").read_bytes(), password=None)
         except PermissionError as e:
             raise PKIError(f"cannot read the CA in {d}: permission denied ({Path(e.filename).name})") from None
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise PKIError(f"the CA in {d} is unreadable or damaged ({e.__class__.__name__})") from None
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise PKIError(f"the CA key in {d} is not an EC key")
-        return cls(d, td, root, cert, key, clock)
+        f = _read_files(d)
+        ca = cls(d, td, f.root, f.cert, f.key, clock, bundle=f.bundle)
+        ca._stamp = f.stamp
+        return ca
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The CA lock (flock on ``.lock``), re-entrant within this object, then the files as on disk."""
+        with self._mutex:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield
+                finally:
+                    self._depth -= 1
+                return
+            with open(os.path.join(self._dirname, ".lock"), "a") as f:
+                fcntl.flock(f, fcntl.LOCK_EX)
+                self._depth = 1
+                try:
+                    self._synced = self._sync()
+                    yield
+                finally:
+                    self._depth = 0
+                    fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _sync(self) -> bool:
+        """Re-reads the CA files when another process rotated or rolled them over since we read them."""
+        if _stamp(self._dirname) == self._stamp:
+            return False
+        f = _read_files(self.dir)
+        self.root, self.cert, self.key, self.bundle, self._stamp = f.root, f.cert, f.key, f.bundle, f.stamp
+        return True
+
+    def refresh(self) -> bool:
+        """Picks up a rotation, rollover or bundle change made by another process; True when one was found.
+
+        Every writing method does this first; long-lived readers of ``cert``/``bundle`` call it."""
+        with self._mutex:
+            if self._depth:
+                return False
+            with self._locked():
+                return self._synced
 
     # ------------------------------------------------------------------ issuing
     def issue(
@@ -192,105 +399,237 @@ class CertificateAuthority:
         record: bool = True,
         key: PrivateKey | None = None,
     ) -> IssuedCert:
-        """Issues an X509-SVID for agent ``name``; its lifetime never outlasts the issuing CA."""
+        """Issues an X509-SVID for agent ``name`` with a new key (or ``key``)."""
         validate_agent_name(name)
+        leaf_key = key or new_key()
+        return self._issue(name, leaf_key.public_key(), leaf_key, ttl=ttl, dns=dns, record=record)
+
+    def issue_csr(self, name: str, csr_pem: bytes, *, ttl: float = DEFAULT_LEAF_TTL,
+                  dns: Sequence[str] = ()) -> IssuedCert:
+        """Issues an X509-SVID for the key of a CSR that asks for exactly the SPIFFE ID of ``name``."""
+        sid = SpiffeId.for_agent(self.trust_domain, name)
+        return self._issue(name, check_csr(csr_pem, sid), None, ttl=ttl, dns=dns, record=True)
+
+    def _issue(self, name: str, public: PublicKey, key: PrivateKey | None, *, ttl: float,
+               dns: Sequence[str], record: bool) -> IssuedCert:
+        """The one issuing path: refuses a blocked name and an unusable issuer; caps at the issuer's end."""
         if ttl <= 0:
             raise PKIError("certificate lifetime must be positive")
         sid = SpiffeId.for_agent(self.trust_domain, name)
-        now = self.clock()
-        not_after = min(now + ttl, self.cert.not_valid_after_utc.timestamp())
-        leaf_key = key or new_key()
-        cert = build_certificate(
-            subject_cn=name, subject_key=leaf_key, profile=leaf_profile(sid, (name, *dns)),
-            not_before=_utc(now - BACKDATE), not_after=_utc(not_after),
-            issuer_cert=self.cert, issuer_key=self.key,
-        )
-        if record:
-            self._append({"op": "issue", "name": name, "serial": format(cert.serial_number, "x"),
-                          "spiffe_id": str(sid), "not_after": not_after})
-        return IssuedCert(name, sid, cert, leaf_key, (self.cert,), self.bundle)
+        names = validate_dns_names((name, *dns))
+        with self._locked():
+            if (block := self._state().blocked.get(name)) is not None:
+                raise MemberBlocked(name, block.reason)
+            now = self.clock()
+            self._check_issuer(now)
+            window = leaf_window(now, ttl, self.cert.not_valid_before_utc.timestamp(),
+                                 self.cert.not_valid_after_utc.timestamp(), backdate=BACKDATE)
+            cert = build_certificate(
+                subject_cn=name, subject_key=public, profile=leaf_profile(sid, names),
+                not_before=_utc(window.not_before), not_after=_utc(window.not_after),
+                issuer_cert=self.cert, issuer_key=self.key,
+            )
+            if record:
+                self._append({"op": "issue", "name": name, "serial": format(cert.serial_number, "x"),
+                              "spiffe_id": str(sid), "not_after": window.not_after, "dns": list(names)})
+            return IssuedCert(name, sid, cert, key, (self.cert,), self.bundle, window.capped)
 
-    # ------------------------------------------------------------------ index, revocation, CRL
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        with open(self.dir / ".lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+    def _check_issuer(self, now: float) -> None:
+        problem = issuer_problem(now, self.cert.not_valid_before_utc.timestamp(),
+                                 self.cert.not_valid_after_utc.timestamp())
+        if problem is not None:
+            hint = "check this machine's clock, or rotate it with" if problem.startswith("is not") else "rotate it with"
+            raise PKIError(f"the issuing CA {problem}; {hint}: agentmesh ca rotate --ca {self.dir}")
 
-    def _append(self, event: dict[str, object]) -> None:
+    def renew(self, name: str, *, ttl: float = DEFAULT_LEAF_TTL, dns: Sequence[str] = ()) -> IssuedCert:
+        """A fresh key and certificate for an agent the CA already issued to."""
+        if (block := self.blocked().get(name)) is not None:
+            raise MemberBlocked(name, block.reason)
+        if self.latest(name) is None:
+            raise PKIError(f"the CA never issued a certificate to {name!r}; use 'cert issue'")
+        return self.issue(name, ttl=ttl, dns=dns)
+
+    def needs_rotation(self, now: float | None = None) -> bool:
+        """True once less than a third of the issuing intermediate's lifetime is left."""
+        return rotation_due(self.clock() if now is None else now, self.cert.not_valid_before_utc.timestamp(),
+                            self.cert.not_valid_after_utc.timestamp())
+
+    # ------------------------------------------------------------------ index, revocation, kill switch, CRL
+    def _append(self, event: dict[str, Any]) -> None:
         line = (json.dumps(event, sort_keys=True) + "\n").encode()
         with self._locked():
-            fd = os.open(self.dir / "index.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            fd = os.open(os.path.join(self._dirname, "index.jsonl"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             try:
+                os.fchmod(fd, 0o600)
+                st = os.fstat(fd)
                 os.write(fd, line)
             finally:
                 os.close(fd)
+            with self._mutex:
+                self._index.appended(st.st_ino, st.st_size, event, len(line))
+
+    def _state(self) -> _Index:
+        with self._mutex:
+            self._index.refresh(os.path.join(self._dirname, "index.jsonl"))
+            return self._index
 
     def entries(self) -> list[IndexEntry]:
         """Every certificate the CA issued, in issue order, with its revocation state."""
-        issued: dict[int, IndexEntry] = {}
-        try:
-            lines = (self.dir / "index.jsonl").read_text().splitlines()
-        except FileNotFoundError:
-            return []
-        for line in lines:
-            if not line.strip():
-                continue
-            ev = json.loads(line)
-            serial = int(ev["serial"], 16)
-            if ev["op"] == "issue":
-                issued[serial] = IndexEntry(ev["name"], serial, ev["spiffe_id"], float(ev["not_after"]), None)
-            elif ev["op"] == "revoke" and serial in issued:
-                e = issued[serial]
-                issued[serial] = IndexEntry(e.name, e.serial, e.spiffe_id, e.not_after, float(ev["at"]))
-        return list(issued.values())
+        with self._mutex:
+            return list(self._state().entries.values())
 
-    def revoke(self, name_or_serial: str) -> list[IndexEntry]:
+    def latest(self, name: str) -> IndexEntry | None:
+        """The newest certificate issued to ``name`` (revoked or not), or None."""
+        with self._mutex:
+            return next((e for e in reversed(self._state().entries.values()) if e.name == name), None)
+
+    def blocked(self) -> dict[str, BlockEntry]:
+        """The members on the kill switch, by name."""
+        with self._mutex:
+            return dict(self._state().blocked)
+
+    def block(self, name: str, *, reason: str = "", by: str = "") -> BlockEntry:
+        """Puts ``name`` on the kill switch: no issue, renewal or join until :meth:`unblock`."""
+        validate_agent_name(name)
+        entry = BlockEntry(name, _note(reason, "the reason"), _note(by, "the operator name"), self.clock())
+        self._append({"op": "block", "name": name, "reason": entry.reason, "by": entry.by, "at": entry.at})
+        return entry
+
+    def unblock(self, name: str, *, by: str = "") -> bool:
+        """Takes ``name`` off the kill switch; False when it was not on it."""
+        validate_agent_name(name)
+        with self._locked():
+            if name not in self._state().blocked:
+                return False
+            self._append({"op": "unblock", "name": name, "by": _note(by, "the operator name"), "at": self.clock()})
+            return True
+
+    def revoke(self, name_or_serial: str, *, reason: str = "", by: str = "") -> list[IndexEntry]:
         """Revokes every unrevoked certificate of an agent name, or one serial (hex); rewrites the CRL."""
-        entries = self.entries()
+        reason, by = _note(reason, "the reason"), _note(by, "the operator name")
         target = name_or_serial.strip().lower()
         by_serial = target.removeprefix("0x")
-        hits = [e for e in entries if e.revoked_at is None and
-                (e.name == target or format(e.serial, "x") == by_serial)]
-        if not hits:
-            raise PKIError(f"no unrevoked certificate matches {name_or_serial!r}")
-        now = self.clock()
-        for e in hits:
-            self._append({"op": "revoke", "serial": format(e.serial, "x"), "at": now})
-        self.write_crl()
+        with self._locked():
+            hits = [e for e in self.entries() if e.revoked_at is None and
+                    (e.name == target or format(e.serial, "x") == by_serial)]
+            if not hits:
+                raise PKIError(f"no unrevoked certificate matches {name_or_serial[:80]!r}")
+            now = self.clock()
+            for e in hits:
+                self._append({"op": "revoke", "serial": format(e.serial, "x"), "at": now, "reason": reason, "by": by})
+            self.write_crl()
         return hits
 
-    def write_crl(self) -> Path:
-        now = self.clock()
-        b = (
-            x509.CertificateRevocationListBuilder()
-            .issuer_name(self.cert.subject)
-            .last_update(_utc(now - BACKDATE))
-            .next_update(_utc(now + 7 * 86400))
-            .add_extension(x509.CRLNumber(int(now * 1000)), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
-                           critical=False)
-        )
-        for e in self.entries():
-            if e.revoked_at is not None:
-                b = b.add_revoked_certificate(
-                    x509.RevokedCertificateBuilder().serial_number(e.serial)
-                    .revocation_date(_utc(e.revoked_at)).build()
-                )
-        crl = b.sign(self.key, hashes.SHA256())
-        path = self.dir / "crl.pem"
-        _write_public(path, crl.public_bytes(serialization.Encoding.PEM))
+    def write_crl(self, *, validity: float = 86400.0) -> Path:
+        """Signs crl.pem with the current intermediate (nextUpdate = now + ``validity``); CRLNumber only grows."""
+        with self._locked():
+            path = self.crl_path
+            previous = crl_number(path.read_bytes()) if path.exists() else None
+            now = self.clock()
+            revoked = [(e.serial, e.revoked_at) for e in self.entries() if e.revoked_at is not None]
+            crl = build_crl(self.cert, self.key, revoked, now=now, validity=validity,
+                            number=next_crl_number(previous, now), backdate=BACKDATE)
+            _write_public(path, crl.public_bytes(serialization.Encoding.PEM))
         return path
 
     @property
     def crl_path(self) -> Path:
         return self.dir / "crl.pem"
 
-    def renew(self, name: str, *, ttl: float = DEFAULT_LEAF_TTL, dns: Sequence[str] = ()) -> IssuedCert:
-        """A fresh key and certificate for an agent the CA already issued to."""
-        if not any(e.name == name for e in self.entries()):
-            raise PKIError(f"the CA never issued a certificate to {name!r}; use 'cert issue'")
-        return self.issue(name, ttl=ttl, dns=dns)
+    # ------------------------------------------------------------------ rotation and root rollover
+    def _root_key(self) -> PrivateKey:
+        try:
+            key = serialization.load_pem_private_key((self.dir / "root-key.pem").read_bytes(), password=None)
+        except (OSError, ValueError, TypeError) as e:
+            raise PKIError(f"the root key in {self.dir} is unreadable ({e.__class__.__name__})") from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or \
+                _public_der(key.public_key()) != _public_der(self.root.public_key()):
+            raise PKIError(f"root-key.pem in {self.dir} does not match root.pem")
+        return key
+
+    def _archive(self, folder: str, cert: x509.Certificate) -> None:
+        (self.dir / folder).mkdir(mode=0o700, exist_ok=True)
+        _write_public(self.dir / folder / f"{cert.serial_number:x}.pem", dump_cert(cert))
+
+    def _install(self, root: x509.Certificate, root_key: PrivateKey | None, cert: x509.Certificate,
+                 key: PrivateKey, bundle: bytes) -> None:
+        """Replaces the CA files, keys first (0600, atomic), then re-signs the CRL with the new intermediate."""
+        if root_key is not None:
+            _replace_private(self.dir / "root-key.pem", dump_key(root_key))
+            _write_public(self.dir / "root.pem", dump_cert(root))
+        _replace_private(self.dir / "ca-key.pem", dump_key(key))
+        _write_public(self.dir / "ca.pem", dump_cert(cert))
+        _write_public(self.dir / "bundle.pem", bundle)
+        self.root, self.cert, self.key, self.bundle = root, cert, key, bundle
+        self._stamp = _stamp(self.dir)
+        self.write_crl()
+
+    def rotate(self, *, ttl: float = INTERMEDIATE_TTL) -> x509.Certificate:
+        """A new issuing intermediate (new key) under the same root; the old certificate goes to issuers/."""
+        if ttl <= 0:
+            raise PKIError("intermediate lifetime must be positive")
+        with self._locked():
+            now = self.clock()
+            problem = issuer_problem(now, self.root.not_valid_before_utc.timestamp(),
+                                     self.root.not_valid_after_utc.timestamp())
+            if problem is not None:
+                raise PKIError(f"the root CA {problem}; roll it over with: agentmesh ca rollover --ca {self.dir}")
+            old = self.cert
+            key, cert = new_intermediate(self.trust_domain, self.root, self._root_key(), now, ttl=ttl,
+                                         backdate=BACKDATE)
+            self._archive("issuers", old)
+            self._install(self.root, None, cert, key, self.bundle)
+            self._append({"op": "rotate", "old": format(old.serial_number, "x"),
+                          "new": format(cert.serial_number, "x"), "at": now})
+            return cert
+
+    def issuers(self) -> tuple[x509.Certificate, ...]:
+        """The current intermediate, then the archived ones not yet expired (they may have signed live leaves)."""
+        self.refresh()
+        now = self.clock()
+        archived = []
+        for path in sorted((self.dir / "issuers").glob("*.pem")):
+            try:
+                cert = x509.load_pem_x509_certificate(path.read_bytes())
+            except (OSError, ValueError):
+                continue
+            if cert.not_valid_after_utc.timestamp() > now and cert.serial_number != self.cert.serial_number:
+                archived.append(cert)
+        archived.sort(key=lambda c: c.not_valid_after_utc, reverse=True)
+        return (self.cert, *archived)
+
+    def bundle_roots(self) -> tuple[x509.Certificate, ...]:
+        """The roots of bundle.pem (two during a rollover)."""
+        return tuple(x509.load_pem_x509_certificates(self.bundle))
+
+    def rollover(self) -> x509.Certificate:
+        """A new root and a new intermediate under it; bundle.pem holds the old and the new root until
+        :meth:`finish_rollover`. Returns the new root."""
+        with self._locked():
+            if len(self.bundle_roots()) > 1:
+                raise PKIError(f"a root rollover is already under way; finish it first with: "
+                               f"agentmesh ca rollover --ca {self.dir} --finish")
+            now = self.clock()
+            old_root, old_inter = self.root, self.cert
+            root_key, root = new_root(self.trust_domain, now, ttl=ROOT_TTL, backdate=BACKDATE)
+            key, cert = new_intermediate(self.trust_domain, root, root_key, now, ttl=INTERMEDIATE_TTL,
+                                         backdate=BACKDATE)
+            self._archive("roots", old_root)
+            self._archive("issuers", old_inter)
+            self._install(root, root_key, cert, key, dump_cert(old_root, root))
+            self._append({"op": "rollover", "old_root": format(old_root.serial_number, "x"),
+                          "new_root": format(root.serial_number, "x"), "new": format(cert.serial_number, "x"),
+                          "at": now})
+            return root
+
+    def finish_rollover(self) -> tuple[x509.Certificate, ...]:
+        """Rewrites bundle.pem with the current root only; returns the roots it dropped (none: nothing to do)."""
+        with self._locked():
+            dropped = tuple(r for r in self.bundle_roots() if r.serial_number != self.root.serial_number)
+            if dropped:
+                self.bundle = dump_cert(self.root)
+                _write_public(self.dir / "bundle.pem", self.bundle)
+                self._stamp = _stamp(self.dir)
+                self._append({"op": "finish_rollover", "dropped": [format(r.serial_number, "x") for r in dropped],
+                              "at": self.clock()})
+            return dropped
