@@ -3,6 +3,10 @@
 Children start in order (control first), each awaited until healthy; their output goes to one log
 file each; on stop every child gets SIGTERM (drain), then SIGKILL after the grace period, so nothing
 is left running. A child that dies is reported with its last log lines.
+
+A member without an identity yet joins: ``up`` runs beside the CA (it starts the control plane), so it
+makes a one-time join token for that member and hands it to the child on stdin (``--join -``); the
+child makes its own key and sends only a CSR (``control.join_address`` must be set).
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentmesh.config import MeshConfig
-from agentmesh.errors import MeshError, Unavailable
+from agentmesh.errors import ConfigError, MeshError, Unavailable
+from agentmesh.pki.join import JoinTokens
 from agentmesh.runtime.channel import secure_channel
 from agentmesh.runtime.credentials import AgentIdentity
 
@@ -78,12 +83,34 @@ class Supervisor:
             await self.stop()
             raise
 
+    def _join_token(self, child: Child) -> str | None:
+        """A one-time join token for a member that has no identity yet (None: it has one)."""
+        directory = self.config.identity_dir(child.name)
+        if child.kind == "control" or (directory / "cert.pem").exists():
+            return None
+        if not self.config.control.join_address:
+            raise ConfigError(f"{child.kind} {child.name} has no identity in {directory}: onboard it (agentmesh cert "
+                              "issue) or set control.join_address so that 'up' joins it")
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        bundle = directory / "bundle.pem"
+        if not bundle.exists():  # public: what the member verifies the control plane with
+            bundle.write_bytes((self.config.ca_dir / "bundle.pem").read_bytes())
+        dns = ("localhost",) if child.kind == "bridge" else ()
+        return JoinTokens(self.config.ca_dir).create(child.name, ttl=300.0, dns=dns)
+
     async def _spawn(self, child: Child) -> None:
+        token = self._join_token(child)
+        argv = [*child.argv, "--join", "-"] if token else child.argv
         log = open(child.log_path, "ab")  # handed to the child, closed here after the spawn
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRPC_VERBOSITY": os.environ.get("GRPC_VERBOSITY", "ERROR")}
-        child.proc = await asyncio.create_subprocess_exec(*child.argv, stdout=log, stderr=log, env=env,
+        child.proc = await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=log, env=env,
+                                                          stdin=asyncio.subprocess.PIPE if token else None,
                                                           start_new_session=True, cwd=os.getcwd())
         log.close()
+        if token and child.proc.stdin is not None:
+            child.proc.stdin.write(token.encode() + b"\n")  # never on a command line, where ps shows it
+            await child.proc.stdin.drain()
+            child.proc.stdin.close()
         child.status = "starting"
 
     async def _healthy(self, child: Child) -> bool:

@@ -114,7 +114,7 @@ async def test_document_through_the_pipeline(workflow: Workflow) -> None:
 
 
 def test_up_starts_and_stops_cleanly(tmp_path: Path) -> None:
-    config_path = prepare(tmp_path)
+    config_path = prepare(tmp_path, join=["summarizer"])  # up joins it: the key is made by the summarizer
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "agentmesh.cli.main", "up", str(config_path), "--no-bridge"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=env)
@@ -131,6 +131,9 @@ def test_up_starts_and_stops_cleanly(tmp_path: Path) -> None:
             assert f"spiffe://example.org/agent/{name}" in table
         children = _children(proc.pid)
         assert len(children) == 4
+        joined = tmp_path / ".mesh" / "identities" / "summarizer"
+        assert (joined / "cert.pem").exists() and oct((joined / "key.pem").stat().st_mode & 0o777) == "0o600"
+        assert "summarizer joined the mesh" in (tmp_path / ".mesh" / "logs" / "summarizer.log").read_text()
         cli = [sys.executable, "-m", "agentmesh.cli.main"]
         token = subprocess.run([*cli, "token", "issue", "--ca", str(tmp_path / ".mesh" / "ca"), "--sub", "alice",
                                 "--role", "client"], capture_output=True, text=True, check=True).stdout.strip()
