@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
-__all__ = ["Clock", "FakeClock", "system_clock"]
+__all__ = ["Clock", "FakeClock"]
 
 #: Returns seconds since the epoch (wall clock) as a float.
 Clock = Callable[[], float]
-system_clock: Clock = time.time
 
 
 class FakeClock:

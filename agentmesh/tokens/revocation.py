@@ -38,6 +38,7 @@ class RevocationStore:
         except OSError as e:
             raise PKIError(f"cannot write {self.path} ({e.__class__.__name__})") from None
         try:
+            os.fchmod(fd, 0o600)  # also tightens a file that existed with wider permissions
             fcntl.flock(fd, fcntl.LOCK_EX)
             os.write(fd, line)
         finally:

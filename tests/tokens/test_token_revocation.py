@@ -28,6 +28,13 @@ def test_revoke_and_load(tmp_path: Path, clock: FakeClock) -> None:
     assert store.load() == {"b"}
 
 
+def test_an_existing_world_readable_file_is_tightened(tmp_path: Path, clock: FakeClock) -> None:
+    (tmp_path / REVOKED_FILE).write_text("")
+    (tmp_path / REVOKED_FILE).chmod(0o644)
+    RevocationStore(tmp_path, clock=clock).revoke("a", None)
+    assert stat.S_IMODE((tmp_path / REVOKED_FILE).stat().st_mode) == 0o600
+
+
 def test_damaged_file_fails_closed(tmp_path: Path) -> None:
     (tmp_path / REVOKED_FILE).write_text('{"jti": "a", "exp": null}\nnot json\n')
     with pytest.raises(PKIError, match="line 2"):
