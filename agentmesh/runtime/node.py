@@ -196,11 +196,15 @@ class MeshNode:
         reported = False
         while True:
             channel = self._control_for(self.identity.files)[0]
+            call = control_pb2_grpc.IdentityServiceStub(channel).WatchTrust(control_pb2.WatchTrustRequest())
+            switched = False
             try:
-                async for update in control_pb2_grpc.IdentityServiceStub(channel).WatchTrust(
-                        control_pb2.WatchTrustRequest()):
+                async for update in call:
                     self._receive(update)
                     attempt, reported = 0, False
+                    if channel is not self._control_for(self.identity.files)[0]:
+                        switched = True  # renewed: follow on the new certificate's channel; the old one closes
+                        break
             except grpc.aio.AioRpcError as e:
                 if not reported and self._first_update.is_set():  # before that, start() says what is wrong
                     reported = True
@@ -208,6 +212,10 @@ class MeshNode:
                                 e.code().name)
             except PKIError as e:
                 log.error("%s: refused trust data from the control plane: %s", self.name, e.message)
+            finally:
+                call.cancel()
+            if switched:
+                continue
             attempt += 1
             await asyncio.sleep(backoff(attempt, base=0.2, cap=3.0, rand=random.random()))  # noqa: S311 (jitter)
 

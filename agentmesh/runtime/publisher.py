@@ -46,7 +46,8 @@ class TrustPublisher:
         self.poll = poll
         self.clock = clock
         self.tokens = RevocationStore(self.ca_dir, clock=clock)
-        self.generation = 0
+        # unique across restarts too: a member never mistakes a restarted control plane's data for a heartbeat
+        self.generation = int(clock() * 1000)
         self._stamp: tuple[tuple[int, int], ...] = ()
         self._changed = asyncio.Event()
         self.current = self._build()

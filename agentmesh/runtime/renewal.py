@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from agentmesh.clock import Clock
 from agentmesh.errors import MeshError
 from agentmesh.identity import SpiffeId
+from agentmesh.pki.ca import BACKDATE
 from agentmesh.pki.certs import dump_key, new_key
 from agentmesh.pki.csr import make_csr
 from agentmesh.runtime.credentials import AgentIdentity, install_identity
@@ -40,9 +41,9 @@ Sign = Callable[[bytes], Awaitable[SignedIdentity]]
 
 def renewal_due(start: float, not_after: float, *, fraction: float = 0.5, jitter: float = 0.1,
                 rand: float = 0.5) -> float:
-    """When to renew a certificate held since ``start``: at ``fraction`` of its remaining life, moved by up
-    to ±``jitter`` of that life (``rand`` in [0, 1)) so members issued together do not renew together.
-    (Measured from when this member got it, not from notBefore, which the CA backdates.)"""
+    """When to renew a certificate issued at ``start``: at ``fraction`` of its life, moved by up to
+    ±``jitter`` of that life (``rand`` in [0, 1)) so members issued together do not renew together. A
+    member restarted with a certificate past that point renews at once."""
     life = max(0.0, not_after - start)
     return start + life * (fraction + jitter * (2 * rand - 1))
 
@@ -64,7 +65,6 @@ class Renewer:
         self.rng = rng or random.Random()  # noqa: S311 (jitter, not a secret)
         self.on_renewed = on_renewed
         self.renewals = 0
-        self._held_since = clock()
 
     async def renew(self) -> None:
         key = new_key()
@@ -73,7 +73,6 @@ class Renewer:
         await asyncio.to_thread(install_identity, self.identity.dir, cert_chain=signed.cert_chain,
                                 key=dump_key(key), bundle=signed.bundle)
         self.identity.reload()
-        self._held_since = self.clock()
         self.renewals += 1
         leaf = self.identity.files.leaf
         log.info("%s: certificate renewed (serial %x, valid until %s)", self.owner, leaf.serial_number,
@@ -87,7 +86,8 @@ class Renewer:
         while True:
             leaf = self.identity.files.leaf
             not_after = leaf.not_valid_after_utc.timestamp()
-            start = min(self._held_since, not_after)
+            # when it was issued: the mini CA backdates notBefore by BACKDATE against clock skew
+            start = min(leaf.not_valid_before_utc.timestamp() + BACKDATE, not_after)
             due = renewal_due(start, not_after, rand=self.rng.random())
             if attempt == 0:
                 await asyncio.sleep(max(0.0, due - self.clock()))
