@@ -13,6 +13,7 @@ Directory layout (0700; keys and the index 0600)::
     join-tokens.jsonl       one-time join tokens (agentmesh.pki.join)
 
 Every writer holds ``.lock`` (flock) and first re-reads the CA files if another process rotated them.
+The index lives in :mod:`agentmesh.pki.index`, the directory's files in :mod:`agentmesh.pki.store`.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ from agentmesh.pki.certs import (
 )
 from agentmesh.pki.crl import build_crl, crl_number, next_crl_number
 from agentmesh.pki.csr import check_csr
+from agentmesh.pki.index import BlockEntry, Index, IndexEntry, note
+from agentmesh.pki.store import public_der, read_files, replace_private, stamp, write_private, write_public
 
 __all__ = [
     "BlockEntry",
@@ -68,41 +71,10 @@ ROOT_TTL = 10 * 365 * 86400
 INTERMEDIATE_TTL = 365 * 86400
 BACKDATE = 60
 DEFAULT_LEAF_TTL = 24 * 3600
-MAX_NOTE = 200  # characters of a revocation reason or an operator name
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Writes a secret 0600, also tightening a file that already existed with wider permissions."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-
-
-def _replace_private(path: Path, data: bytes) -> None:
-    """Writes a secret 0600 beside ``path`` and renames it over ``path`` (readers see old or new, whole)."""
-    tmp = path.with_name(path.name + ".tmp")
-    write_private(tmp, data)
-    os.replace(tmp, path)
-
-
-def _write_public(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _utc(ts: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(ts, dt.UTC)
-
-
-def _note(text: str, what: str) -> str:
-    """A reason or operator name for the index: one line of printable text (it ends up in error messages)."""
-    if not isinstance(text, str) or len(text) > MAX_NOTE or not text.isprintable():
-        raise PKIError(f"{what} must be one line of printable text, at most {MAX_NOTE} characters")
-    return text.strip()
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,33 +102,6 @@ class IssuedCert:
         return dump_key(self.key)
 
 
-@dataclass(frozen=True, slots=True)
-class IndexEntry:
-    name: str
-    serial: int
-    spiffe_id: str
-    not_after: float
-    revoked_at: float | None
-    dns: tuple[str, ...] = ()  # the DNS SANs of the certificate
-    reason: str | None = None  # revocation reason ("" when none was given); None while not revoked
-    revoked_by: str | None = None
-
-    def status(self, now: float) -> str:
-        if self.revoked_at is not None:
-            return "revoked"
-        return "expired" if now > self.not_after else "valid"
-
-
-@dataclass(frozen=True, slots=True)
-class BlockEntry:
-    """A member on the kill switch: the CA issues it nothing until it is unblocked."""
-
-    name: str
-    reason: str
-    by: str
-    at: float
-
-
 class MemberBlocked(PKIError):
     """The CA refuses to issue to a blocked member; ``name`` and ``reason`` let a caller reword the hint."""
 
@@ -165,114 +110,6 @@ class MemberBlocked(PKIError):
                          f"reinstate it with: agentmesh reinstate {name} --config FILE")
         self.name = name
         self.reason = reason
-
-
-class _Index:
-    """The state folded from index.jsonl; append-only, so a refresh reads only the lines added since."""
-
-    def __init__(self) -> None:
-        self._reset()
-
-    def _reset(self) -> None:
-        self.entries: dict[int, IndexEntry] = {}
-        self.blocked: dict[str, BlockEntry] = {}
-        self._where: tuple[int, int] = (-1, 0)  # (inode, bytes folded)
-
-    def refresh(self, path: str) -> None:
-        try:
-            st = os.stat(path)
-            if (st.st_ino, st.st_size) == self._where:
-                return  # nothing new: one stat per call
-            with open(path, "rb") as f:
-                st = os.fstat(f.fileno())
-                if st.st_ino != self._where[0] or st.st_size < self._where[1]:  # replaced (ca init --force)
-                    self._reset()
-                done = self._where[1]
-                f.seek(done)
-                data = f.read()
-        except FileNotFoundError:
-            self._reset()
-            return
-        end = data.rfind(b"\n") + 1  # a line being appended right now is folded next time
-        for line in data[:end].split(b"\n")[:-1]:
-            if line.strip():
-                try:
-                    self._apply(json.loads(line))
-                except (ValueError, KeyError, TypeError, AttributeError):
-                    raise PKIError(f"the CA index {path} is damaged (near byte {done})") from None
-            done += len(line) + 1
-        self._where = (st.st_ino, done)
-
-    def appended(self, inode: int, offset: int, event: dict[str, Any], size: int) -> None:
-        """Folds an event this process just appended at ``offset`` (under the lock), if nothing is unread before it."""
-        if self._where == (inode, offset):
-            self._apply(event)
-            self._where = (inode, offset + size)
-
-    def _apply(self, ev: dict[str, Any]) -> None:
-        op = ev["op"]
-        if op == "issue":
-            serial = int(ev["serial"], 16)
-            self.entries[serial] = IndexEntry(ev["name"], serial, ev["spiffe_id"], float(ev["not_after"]), None,
-                                              tuple(ev.get("dns", ())))
-        elif op == "revoke":
-            serial = int(ev["serial"], 16)
-            if (e := self.entries.get(serial)) is not None:
-                self.entries[serial] = IndexEntry(e.name, e.serial, e.spiffe_id, e.not_after, float(ev["at"]),
-                                                  e.dns, str(ev.get("reason", "")), str(ev.get("by", "")))
-        elif op == "block":
-            self.blocked[ev["name"]] = BlockEntry(ev["name"], str(ev.get("reason", "")), str(ev.get("by", "")),
-                                                  float(ev["at"]))
-        elif op == "unblock":
-            self.blocked.pop(ev["name"], None)
-
-
-@dataclass(frozen=True, slots=True)
-class _Files:
-    root: x509.Certificate
-    cert: x509.Certificate
-    key: PrivateKey
-    bundle: bytes
-    stamp: tuple[tuple[int, int, int], ...]
-
-
-_STAMPED = ("ca.pem", "bundle.pem")  # every rotation or rollover replaces ca.pem; finish_rollover bundle.pem
-
-
-def _stamp(d: Path | str) -> tuple[tuple[int, int, int], ...]:
-    out = []
-    for name in _STAMPED:
-        try:
-            st = os.stat(os.path.join(d, name))
-            out.append((st.st_ino, st.st_mtime_ns, st.st_size))
-        except FileNotFoundError:
-            out.append((0, 0, 0))
-    return tuple(out)
-
-
-def _read_files(d: Path) -> _Files:
-    stamp = _stamp(d)
-    try:
-        root = x509.load_pem_x509_certificate((d / "root.pem").read_bytes())
-        cert = x509.load_pem_x509_certificate((d / "ca.pem").read_bytes())
-        key = serialization.load_pem_private_key((d / "ca-key.pem").read_bytes(), password=None)
-        bundle_path = d / "bundle.pem"
-        bundle = bundle_path.read_bytes() if bundle_path.exists() else dump_cert(root)
-    except PermissionError as e:
-        raise PKIError(f"cannot read the CA in {d}: permission denied ({Path(e.filename).name})") from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise PKIError(f"the CA in {d} is unreadable or damaged ({e.__class__.__name__})") from None
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise PKIError(f"the CA key in {d} is not an EC key")
-    if _public_der(key.public_key()) != _public_der(cert.public_key()):
-        raise PKIError(f"ca.pem and ca-key.pem in {d} do not match (a rotation in progress?); try again")
-    return _Files(root, cert, key, bundle, stamp)
-
-
-def _public_der(key: object) -> bytes:
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        return b""
-    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def write_identity(issued: IssuedCert, out: Path) -> None:
@@ -285,8 +122,8 @@ def write_identity(issued: IssuedCert, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     if issued.key is not None:
         write_private(out / "key.pem", issued.key_pem)
-    _write_public(out / "bundle.pem", issued.bundle)
-    _write_public(out / "cert.pem", issued.cert_pem)
+    write_public(out / "bundle.pem", issued.bundle)
+    write_public(out / "cert.pem", issued.cert_pem)
 
 
 class CertificateAuthority:
@@ -302,8 +139,8 @@ class CertificateAuthority:
         self.clock = clock
         self.bundle = bundle if bundle is not None else dump_cert(root)
         self._dirname = str(directory)
-        self._stamp = _stamp(directory)
-        self._index = _Index()
+        self._stamp = stamp(directory)
+        self._index = Index()
         self._mutex = threading.RLock()
         self._depth = 0
         self._synced = False
@@ -322,13 +159,13 @@ class CertificateAuthority:
         root_key, root = new_root(trust_domain, now, ttl=ROOT_TTL, backdate=BACKDATE)
         inter_key, inter = new_intermediate(trust_domain, root, root_key, now, ttl=INTERMEDIATE_TTL,
                                                   backdate=BACKDATE)
-        _replace_private(d / "root-key.pem", dump_key(root_key))
-        _replace_private(d / "ca-key.pem", dump_key(inter_key))
-        _write_public(d / "root.pem", dump_cert(root))
-        _write_public(d / "ca.pem", dump_cert(inter))
-        _write_public(d / "bundle.pem", dump_cert(root))
-        _replace_private(d / "index.jsonl", b"")
-        _write_public(d / "ca.json", json.dumps({"version": 1, "trust_domain": trust_domain}).encode())
+        replace_private(d / "root-key.pem", dump_key(root_key))
+        replace_private(d / "ca-key.pem", dump_key(inter_key))
+        write_public(d / "root.pem", dump_cert(root))
+        write_public(d / "ca.pem", dump_cert(inter))
+        write_public(d / "bundle.pem", dump_cert(root))
+        replace_private(d / "index.jsonl", b"")
+        write_public(d / "ca.json", json.dumps({"version": 1, "trust_domain": trust_domain}).encode())
         ca = cls(d, trust_domain, root, inter, inter_key, clock)
         ca.write_crl()
         return ca
@@ -345,7 +182,7 @@ class CertificateAuthority:
             raise PKIError(f"cannot read the CA in {d}: permission denied ({Path(e.filename).name})") from None
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise PKIError(f"the CA in {d} is unreadable or damaged ({e.__class__.__name__})") from None
-        f = _read_files(d)
+        f = read_files(d)
         ca = cls(d, td, f.root, f.cert, f.key, clock, bundle=f.bundle)
         ca._stamp = f.stamp
         return ca
@@ -373,9 +210,9 @@ class CertificateAuthority:
 
     def _sync(self) -> bool:
         """Re-reads the CA files when another process rotated or rolled them over since we read them."""
-        if _stamp(self._dirname) == self._stamp:
+        if stamp(self._dirname) == self._stamp:
             return False
-        f = _read_files(self.dir)
+        f = read_files(self.dir)
         self.root, self.cert, self.key, self.bundle, self._stamp = f.root, f.cert, f.key, f.bundle, f.stamp
         return True
 
@@ -468,7 +305,7 @@ class CertificateAuthority:
             with self._mutex:
                 self._index.appended(st.st_ino, st.st_size, event, len(line))
 
-    def _state(self) -> _Index:
+    def _state(self) -> Index:
         with self._mutex:
             self._index.refresh(os.path.join(self._dirname, "index.jsonl"))
             return self._index
@@ -491,7 +328,7 @@ class CertificateAuthority:
     def block(self, name: str, *, reason: str = "", by: str = "") -> BlockEntry:
         """Puts ``name`` on the kill switch: no issue, renewal or join until :meth:`unblock`."""
         validate_agent_name(name)
-        entry = BlockEntry(name, _note(reason, "the reason"), _note(by, "the operator name"), self.clock())
+        entry = BlockEntry(name, note(reason, "the reason"), note(by, "the operator name"), self.clock())
         self._append({"op": "block", "name": name, "reason": entry.reason, "by": entry.by, "at": entry.at})
         return entry
 
@@ -501,12 +338,12 @@ class CertificateAuthority:
         with self._locked():
             if name not in self._state().blocked:
                 return False
-            self._append({"op": "unblock", "name": name, "by": _note(by, "the operator name"), "at": self.clock()})
+            self._append({"op": "unblock", "name": name, "by": note(by, "the operator name"), "at": self.clock()})
             return True
 
     def revoke(self, name_or_serial: str, *, reason: str = "", by: str = "") -> list[IndexEntry]:
         """Revokes every unrevoked certificate of an agent name, or one serial (hex); rewrites the CRL."""
-        reason, by = _note(reason, "the reason"), _note(by, "the operator name")
+        reason, by = note(reason, "the reason"), note(by, "the operator name")
         target = name_or_serial.strip().lower()
         by_serial = target.removeprefix("0x")
         with self._locked():
@@ -529,7 +366,7 @@ class CertificateAuthority:
             revoked = [(e.serial, e.revoked_at) for e in self.entries() if e.revoked_at is not None]
             crl = build_crl(self.cert, self.key, revoked, now=now, validity=validity,
                             number=next_crl_number(previous, now), backdate=BACKDATE)
-            _write_public(path, crl.public_bytes(serialization.Encoding.PEM))
+            write_public(path, crl.public_bytes(serialization.Encoding.PEM))
         return path
 
     @property
@@ -543,25 +380,25 @@ class CertificateAuthority:
         except (OSError, ValueError, TypeError) as e:
             raise PKIError(f"the root key in {self.dir} is unreadable ({e.__class__.__name__})") from None
         if not isinstance(key, ec.EllipticCurvePrivateKey) or \
-                _public_der(key.public_key()) != _public_der(self.root.public_key()):
+                public_der(key.public_key()) != public_der(self.root.public_key()):
             raise PKIError(f"root-key.pem in {self.dir} does not match root.pem")
         return key
 
     def _archive(self, folder: str, cert: x509.Certificate) -> None:
         (self.dir / folder).mkdir(mode=0o700, exist_ok=True)
-        _write_public(self.dir / folder / f"{cert.serial_number:x}.pem", dump_cert(cert))
+        write_public(self.dir / folder / f"{cert.serial_number:x}.pem", dump_cert(cert))
 
     def _install(self, root: x509.Certificate, root_key: PrivateKey | None, cert: x509.Certificate,
                  key: PrivateKey, bundle: bytes) -> None:
         """Replaces the CA files, keys first (0600, atomic), then re-signs the CRL with the new intermediate."""
         if root_key is not None:
-            _replace_private(self.dir / "root-key.pem", dump_key(root_key))
-            _write_public(self.dir / "root.pem", dump_cert(root))
-        _replace_private(self.dir / "ca-key.pem", dump_key(key))
-        _write_public(self.dir / "ca.pem", dump_cert(cert))
-        _write_public(self.dir / "bundle.pem", bundle)
+            replace_private(self.dir / "root-key.pem", dump_key(root_key))
+            write_public(self.dir / "root.pem", dump_cert(root))
+        replace_private(self.dir / "ca-key.pem", dump_key(key))
+        write_public(self.dir / "ca.pem", dump_cert(cert))
+        write_public(self.dir / "bundle.pem", bundle)
         self.root, self.cert, self.key, self.bundle = root, cert, key, bundle
-        self._stamp = _stamp(self.dir)
+        self._stamp = stamp(self.dir)
         self.write_crl()
 
     def rotate(self, *, ttl: float = INTERMEDIATE_TTL) -> x509.Certificate:
@@ -628,8 +465,8 @@ class CertificateAuthority:
             dropped = tuple(r for r in self.bundle_roots() if r.serial_number != self.root.serial_number)
             if dropped:
                 self.bundle = dump_cert(self.root)
-                _write_public(self.dir / "bundle.pem", self.bundle)
-                self._stamp = _stamp(self.dir)
+                write_public(self.dir / "bundle.pem", self.bundle)
+                self._stamp = stamp(self.dir)
                 self._append({"op": "finish_rollover", "dropped": [format(r.serial_number, "x") for r in dropped],
                               "at": self.clock()})
             return dropped
