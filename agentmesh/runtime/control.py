@@ -17,7 +17,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
@@ -29,7 +29,7 @@ from agentmesh.errors import PermissionDenied
 from agentmesh.interceptors.active import ActiveCalls
 from agentmesh.interceptors.chain import audit_only_chain, identity_chain
 from agentmesh.interceptors.identity import PeerIdentityCache
-from agentmesh.pki import CertificateAuthority, IssuedCert
+from agentmesh.pki import CertificateAuthority
 from agentmesh.pki.join import JoinRefused, JoinTokens
 from agentmesh.runtime.credentials import member_identity
 from agentmesh.runtime.publisher import TrustPublisher
@@ -53,10 +53,18 @@ def member_roles(config: MeshConfig, name: str | None) -> tuple[str, ...]:
     raise PermissionDenied(f"{name or 'this peer'} is not a member of the mesh config")
 
 
-def _issued(issued: IssuedCert, ca: CertificateAuthority) -> control_pb2.IssuedIdentity:
+def sign_csr(config: MeshConfig, name: str, csr: bytes, *, dns: Sequence[str] | None = None,
+             clock: Clock = time.time) -> control_pb2.IssuedIdentity:
+    """A certificate for member ``name`` from its CSR (the CA checks the CSR names exactly that member),
+    living ``control.cert_ttl``; its DNS names are ``dns`` or, on renewal, those of its last certificate."""
+    ca = CertificateAuthority.load(config.ca_dir, clock=clock)
+    if dns is None:
+        latest = ca.latest(name)
+        dns = latest.dns if latest is not None else ()
+    issued = ca.issue_csr(name, csr, ttl=config.control.cert_ttl, dns=dns)
     if issued.capped:
         log.warning("control: %s's certificate is capped by the issuing CA's end (%s); run: agentmesh ca rotate",
-                    issued.name, ca.cert.not_valid_after_utc.isoformat(timespec="seconds"))
+                    name, ca.cert.not_valid_after_utc.isoformat(timespec="seconds"))
     return control_pb2.IssuedIdentity(cert_chain_pem=issued.cert_pem, bundle_pem=ca.bundle,
                                       not_after=int(issued.cert.not_valid_after_utc.timestamp()))
 
@@ -104,11 +112,7 @@ class IdentityService(control_pb2_grpc.IdentityServiceServicer):
         assert peer is not None, "the control chain verifies the peer first"
         assert peer.name is not None
         member_roles(self.config, peer.name)
-        ca = CertificateAuthority.load(self.config.ca_dir, clock=self.clock)
-        latest = ca.latest(peer.name)
-        issued = ca.issue_csr(peer.name, request.csr_pem, ttl=self.config.control.cert_ttl,
-                              dns=latest.dns if latest is not None else ())
-        return _issued(issued, ca)
+        return sign_csr(self.config, peer.name, request.csr_pem, clock=self.clock)
 
     async def WatchTrust(self, request: control_pb2.WatchTrustRequest,
                          context: grpc.aio.ServicerContext) -> AsyncIterator[control_pb2.TrustUpdate]:
@@ -130,9 +134,9 @@ class JoinService(control_pb2_grpc.JoinServiceServicer):
         except JoinRefused as e:
             raise PermissionDenied(e.message) from None
         member_roles(self.config, grant.name)
-        issued = ca.issue_csr(grant.name, request.csr_pem, ttl=self.config.control.cert_ttl, dns=grant.dns)
-        log.info("control: %s joined (serial %x)", grant.name, issued.serial)
-        return _issued(issued, ca)
+        issued = sign_csr(self.config, grant.name, request.csr_pem, dns=grant.dns, clock=self.clock)
+        log.info("control: %s joined", grant.name)
+        return issued
 
 
 class ControlPlane:
@@ -203,10 +207,8 @@ async def start_control(config: MeshConfig, *, address: str | None = None,
             raise
 
     async def sign_locally(csr: bytes) -> SignedIdentity:
-        ca = CertificateAuthority.load(config.ca_dir, clock=clock)
-        latest = ca.latest(name)
-        issued = ca.issue_csr(name, csr, ttl=config.control.cert_ttl, dns=latest.dns if latest is not None else ())
-        return SignedIdentity(issued.cert_pem, ca.bundle)
+        issued = sign_csr(config, name, csr, clock=clock)
+        return SignedIdentity(issued.cert_chain_pem, issued.bundle_pem)
 
     renewer = Renewer(identity, sign_locally, owner=name, clock=clock)
     tasks = [asyncio.create_task(publisher.run(trust.update)), asyncio.create_task(renewer.run())]
