@@ -146,5 +146,7 @@ async def running_mesh(root: Path, agents: dict[str, dict[str, Any]], *, serve: 
             await server.stop(0)
         for node in mesh.nodes.values():
             await node.close()
-        await control.stop(0)
-        control_sink.shutdown(2)
+        await mesh.control.stop(0)  # (a test may have replaced it)
+        mesh.control.sink.shutdown(2)
+        if mesh.control is not control:
+            control_sink.shutdown(2)

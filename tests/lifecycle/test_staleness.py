@@ -16,6 +16,7 @@ from meshkit import running_mesh, write_mesh
 from support import task
 
 from agentmesh.clock import FakeClock
+from agentmesh.errors import Unavailable
 from agentmesh.v1 import agent_pb2_grpc
 
 AGENTS = {"ingestor": {"roles": ["ingestor"]}, "summarizer": {"roles": ["summarizer"]}}
@@ -64,3 +65,20 @@ def test_a_member_that_cannot_get_revocation_data_refuses_to_start_in_one_line(t
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("agentmesh: error: ingestor: no trust data"), done.stderr
     assert "cannot check revocations" in lines[0]
+
+
+async def test_members_follow_a_restarted_control_plane_within_seconds(tmp_path: Path) -> None:
+    """The control channel backs off to at most ~3 s (gRPC's default grows to 120 s): a member is back on
+    the new control plane's trust stream, and can renew, shortly after it returns."""
+    from agentmesh.runtime.control import start_control
+
+    async with running_mesh(tmp_path, AGENTS, policy=POLICY) as mesh:
+        node = mesh.nodes["ingestor"]
+        assert node.trust.snapshot is not None
+        before = node.trust.snapshot.generation
+        await mesh.control.stop(0)
+        with pytest.raises(Unavailable, match="control plane unavailable"):
+            await node.renewer.renew()  # type: ignore[union-attr]
+        mesh.control = await start_control(mesh.config)  # the same address; the fixture stops it
+        await node.wait_for_trust(lambda t: t.generation != before, timeout=15)
+        await node.renewer.renew()  # type: ignore[union-attr]
