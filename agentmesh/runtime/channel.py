@@ -62,9 +62,11 @@ class MeshChannels:
         steps: StepsFactory | None = None,
         options: Sequence[tuple[str, Any]] = (),
         refused: Callable[[str], bool] = lambda name: False,
+        on_new: Callable[[str], object] = lambda name: None,
     ) -> None:
         self.identity = identity
         self.refused = refused  # e.g. a member revoked as a whole: never dialled, whatever its certificate
+        self.on_new = on_new  # told of every new connection (e.g. to check the certificate the server presents)
         self._resolve = addresses if callable(addresses) else self._from_mapping(dict(addresses))
         self._steps: StepsFactory = steps or (lambda *_: None)
         self.options = tuple(options)
@@ -101,6 +103,7 @@ class MeshChannels:
         ch = secure_channel(self.identity, self._resolve(name), name, files=files, options=self.options)
         steps = self._steps(name, files)
         self._current[name] = (version, ch, steps, files.leaf.not_valid_after_utc.timestamp())
+        self.on_new(name)
         return ch, steps
 
     def channel(self, name: str) -> MeshChannel:
@@ -121,6 +124,10 @@ class MeshChannels:
         task = asyncio.get_running_loop().create_task(channel.close(grace))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+    def names(self) -> tuple[str, ...]:
+        """The agents this member has a connection to."""
+        return tuple(self._current)
 
     def drop(self, name: str) -> None:
         """Closes the connection to ``name`` now, cancelling its calls in flight (a revoked member)."""

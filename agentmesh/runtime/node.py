@@ -40,6 +40,7 @@ from agentmesh.policy import PolicyEngine
 from agentmesh.ratelimit import RateLimiter, build_limiter
 from agentmesh.runtime.channel import MeshChannels, secure_channel
 from agentmesh.runtime.credentials import IdentityFiles, install_identity, member_identity
+from agentmesh.runtime.probe import served_certificate
 from agentmesh.runtime.publisher import snapshot_of
 from agentmesh.runtime.renewal import Renewer, SignedIdentity, backoff
 from agentmesh.runtime.server import MeshServer
@@ -95,12 +96,15 @@ class MeshNode:
         self.guard = PayloadGuard(config.guard)
         self._controls: dict[str, tuple[grpc.aio.Channel, AgentTokenSource]] = {}  # by certificate thumbprint
         self.channels = MeshChannels(self.identity, self._target, steps=self._client_steps, options=CHANNEL_OPTIONS,
-                                     refused=self.trust.member_revoked)
+                                     refused=self.trust.member_revoked, on_new=lambda name: self._check_now.set())
+        self._revoked_addresses: dict[str, int] = {}  # address -> the revoked serial a server there presented
+        self._check_now = asyncio.Event()
         self.renewer = Renewer(self.identity, self._sign, owner=name, clock=clock, on_renewed=self._own_token) \
             if renew else None
         self._tasks: list[asyncio.Task[None]] = []
         self._keys_json = ""
         self._revoked_jtis: frozenset[str] = frozenset()
+        self._revoked_serials: frozenset[int] = frozenset()
         self._first_update = asyncio.Event()
         self.trust.on_update(self._apply)
 
@@ -109,11 +113,54 @@ class MeshNode:
     def address(self) -> str:
         return self.config.agent(self.name).address
 
+    def _addresses(self, name: str) -> tuple[str, ...]:
+        agent = self.config.agent(name)
+        return (agent.address, *agent.replicas)
+
     def _target(self, name: str) -> str:
         agent = self.config.agent(name)
+        addresses = [a for a in self._addresses(name) if a not in self._revoked_addresses]
+        if not addresses:
+            raise Unavailable(f"agent {name} presents a revoked certificate; calls to it are refused")
         if not agent.replicas:
             return agent.address
-        return "ipv4:" + ",".join((agent.address, *agent.replicas))
+        return "ipv4:" + ",".join(addresses)
+
+    # ------------------------------------------------------------------ the certificates servers present
+    async def _check_servers(self) -> None:
+        """Refuses addresses whose server presents a revoked certificate (and lets them back once it
+        presents a valid one); run when a connection is made, when the trust data changes, and every
+        ``tokens.revocation_refresh``. A server this member cannot reach is left to the gRPC call."""
+        snapshot = self.trust.snapshot
+        if snapshot is None:
+            return
+        changed = set()
+        names = {*self.channels.names(), *(n for n in self.config.agents
+                                          if any(a in self._revoked_addresses for a in self._addresses(n)))}
+        for name in names:
+            for address in self._addresses(name):
+                try:
+                    cert = await asyncio.to_thread(served_certificate, address, name, self.identity.dir)
+                except Unavailable:
+                    continue
+                revoked = cert.serial_number in snapshot.revoked_serials
+                if revoked and address not in self._revoked_addresses:
+                    self._revoked_addresses[address] = cert.serial_number
+                    changed.add(name)
+                    log.warning("%s: %s at %s presents revoked certificate %x; its calls are refused", self.name,
+                                name, address, cert.serial_number)
+                elif not revoked and address in self._revoked_addresses:
+                    del self._revoked_addresses[address]
+                    changed.add(name)
+        for name in changed:
+            self.channels.drop(name)  # rebuilt without the refused address at the next call
+
+    async def _check_servers_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._check_now.wait(), self.config.tokens.revocation_refresh)
+            self._check_now.clear()
+            await self._check_servers()
 
     def _control_for(self, files: IdentityFiles) -> tuple[grpc.aio.Channel, AgentTokenSource]:
         """The control-plane channel and token source of one identity snapshot: the token it fetches
@@ -168,6 +215,9 @@ class MeshNode:
             self.verifier.clear_cache()
         for name in snapshot.revoked_members:
             self.channels.drop(name)
+        if snapshot.revoked_serials != self._revoked_serials:
+            self._revoked_serials = snapshot.revoked_serials
+            self._check_now.set()  # the certificates servers present, against the new data
         ended = self.active.sweep(self.trust.refusal)
         if ended:
             log.warning("%s: ended %d call(s) in flight refused by the new trust data", self.name, ended)
@@ -246,6 +296,7 @@ class MeshNode:
         await self._own_token()
         if self.renewer is not None:
             self._tasks.append(asyncio.create_task(self.renewer.run()))
+        self._tasks.append(asyncio.create_task(self._check_servers_loop()))
         if self._jwks_caches:
             self._tasks.append(asyncio.create_task(self._refresh_jwks()))
 

@@ -17,6 +17,7 @@ from support import TD, task
 
 from agentmesh.errors import PKIError, Unavailable
 from agentmesh.interceptors.client import delegating
+from agentmesh.pki import write_identity
 from agentmesh.runtime.node import MeshNode
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc
 
@@ -127,3 +128,37 @@ async def test_reinstate_lifts_the_block(mesh: Mesh) -> None:
 async def test_revoke_agent_refuses_unknown_members_in_one_line(mesh: Mesh) -> None:
     bad = revoke_agent(mesh, "nobody")
     assert bad.returncode != 0 and bad.stderr.count("\n") == 1 and "not a member" in bad.stderr
+
+
+async def test_clients_refuse_a_server_presenting_a_revoked_certificate(mesh: Mesh) -> None:
+    """Revocation in the client's direction too: the ingestor keeps serving with a certificate that was
+    revoked (it also holds a valid one, so the member as a whole is not revoked): callers stop calling it."""
+    other = mesh.nodes["other"]
+    stub = other.stub("ingestor", agent_pb2_grpc.AgentStub)
+    await stub.Invoke(task(), timeout=5)  # before: fine
+    served = mesh.nodes["ingestor"].identity.files.leaf.serial_number
+    spare = mesh.ca.issue("ingestor")  # a valid certificate it does not use (yet)
+    mesh.ca.revoke(format(served, "x"))
+    await other.wait_for_trust(lambda t: served in t.revoked_serials)
+    assert "ingestor" not in other.trust.snapshot.revoked_members  # type: ignore[union-attr]
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:  # the probe runs as soon as the new trust data arrives
+        try:
+            await stub.Invoke(task(), timeout=5)
+        except Unavailable as e:
+            assert "presents a revoked certificate" in e.message
+            break
+        assert asyncio.get_running_loop().time() < deadline, "calls to a server with a revoked certificate go on"
+        await asyncio.sleep(0.05)
+    # and it is the certificate, not the name: once the ingestor presents a valid one, calls resume
+    # (it cannot renew itself with the revoked one: the operator installs the spare)
+    write_identity(spare, mesh.nodes["ingestor"].identity.dir)
+    mesh.nodes["ingestor"].identity.reload()
+    deadline = asyncio.get_running_loop().time() + 15
+    while True:
+        try:
+            await stub.Invoke(task(), timeout=5)
+            break
+        except (Unavailable, grpc.aio.AioRpcError):
+            assert asyncio.get_running_loop().time() < deadline, "calls did not resume"
+            await asyncio.sleep(0.05)
