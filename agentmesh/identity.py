@@ -30,6 +30,8 @@ _PATH_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
 
 def validate_agent_name(name: str) -> str:
     """An agent name: 1-63 lowercase letters, digits and '-', not starting or ending with '-'."""
+    if name == "localhost":  # a DNS name every member may carry (the bridge's HTTPS name, say): never a member
+        raise ConfigError("invalid agent name 'localhost': it is reserved")
     if not isinstance(name, str) or not _AGENT_NAME.match(name):
         raise ConfigError(
             f"invalid agent name {name!r}: use 1-63 lowercase letters, digits and '-' "

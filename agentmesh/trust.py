@@ -1,8 +1,11 @@
 """Whom a member trusts right now: the verified trust snapshot and the revocation verdicts. Pure: no I/O.
 
-The control plane streams full snapshots (``agentmesh.v1.TrustUpdate``). :func:`verify_snapshot`
-checks one (the CRL must be signed by an issuing CA that chains to a trusted root and must not be
-past its ``nextUpdate``) and returns a :class:`TrustSnapshot`. :func:`check_peer` decides for one
+The control plane streams full snapshots (``agentmesh.v1.TrustUpdate``), signed by the issuing CA.
+:func:`vouched_roots` decides which roots a member may trust from now on (those it trusts, plus new
+ones a trusted root cross-signed: a root rollover; a snapshot never anchors itself),
+:func:`verify_signature` checks the snapshot's signature against an issuing CA under those roots, and
+:func:`verify_snapshot` checks its CRL (signed by such an issuing CA, not past its ``nextUpdate``) and
+returns a :class:`TrustSnapshot` whose age is counted from the signature's time. :func:`check_peer` decides for one
 peer certificate, given the snapshot, how old it is and the configured :class:`RevocationPolicy`:
 
 =================  =======================  ===========================================
@@ -27,6 +30,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from agentmesh.errors import ConfigError, PeerIdentityError, PKIError, Unavailable
@@ -39,7 +44,9 @@ __all__ = [
     "check_peer",
     "revoked_members",
     "staleness",
+    "verify_signature",
     "verify_snapshot",
+    "vouched_roots",
 ]
 
 FailureMode = Literal["open", "closed", "strict"]
@@ -81,29 +88,82 @@ class TrustSnapshot:
 
 def _issuers_under(roots: Sequence[x509.Certificate], issuers: Iterable[x509.Certificate],
                    now: float) -> list[x509.Certificate]:
-    """The issuing CAs that a trusted root signed (CA:TRUE, within validity)."""
+    """The CA certificates that a trusted root signed (CA:TRUE, within validity)."""
     out = []
     for cert in issuers:
-        try:
-            bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-        except x509.ExtensionNotFound:
-            continue
-        if not bc.ca or not cert.not_valid_before_utc.timestamp() <= now <= cert.not_valid_after_utc.timestamp():
+        if not _is_ca(cert, now):
             continue
         for root in roots:
             try:
                 cert.verify_directly_issued_by(root)
-            except (ValueError, TypeError, x509.InvalidSignature):
+            except (ValueError, TypeError, InvalidSignature):
                 continue
             out.append(cert)
             break
     return out
 
 
+def _spki(cert: x509.Certificate) -> bytes:
+    return cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _is_ca(cert: x509.Certificate, now: float) -> bool:
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return False
+    return bool(bc.ca) and cert.not_valid_before_utc.timestamp() <= now <= cert.not_valid_after_utc.timestamp()
+
+
+def vouched_roots(bundle_pem: bytes, cross_signed_pem: bytes, trusted_roots: Sequence[x509.Certificate],
+                  now: float) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
+    """(anchors, bundle): the roots that may verify this snapshot (those already trusted, plus new roots
+    of ``bundle_pem`` that a trusted root cross-signed), and the snapshot's bundle, which a member adopts.
+    Raises :class:`PKIError` for a bundle holding a root nobody trusted vouches for (a re-initialised CA,
+    a forged bundle): trust anchors never come from the snapshot alone."""
+    try:
+        bundle = x509.load_pem_x509_certificates(bundle_pem) if bundle_pem.strip() else []
+        cross = x509.load_pem_x509_certificates(cross_signed_pem) if cross_signed_pem.strip() else []
+    except ValueError:
+        raise PKIError("the control plane sent an unreadable trust bundle") from None
+    trusted = {_spki(r) for r in trusted_roots}
+    vouched = {_spki(c) for c in _issuers_under(trusted_roots, cross, now)}
+    anchors = list(trusted_roots)
+    for root in bundle:
+        key = _spki(root)
+        if key in trusted:
+            continue
+        if key not in vouched or not _is_ca(root, now):
+            raise PKIError("the control plane sent a trust bundle with a root that no root this member trusts "
+                           "vouches for (a re-initialised CA needs every member onboarded again)")
+        anchors.append(root)
+    return anchors, bundle
+
+
+def verify_signature(content: bytes, signature: bytes, signer_pem: bytes, anchors: Sequence[x509.Certificate],
+                     now: float) -> None:
+    """Raises :class:`PKIError` unless ``signature`` over ``content`` is by an issuing CA under ``anchors``."""
+    try:
+        signer = x509.load_pem_x509_certificate(signer_pem)
+    except ValueError:
+        raise PKIError("the control plane's trust data names no valid signer") from None
+    if not _issuers_under(anchors, [signer], now):
+        raise PKIError("the control plane's trust data is not signed by an issuing CA of this mesh")
+    key = signer.public_key()
+    try:
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise InvalidSignature
+        key.verify(signature, content, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        raise PKIError("the control plane's trust data has an invalid signature") from None
+
+
 def verify_snapshot(*, crl_pem: bytes, issuers_pem: bytes, trusted_roots: Sequence[x509.Certificate],
                     revoked_jtis: Iterable[str], revoked_members: Iterable[str], now: float,
-                    generation: int = 0, bundle: bytes = b"", jwks_json: str = "", issuer: str = "") -> TrustSnapshot:
-    """Checks a snapshot; raises :class:`PKIError` (one line, no internal paths) when it cannot be trusted."""
+                    generation: int = 0, bundle: bytes = b"", jwks_json: str = "", issuer: str = "",
+                    signed_at: float | None = None) -> TrustSnapshot:
+    """Checks a snapshot's CRL; raises :class:`PKIError` (one line, no internal paths) when it cannot be
+    trusted. Its age counts from ``signed_at`` (never later than ``now``) when given, else from ``now``."""
     try:
         crl = x509.load_pem_x509_crl(crl_pem)
     except ValueError:
@@ -122,8 +182,9 @@ def verify_snapshot(*, crl_pem: bytes, issuers_pem: bytes, trusted_roots: Sequen
     nu = next_update.timestamp()
     if now > nu:
         raise PKIError(f"the CRL expired at {dt.datetime.fromtimestamp(nu, dt.UTC):%Y-%m-%d %H:%M:%S}Z")
+    received = now if signed_at is None else min(now, signed_at)
     return TrustSnapshot(frozenset(r.serial_number for r in crl), frozenset(revoked_jtis),
-                         frozenset(revoked_members), nu, now, generation, bundle, jwks_json, issuer)
+                         frozenset(revoked_members), nu, received, generation, bundle, jwks_json, issuer)
 
 
 def staleness(snapshot: TrustSnapshot | None, now: float, policy: RevocationPolicy) -> str | None:

@@ -128,5 +128,5 @@ def _join_token(args: argparse.Namespace) -> int:
     token = JoinTokens(ca.dir).create(args.name, ttl=ttl, dns=args.dns, blocked=blocked)
     print(token)
     print(f"agentmesh: join token for {args.name} (one use) expires {_when(time.time() + ttl)}; start the agent "
-          f"with: agentmesh agent {args.name} --config mesh.yaml --join TOKEN", file=sys.stderr)
+          f"with: agentmesh agent {args.name} --config mesh.yaml --join - (the token on stdin)", file=sys.stderr)
     return 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import time
 
 from agentmesh.audit import build_audit
 from agentmesh.config import MeshConfig
@@ -17,6 +16,7 @@ from agentmesh.configfile import load_config
 from agentmesh.errors import ConfigError
 from agentmesh.identity import validate_agent_name
 from agentmesh.pki import CertificateAuthority
+from agentmesh.pki.join import JoinTokens
 from agentmesh.runtime.publisher import POLL
 
 __all__ = ["register"]
@@ -65,10 +65,12 @@ def _revoke_agent(args: argparse.Namespace) -> int:
         raise ConfigError("the control plane cannot revoke itself; re-initialise or rotate the CA instead")
     ca = CertificateAuthority.load(config.ca_dir)
     by = _operator()
-    now = time.time()
-    live = [e for e in ca.entries() if e.name == name and e.revoked_at is None and e.not_after > now]
-    revoked = ca.revoke(name, reason=args.reason, by=by) if live else []
+    # block first: from here on nothing is issued to it, so the revocation below misses no certificate
+    # (a renewal racing this command is refused or revoked); tokens made before today never work
     ca.block(name, reason=args.reason, by=by)
+    JoinTokens(config.ca_dir).void(name)
+    live = [e for e in ca.entries() if e.name == name and e.revoked_at is None]
+    revoked = ca.revoke(name, reason=args.reason, by=by) if live else []
     _audit(config, name, "RevokeAgent", {"agentmesh.admin.by": by, "agentmesh.admin.reason": args.reason,
                                           "agentmesh.admin.certificates": len(revoked)})
     print(f"revoked {name}: {len(revoked)} certificate(s); its tokens, delegations, renewal and joins are refused")

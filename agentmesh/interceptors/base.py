@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import grpc
 
 from agentmesh.context import CallContext, _set, maybe_current_call
-from agentmesh.errors import MeshError
+from agentmesh.errors import MeshError, Unavailable
 from agentmesh.interceptors.active import ActiveCalls
 from agentmesh.interceptors.status import status_of
 
@@ -84,6 +84,18 @@ async def call_stream(inner: Behavior, request: Any, context: grpc.aio.ServicerC
             return
     async for item in _as_async_iter(result):
         yield item
+
+
+def _cancelled(call: CallContext) -> MeshError | None:
+    """What a CancelledError in a handler means: a revocation ended this call (its error); a call the
+    handler made was cancelled under it (its peer was revoked and the connection dropped): UNAVAILABLE,
+    so the caller is answered; or this very call was cancelled (by its client or the server): None."""
+    if call.ended_by is not None:
+        return call.ended_by
+    task = asyncio.current_task()
+    if task is not None and task.cancelling() == 0:
+        return Unavailable(f"{call.agent} could not finish: a call it depended on was cancelled")
+    return None
 
 
 #: methods served without the chain (mutual TLS still applies): liveness must not need a token
@@ -207,9 +219,9 @@ class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 try:
                     return await inner(self._requests(call, request, streaming), context)
                 except asyncio.CancelledError:
-                    if call.ended_by is None:
-                        raise
-                    raise call.ended_by from None  # revoked while it ran: the chain maps it to a status
+                    if (error := _cancelled(call)) is None:
+                        raise  # this call itself was cancelled
+                    raise error from None
                 finally:
                     self.active.discard(task)
 
@@ -232,9 +244,9 @@ class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     async for item in call_stream(inner, self._requests(call, request, streaming), context):
                         yield item
                 except asyncio.CancelledError:
-                    if call.ended_by is None:
+                    if (error := _cancelled(call)) is None:
                         raise
-                    raise call.ended_by from None
+                    raise error from None
                 finally:
                     self.active.discard(task)
 

@@ -11,14 +11,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 
 from agentmesh.audit import AuditSink
 from agentmesh.guard import PayloadGuard
-from agentmesh.interceptors.audit import AuditStage, PayloadRecordStage
-from collections.abc import Callable
-
 from agentmesh.interceptors.active import ActiveCalls
+from agentmesh.interceptors.audit import AuditStage, PayloadRecordStage
 from agentmesh.interceptors.auth import AuthorizationStage, TokenStage
 from agentmesh.interceptors.base import ServerChain
 from agentmesh.interceptors.identity import PeerIdentityCache, PeerIdentityStage

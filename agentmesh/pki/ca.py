@@ -40,6 +40,7 @@ from agentmesh.pki.certs import (
     PrivateKey,
     PublicKey,
     build_certificate,
+    ca_profile,
     dump_cert,
     dump_key,
     issuer_problem,
@@ -50,6 +51,7 @@ from agentmesh.pki.certs import (
     new_root,
     rotation_due,
     validate_dns_names,
+    validate_extra_dns_names,
 )
 from agentmesh.pki.crl import build_crl, crl_number, next_crl_number
 from agentmesh.pki.csr import check_csr
@@ -242,21 +244,31 @@ class CertificateAuthority:
         return self._issue(name, leaf_key.public_key(), leaf_key, ttl=ttl, dns=dns, record=record)
 
     def issue_csr(self, name: str, csr_pem: bytes, *, ttl: float = DEFAULT_LEAF_TTL,
-                  dns: Sequence[str] = ()) -> IssuedCert:
-        """Issues an X509-SVID for the key of a CSR that asks for exactly the SPIFFE ID of ``name``."""
+                  dns: Sequence[str] = (), renewing: int | None = None) -> IssuedCert:
+        """Issues an X509-SVID for the key of a CSR that asks for exactly the SPIFFE ID of ``name``.
+
+        ``renewing``: the serial of the certificate whose holder asks (a renewal). It must be ``name``'s and
+        unrevoked in the index at this very moment (under the CA lock, not as of some snapshot), and the
+        new certificate records it, so revoking that serial later revokes what it renewed into too."""
         sid = SpiffeId.for_agent(self.trust_domain, name)
-        return self._issue(name, check_csr(csr_pem, sid), None, ttl=ttl, dns=dns, record=True)
+        return self._issue(name, check_csr(csr_pem, sid), None, ttl=ttl, dns=dns, record=True, renewing=renewing)
 
     def _issue(self, name: str, public: PublicKey, key: PrivateKey | None, *, ttl: float,
-               dns: Sequence[str], record: bool) -> IssuedCert:
-        """The one issuing path: refuses a blocked name and an unusable issuer; caps at the issuer's end."""
+               dns: Sequence[str], record: bool, renewing: int | None = None) -> IssuedCert:
+        """The one issuing path: refuses a blocked name, a revoked renewing certificate and an unusable
+        issuer; caps at the issuer's end."""
         if ttl <= 0:
             raise PKIError("certificate lifetime must be positive")
         sid = SpiffeId.for_agent(self.trust_domain, name)
-        names = validate_dns_names((name, *dns))
+        names = validate_dns_names((name, *validate_extra_dns_names(d for d in dns if d != name)))
         with self._locked():
-            if (block := self._state().blocked.get(name)) is not None:
+            state = self._state()
+            if (block := state.blocked.get(name)) is not None:
                 raise MemberBlocked(name, block.reason)
+            if renewing is not None:
+                held = state.entries.get(renewing)
+                if held is None or held.name != name or held.revoked_at is not None:
+                    raise PKIError(f"certificate {renewing:x} is revoked or not {name}'s; it cannot be renewed")
             now = self.clock()
             self._check_issuer(now)
             window = leaf_window(now, ttl, self.cert.not_valid_before_utc.timestamp(),
@@ -267,8 +279,11 @@ class CertificateAuthority:
                 issuer_cert=self.cert, issuer_key=self.key,
             )
             if record:
-                self._append({"op": "issue", "name": name, "serial": format(cert.serial_number, "x"),
-                              "spiffe_id": str(sid), "not_after": window.not_after, "dns": list(names)})
+                event: dict[str, Any] = {"op": "issue", "name": name, "serial": format(cert.serial_number, "x"),
+                                         "spiffe_id": str(sid), "not_after": window.not_after, "dns": list(names)}
+                if renewing is not None:
+                    event["renewed_from"] = format(renewing, "x")
+                self._append(event)
             return IssuedCert(name, sid, cert, key, (self.cert,), self.bundle, window.capped)
 
     def _check_issuer(self, now: float) -> None:
@@ -347,8 +362,16 @@ class CertificateAuthority:
         target = name_or_serial.strip().lower()
         by_serial = target.removeprefix("0x")
         with self._locked():
-            hits = [e for e in self.entries() if e.revoked_at is None and
+            entries = self.entries()
+            hits = [e for e in entries if e.revoked_at is None and
                     (e.name == target or format(e.serial, "x") == by_serial)]
+            # what a revoked certificate's holder renewed into is revoked with it (a stolen key cannot fork)
+            serials = {e.serial for e in hits}
+            for e in entries:  # issue order: a renewal comes after what it renewed
+                if e.renewed_from in serials and e.serial not in serials:
+                    serials.add(e.serial)
+                    if e.revoked_at is None:
+                        hits.append(e)
             if not hits:
                 raise PKIError(f"no unrevoked certificate matches {name_or_serial[:80]!r}")
             now = self.clock()
@@ -363,7 +386,9 @@ class CertificateAuthority:
             path = self.crl_path
             previous = crl_number(path.read_bytes()) if path.exists() else None
             now = self.clock()
-            revoked = [(e.serial, e.revoked_at) for e in self.entries() if e.revoked_at is not None]
+            # expired certificates fail every validity check: the CRL need not list them forever
+            revoked = [(e.serial, e.revoked_at) for e in self.entries()
+                       if e.revoked_at is not None and e.not_after > now - BACKDATE]
             crl = build_crl(self.cert, self.key, revoked, now=now, validity=validity,
                             number=next_crl_number(previous, now), backdate=BACKDATE)
             write_public(path, crl.public_bytes(serialization.Encoding.PEM))
@@ -435,6 +460,21 @@ class CertificateAuthority:
         archived.sort(key=lambda c: c.not_valid_after_utc, reverse=True)
         return (self.cert, *archived)
 
+    def cross_signed(self) -> tuple[x509.Certificate, ...]:
+        """Roots of the bundle certified by an earlier root (made by :meth:`rollover`), for members that
+        trust only the earlier one yet."""
+        self.refresh()
+        out = []
+        in_bundle = {r.serial_number for r in self.bundle_roots()}
+        for path in sorted((self.dir / "roots").glob("cross-*.pem")):
+            try:
+                cert = x509.load_pem_x509_certificate(path.read_bytes())
+            except (OSError, ValueError):
+                continue
+            if int(path.stem.removeprefix("cross-"), 16) in in_bundle:
+                out.append(cert)
+        return tuple(out)
+
     def bundle_roots(self) -> tuple[x509.Certificate, ...]:
         """The roots of bundle.pem (two during a rollover)."""
         return tuple(x509.load_pem_x509_certificates(self.bundle))
@@ -451,6 +491,14 @@ class CertificateAuthority:
             root_key, root = new_root(self.trust_domain, now, ttl=ROOT_TTL, backdate=BACKDATE)
             key, cert = new_intermediate(self.trust_domain, root, root_key, now, ttl=INTERMEDIATE_TTL,
                                          backdate=BACKDATE)
+            # the old root vouches for the new one: members add a root to their bundle only this way
+            cross = build_certificate(
+                subject_cn=f"agentmesh root CA ({self.trust_domain})", subject_key=root_key.public_key(),
+                profile=ca_profile(self.trust_domain, path_length=1), not_before=_utc(now - BACKDATE),
+                not_after=min(root.not_valid_after_utc, old_root.not_valid_after_utc),
+                issuer_cert=old_root, issuer_key=self._root_key())
+            (self.dir / "roots").mkdir(mode=0o700, exist_ok=True)
+            write_public(self.dir / "roots" / f"cross-{root.serial_number:x}.pem", dump_cert(cross))
             self._archive("roots", old_root)
             self._archive("issuers", old_inter)
             self._install(root, root_key, cert, key, dump_cert(old_root, root))

@@ -95,6 +95,18 @@ def validate_dns_names(names: Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def validate_extra_dns_names(names: Iterable[str]) -> tuple[str, ...]:
+    """DNS names a member's certificate may carry besides its own name: a member is dialled by its
+    name (the one DNS SAN a client checks), so a single-label name, which could be another member's
+    (``control``, ``bridge``, any agent), is refused; ``localhost`` and dotted host names are fine."""
+    out = validate_dns_names(names)
+    for host in out:
+        if "." not in host and host != "localhost":
+            raise ConfigError(f"extra DNS name {host!r} could be another member's name (members are dialled by "
+                              "name): use a dotted host name like agent.mesh.svc, or localhost")
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class LeafWindow:
     """When a leaf issued now is valid; ``capped`` when the issuer's end cut the requested lifetime short."""

@@ -32,6 +32,7 @@ class IndexEntry:
     dns: tuple[str, ...] = ()  # the DNS SANs of the certificate
     reason: str | None = None  # revocation reason ("" when none was given); None while not revoked
     revoked_by: str | None = None
+    renewed_from: int | None = None  # the serial whose holder renewed into this certificate
 
     def status(self, now: float) -> str:
         if self.revoked_at is not None:
@@ -95,13 +96,16 @@ class Index:
         op = ev["op"]
         if op == "issue":
             serial = int(ev["serial"], 16)
+            parent = ev.get("renewed_from")
             self.entries[serial] = IndexEntry(ev["name"], serial, ev["spiffe_id"], float(ev["not_after"]), None,
-                                              tuple(ev.get("dns", ())))
+                                              tuple(ev.get("dns", ())),
+                                              renewed_from=int(parent, 16) if parent else None)
         elif op == "revoke":
             serial = int(ev["serial"], 16)
             if (e := self.entries.get(serial)) is not None:
                 self.entries[serial] = IndexEntry(e.name, e.serial, e.spiffe_id, e.not_after, float(ev["at"]),
-                                                  e.dns, str(ev.get("reason", "")), str(ev.get("by", "")))
+                                                  e.dns, str(ev.get("reason", "")), str(ev.get("by", "")),
+                                                  e.renewed_from)
         elif op == "block":
             self.blocked[ev["name"]] = BlockEntry(ev["name"], str(ev.get("reason", "")), str(ev.get("by", "")),
                                                   float(ev["at"]))

@@ -6,6 +6,7 @@ CSR for the key it was born with. The CA keeps only ``sha256(secret)``, in ``<ca
 
     {"op": "create", "id": ..., "name": ..., "dns": [...], "exp": ..., "sha256": ...}
     {"op": "use", "id": ..., "at": ...}
+    {"op": "void", "name": ..., "at": ...}     every unused token of that member (the kill switch)
 
 The decision (:func:`decide`) is pure: the folded file, the presented token, a clock reading and the
 blocked names in; a :class:`JoinGrant` or a :class:`JoinRefused` out. Messages never carry the token.
@@ -31,7 +32,7 @@ from typing import IO, Any
 
 from agentmesh.errors import PKIError
 from agentmesh.identity import validate_agent_name
-from agentmesh.pki.certs import validate_dns_names
+from agentmesh.pki.certs import validate_extra_dns_names
 
 __all__ = ["MAX_TTL", "TOKEN_PREFIX", "JoinGrant", "JoinRefused", "JoinTokens", "TokenRecord", "decide", "fold",
            "parse_token"]
@@ -39,7 +40,7 @@ __all__ = ["MAX_TTL", "TOKEN_PREFIX", "JoinGrant", "JoinRefused", "JoinTokens", 
 TOKEN_PREFIX = "amjoin1"  # noqa: S105 (a format tag, not a secret)
 MAX_TTL = 7 * 86400
 _TOKEN = re.compile(r"amjoin1\.([0-9a-f]{16})\.([A-Za-z0-9_-]{43})")
-_REASONS = frozenset({"malformed", "unknown", "expired", "used", "blocked"})
+_REASONS = frozenset({"malformed", "unknown", "expired", "used", "voided", "blocked"})
 
 
 class JoinRefused(PKIError):
@@ -68,6 +69,7 @@ class TokenRecord:
     grant: JoinGrant
     sha256: str
     used_at: float | None = None
+    voided_at: float | None = None
 
 
 def _when(ts: float) -> str:
@@ -100,7 +102,11 @@ def fold(events: Iterable[dict[str, Any]]) -> dict[str, TokenRecord]:
             grant = JoinGrant(ev["id"], ev["name"], tuple(ev["dns"]), float(ev["exp"]))
             tokens[ev["id"]] = TokenRecord(grant, ev["sha256"])
         elif ev["op"] == "use" and (t := tokens.get(ev["id"])) is not None and t.used_at is None:
-            tokens[ev["id"]] = TokenRecord(t.grant, t.sha256, float(ev["at"]))
+            tokens[ev["id"]] = TokenRecord(t.grant, t.sha256, float(ev["at"]), t.voided_at)
+        elif ev["op"] == "void":
+            for token_id, t in list(tokens.items()):
+                if t.grant.name == ev["name"] and t.used_at is None and t.voided_at is None:
+                    tokens[token_id] = TokenRecord(t.grant, t.sha256, None, float(ev["at"]))
     return tokens
 
 
@@ -116,6 +122,9 @@ def decide(tokens: dict[str, TokenRecord], token: str, *, now: float, blocked: C
         raise JoinRefused("expired", f"the token for {grant.name} expired at {_when(grant.expires_at)}")
     if known.used_at is not None:
         raise JoinRefused("used", f"the token for {grant.name} was already used at {_when(known.used_at)}")
+    if known.voided_at is not None:
+        raise JoinRefused("voided", f"the token for {grant.name} was voided when {grant.name} was revoked "
+                                    f"({_when(known.voided_at)})")
     if grant.name in blocked:
         raise JoinRefused("blocked", f"agent {grant.name} is revoked")
     return grant
@@ -155,7 +164,7 @@ class JoinTokens:
                blocked: Collection[str] = ()) -> str:
         """A one-time token for ``name``, valid ``ttl`` seconds; only its hash is kept."""
         validate_agent_name(name)
-        names = validate_dns_names(dns)
+        names = validate_extra_dns_names(dns)
         if not 0 < ttl <= MAX_TTL:
             raise PKIError(f"join token lifetime must be positive and at most {MAX_TTL // 86400} days")
         if name in blocked:
@@ -169,6 +178,19 @@ class JoinTokens:
             self._append(f, {"op": "create", "id": token_id, "name": name, "dns": list(names),
                              "exp": self.clock() + ttl, "sha256": _digest(secret)})
         return f"{TOKEN_PREFIX}.{token_id}.{_b64(secret)}"
+
+    def check(self, token: str, *, blocked: Collection[str] = ()) -> JoinGrant:
+        """What ``token`` would grant, without spending it (so a request refused for another reason,
+        e.g. its CSR, leaves the token usable); :meth:`redeem` decides again when it spends it."""
+        parse_token(token)
+        with self._open() as f:
+            return decide(self._tokens(f), token, now=self.clock(), blocked=blocked)
+
+    def void(self, name: str) -> None:
+        """Voids every unused token of ``name`` (the kill switch: a token made before it never works)."""
+        validate_agent_name(name)
+        with self._open() as f:
+            self._append(f, {"op": "void", "name": name, "at": self.clock()})
 
     def redeem(self, token: str, *, blocked: Collection[str] = ()) -> JoinGrant:
         """Spends ``token`` (once) and returns what it grants; see :func:`decide` for the refusals."""

@@ -20,17 +20,19 @@ import time
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
+from cryptography import x509
 
 from agentmesh.audit import AuditSink, build_audit
 from agentmesh.clock import Clock
 from agentmesh.config import MeshConfig
-from agentmesh.context import current_call
+from agentmesh.context import CallContext, current_call
 from agentmesh.errors import PermissionDenied
 from agentmesh.interceptors.active import ActiveCalls
 from agentmesh.interceptors.chain import audit_only_chain, identity_chain
 from agentmesh.interceptors.identity import PeerIdentityCache
 from agentmesh.pki import CertificateAuthority
-from agentmesh.pki.join import JoinRefused, JoinTokens
+from agentmesh.pki.csr import check_csr
+from agentmesh.pki.join import JoinRefused, JoinTokens, parse_token
 from agentmesh.runtime.credentials import member_identity
 from agentmesh.runtime.publisher import TrustPublisher
 from agentmesh.runtime.renewal import Renewer, SignedIdentity
@@ -53,15 +55,16 @@ def member_roles(config: MeshConfig, name: str | None) -> tuple[str, ...]:
     raise PermissionDenied(f"{name or 'this peer'} is not a member of the mesh config")
 
 
-def sign_csr(config: MeshConfig, name: str, csr: bytes, *, dns: Sequence[str] | None = None,
-             clock: Clock = time.time) -> control_pb2.IssuedIdentity:
+def sign_csr(config: MeshConfig, ca: CertificateAuthority, name: str, csr: bytes, *,
+             dns: Sequence[str] | None = None, renewing: int | None = None) -> control_pb2.IssuedIdentity:
     """A certificate for member ``name`` from its CSR (the CA checks the CSR names exactly that member),
-    living ``control.cert_ttl``; its DNS names are ``dns`` or, on renewal, those of its last certificate."""
-    ca = CertificateAuthority.load(config.ca_dir, clock=clock)
+    living ``control.cert_ttl``; its DNS names are ``dns`` or, on renewal, those of the certificate it renews
+    (``renewing``: its serial, which must still be unrevoked in the CA's index)."""
     if dns is None:
-        latest = ca.latest(name)
+        held = next((e for e in ca.entries() if e.serial == renewing), None) if renewing is not None else None
+        latest = held or ca.latest(name)
         dns = latest.dns if latest is not None else ()
-    issued = ca.issue_csr(name, csr, ttl=config.control.cert_ttl, dns=dns)
+    issued = ca.issue_csr(name, csr, ttl=config.control.cert_ttl, dns=dns, renewing=renewing)
     if issued.capped:
         log.warning("control: %s's certificate is capped by the issuing CA's end (%s); run: agentmesh ca rotate",
                     name, ca.cert.not_valid_after_utc.isoformat(timespec="seconds"))
@@ -101,18 +104,20 @@ class TokenService(control_pb2_grpc.TokenServiceServicer):
 
 
 class IdentityService(control_pb2_grpc.IdentityServiceServicer):
-    def __init__(self, config: MeshConfig, publisher: TrustPublisher, *, clock: Clock = time.time) -> None:
+    def __init__(self, config: MeshConfig, ca: CertificateAuthority, publisher: TrustPublisher) -> None:
         self.config = config
+        self.ca = ca
         self.publisher = publisher
-        self.clock = clock
 
     async def Renew(self, request: control_pb2.CertificateSigningRequest,
                     context: grpc.aio.ServicerContext) -> control_pb2.IssuedIdentity:
-        peer = current_call().peer
-        assert peer is not None, "the control chain verifies the peer first"
-        assert peer.name is not None
+        call = current_call()
+        peer = call.peer
+        assert peer is not None and peer.name is not None, "the control chain verifies the peer first"
         member_roles(self.config, peer.name)
-        return sign_csr(self.config, peer.name, request.csr_pem, clock=self.clock)
+        issued = sign_csr(self.config, self.ca, peer.name, request.csr_pem, renewing=peer.serial)
+        _record(call, peer.name, issued)
+        return issued
 
     async def WatchTrust(self, request: control_pb2.WatchTrustRequest,
                          context: grpc.aio.ServicerContext) -> AsyncIterator[control_pb2.TrustUpdate]:
@@ -120,22 +125,37 @@ class IdentityService(control_pb2_grpc.IdentityServiceServicer):
             yield update
 
 
+def _record(call: CallContext, member: str, issued: control_pb2.IssuedIdentity, **more: str) -> None:
+    """Who got which certificate, on the call's audit span."""
+    if call.span is not None:
+        serial = x509.load_pem_x509_certificate(issued.cert_chain_pem).serial_number
+        call.span.set_attributes({"agentmesh.cert.member": member, "agentmesh.cert.serial": format(serial, "x"),
+                                  **more})
+
+
 class JoinService(control_pb2_grpc.JoinServiceServicer):
-    def __init__(self, config: MeshConfig, *, clock: Clock = time.time) -> None:
+    def __init__(self, config: MeshConfig, ca: CertificateAuthority, *, clock: Clock = time.time) -> None:
         self.config = config
-        self.clock = clock
+        self.ca = ca
         self.tokens = JoinTokens(config.ca_dir, clock=clock)
 
     async def Join(self, request: control_pb2.JoinRequest,
                    context: grpc.aio.ServicerContext) -> control_pb2.IssuedIdentity:
-        ca = CertificateAuthority.load(self.config.ca_dir, clock=self.clock)
+        call = current_call()
         try:
-            grant = self.tokens.redeem(request.join_token, blocked=ca.blocked())
+            parse_token(request.join_token)  # cheap, before any file is read
+            blocked = self.ca.blocked()
+            grant = self.tokens.check(request.join_token, blocked=blocked)
+            if call.span is not None:
+                call.span.set_attributes({"agentmesh.join.token_id": grant.id, "agentmesh.cert.member": grant.name})
+            member_roles(self.config, grant.name)
+            check_csr(request.csr_pem, self.config.spiffe_id(grant.name))  # refused requests leave the token
+            self.tokens.redeem(request.join_token, blocked=blocked)  # spent: decided again under its lock
         except JoinRefused as e:
             raise PermissionDenied(e.message) from None
-        member_roles(self.config, grant.name)
-        issued = sign_csr(self.config, grant.name, request.csr_pem, dns=grant.dns, clock=self.clock)
-        log.info("control: %s joined", grant.name)
+        issued = sign_csr(self.config, self.ca, grant.name, request.csr_pem, dns=grant.dns)
+        _record(call, grant.name, issued)
+        log.warning("control: %s joined the mesh with join token %s", grant.name, grant.id)
         return issued
 
 
@@ -156,13 +176,14 @@ class ControlPlane:
         return self.server.port
 
     async def stop(self, grace: float | None = None) -> None:
+        self.publisher.close()  # trust streams end now, not at the end of the grace period
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self.join is not None:
-            await self.join.stop(grace)
+            await self.join.stop(0)
         await self.server.stop(grace)
 
     async def serve_forever(self) -> None:
@@ -180,7 +201,8 @@ async def start_control(config: MeshConfig, *, address: str | None = None,
     authority = TokenAuthority.ensure(config.ca_dir, issuer=config.tokens.issuer)
     identity = member_identity(config, name)
     sink = build_audit(config.audit, service_name=name)
-    publisher = TrustPublisher(config.ca_dir, jwks_json=json.dumps(authority.jwks()), issuer=authority.issuer,
+    ca = CertificateAuthority.load(config.ca_dir, clock=clock)  # one, for good: it reads only what is new
+    publisher = TrustPublisher(ca, jwks_json=json.dumps(authority.jwks()), issuer=authority.issuer,
                                heartbeat=config.tokens.revocation_refresh, clock=clock)
     trust = TrustState(config.revocation, clock=clock, owner=name)
     trust.update(publisher.snapshot)
@@ -192,13 +214,13 @@ async def start_control(config: MeshConfig, *, address: str | None = None,
     server.add(control_pb2_grpc.add_TokenServiceServicer_to_server,
                TokenService(config, authority, publisher, clock=clock), "agentmesh.v1.TokenService")
     server.add(control_pb2_grpc.add_IdentityServiceServicer_to_server,
-               IdentityService(config, publisher, clock=clock), "agentmesh.v1.IdentityService")
+               IdentityService(config, ca, publisher), "agentmesh.v1.IdentityService")
     await server.start(address or config.control.address)
     join = None
     if config.control.join_address:
         join = MeshServer(identity, interceptors=audit_only_chain(name, sink=sink), grace=config.grace_period,
                           client_auth=False)
-        join.add(control_pb2_grpc.add_JoinServiceServicer_to_server, JoinService(config, clock=clock),
+        join.add(control_pb2_grpc.add_JoinServiceServicer_to_server, JoinService(config, ca, clock=clock),
                  "agentmesh.v1.JoinService")
         try:
             await join.start(config.control.join_address)
@@ -207,7 +229,7 @@ async def start_control(config: MeshConfig, *, address: str | None = None,
             raise
 
     async def sign_locally(csr: bytes) -> SignedIdentity:
-        issued = sign_csr(config, name, csr, clock=clock)
+        issued = sign_csr(config, ca, name, csr, renewing=identity.files.leaf.serial_number)
         return SignedIdentity(issued.cert_chain_pem, issued.bundle_pem)
 
     renewer = Renewer(identity, sign_locally, owner=name, clock=clock)

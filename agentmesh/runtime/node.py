@@ -106,6 +106,7 @@ class MeshNode:
         self._revoked_jtis: frozenset[str] = frozenset()
         self._revoked_serials: frozenset[int] = frozenset()
         self._first_update = asyncio.Event()
+        self._refused: str | None = None  # why the control plane refused this member at start
         self.trust.on_update(self._apply)
 
     # ------------------------------------------------------------------ wiring
@@ -156,10 +157,12 @@ class MeshNode:
             self.channels.drop(name)  # rebuilt without the refused address at the next call
 
     async def _check_servers_loop(self) -> None:
+        """Also ends calls in flight that aging data now refuses (strict mode) while no update arrives."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._check_now.wait(), self.config.tokens.revocation_refresh)
             self._check_now.clear()
+            self.active.sweep(self.trust.refusal)
             await self._check_servers()
 
     def _control_for(self, files: IdentityFiles) -> tuple[grpc.aio.Channel, AgentTokenSource]:
@@ -226,19 +229,15 @@ class MeshNode:
             install_identity(self.identity.dir, cert_chain=files.cert_chain, key=None, bundle=snapshot.bundle)
             self.identity.reload()
             log.info("%s: trust bundle updated by the control plane", self.name)
+        self._refused = None
         self._first_update.set()
 
     def _receive(self, update: control_pb2.TrustUpdate) -> None:
-        current = self.trust.snapshot
-        now = self.clock()
-        if current is not None and update.generation == current.generation and update.crl_pem and \
-                now <= current.crl_next_update:
-            self.trust.update(current.confirmed(now))  # a heartbeat: the same data, confirmed
-            return
+        """Every message is verified (signature, CRL, bundle) against the roots this member trusts now;
+        its age counts from the control plane's signature (heartbeats are re-signed)."""
         roots = x509.load_pem_x509_certificates(self.identity.files.bundle)
-        if update.bundle_pem:
-            roots += x509.load_pem_x509_certificates(update.bundle_pem)
-        self.trust.update(snapshot_of(update, roots, now))
+        snapshot, _ = snapshot_of(update, roots, self.clock())
+        self.trust.update(snapshot)
 
     async def _watch(self) -> None:
         """Follows ``WatchTrust``; reconnects with jittered backoff (at most a few seconds)."""
@@ -256,7 +255,11 @@ class MeshNode:
                         switched = True  # renewed: follow on the new certificate's channel; the old one closes
                         break
             except grpc.aio.AioRpcError as e:
-                if not reported and self._first_update.is_set():  # before that, start() says what is wrong
+                if not self._first_update.is_set():  # start() says what is wrong
+                    if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+                        self._refused = e.details() or e.code().name  # e.g. a revoked member: no waiting
+                        self._first_update.set()
+                elif not reported:
                     reported = True
                     log.warning("%s: lost the control plane's trust stream (%s); reconnecting", self.name,
                                 e.code().name)
@@ -284,6 +287,8 @@ class MeshNode:
         self._tasks.append(asyncio.create_task(self._watch()))
         try:
             await asyncio.wait_for(self._first_update.wait(), timeout)
+            if self._refused is not None:
+                raise PKIError(f"{self.name}: the control plane refuses this member: {self._refused}")
         except TimeoutError:
             message = (f"{self.name}: no trust data from the control plane at {self.config.control.address} "
                        f"within {timeout:.0f} s")

@@ -15,17 +15,20 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from google.protobuf.message import DecodeError
 
 from agentmesh.clock import Clock
+from agentmesh.errors import PKIError
 from agentmesh.pki import CertificateAuthority
 from agentmesh.pki.certs import dump_cert
 from agentmesh.tokens import RevocationStore
 from agentmesh.tokens.revocation import REVOKED_FILE
-from agentmesh.trust import TrustSnapshot, revoked_members, verify_snapshot
+from agentmesh.trust import TrustSnapshot, revoked_members, verify_signature, verify_snapshot, vouched_roots
 from agentmesh.v1 import control_pb2
 
 __all__ = ["POLL", "TrustPublisher", "snapshot_of"]
@@ -37,9 +40,10 @@ CRL_VALIDITY = 86400.0
 
 
 class TrustPublisher:
-    def __init__(self, ca_dir: Path, *, jwks_json: str, issuer: str, heartbeat: float = 5.0, poll: float = POLL,
-                 clock: Clock = time.time) -> None:
-        self.ca_dir = Path(ca_dir)
+    def __init__(self, ca: CertificateAuthority, *, jwks_json: str, issuer: str, heartbeat: float = 5.0,
+                 poll: float = POLL, clock: Clock = time.time) -> None:
+        self.ca = ca
+        self.ca_dir = ca.dir
         self.jwks_json = jwks_json
         self.issuer = issuer
         self.heartbeat = heartbeat
@@ -50,7 +54,9 @@ class TrustPublisher:
         self.generation = int(clock() * 1000)
         self._stamp: tuple[tuple[int, int], ...] = ()
         self._changed = asyncio.Event()
-        self.current = self._build()
+        self._closed = False
+        self._signed: tuple[float, control_pb2.TrustUpdate] | None = None
+        self.content = self._build()
         self.snapshot = self._verify(self.current)
 
     # ------------------------------------------------------------------ building
@@ -64,8 +70,9 @@ class TrustPublisher:
                 out.append((0, 0))
         return tuple(out)
 
-    def _build(self) -> control_pb2.TrustUpdate:
-        ca = CertificateAuthority.load(self.ca_dir, clock=self.clock)
+    def _build(self) -> control_pb2.TrustContent:
+        ca = self.ca
+        ca.refresh()  # another process may have rotated the intermediate or rolled the root over
         now = self.clock()
         crl = x509.load_pem_x509_crl(ca.crl_path.read_bytes()) if ca.crl_path.exists() else None
         nu = crl.next_update_utc if crl is not None else None
@@ -76,20 +83,35 @@ class TrustPublisher:
                                   ca.blocked(), now)
         self._stamp = self._stat()
         self.generation += 1
-        return control_pb2.TrustUpdate(
+        self._signed = None
+        return control_pb2.TrustContent(
             crl_pem=ca.crl_path.read_bytes(), issuers_pem=dump_cert(*ca.issuers()), bundle_pem=ca.bundle,
-            revoked_jti=sorted(self.tokens.load()), revoked_members=sorted(members),
-            jwks_json=self.jwks_json, issuer=self.issuer, generation=self.generation)
+            cross_signed_pem=dump_cert(*ca.cross_signed()), revoked_jti=sorted(self.tokens.load()),
+            revoked_members=sorted(members), jwks_json=self.jwks_json, issuer=self.issuer,
+            generation=self.generation)
+
+    @property
+    def current(self) -> control_pb2.TrustUpdate:
+        """The snapshot signed by the issuing CA, with its signing time (re-signed at most once a second)."""
+        now = self.clock()
+        if self._signed is None or now - self._signed[0] >= 1.0:
+            content = control_pb2.TrustContent()
+            content.CopyFrom(self.content)
+            content.issued_at_ms = int(now * 1000)
+            data = content.SerializeToString(deterministic=True)
+            signature = self.ca.key.sign(data, ec.ECDSA(hashes.SHA256()))
+            self._signed = (now, control_pb2.TrustUpdate(content=data, signature=signature,
+                                                         signer_pem=dump_cert(self.ca.cert)))
+        return self._signed[1]
 
     def _verify(self, msg: control_pb2.TrustUpdate) -> TrustSnapshot:
-        roots = x509.load_pem_x509_certificates(msg.bundle_pem)
-        return snapshot_of(msg, roots, self.clock())
+        return snapshot_of(msg, self.ca.bundle_roots(), self.clock())[0]
 
     def refresh(self) -> bool:
         """Rebuilds the snapshot when the CA directory changed (or the CRL needs re-signing)."""
         if self._stat() == self._stamp and self.snapshot.crl_next_update - self.clock() >= CRL_VALIDITY / 2:
             return False
-        self.current = self._build()
+        self.content = self._build()
         self.snapshot = self._verify(self.current)
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
@@ -108,9 +130,14 @@ class TrustPublisher:
             if on_change is not None:
                 on_change(self.snapshot if changed else self.snapshot.confirmed(self.clock()))
 
+    def close(self) -> None:
+        """Ends every stream (the control plane is stopping: members reconnect to its successor)."""
+        self._closed = True
+        self._changed.set()
+
     async def watch(self) -> AsyncIterator[control_pb2.TrustUpdate]:
         """The current snapshot at once, then on every change, and as a heartbeat in between."""
-        while True:
+        while not self._closed:
             changed = self._changed
             yield self.current
             try:
@@ -119,9 +146,19 @@ class TrustPublisher:
                 pass
 
 
-def snapshot_of(msg: control_pb2.TrustUpdate, roots: list[x509.Certificate], now: float) -> TrustSnapshot:
-    """The verified snapshot of one ``TrustUpdate`` (raises PKIError when it cannot be trusted)."""
-    return verify_snapshot(crl_pem=msg.crl_pem, issuers_pem=msg.issuers_pem, trusted_roots=roots,
-                           revoked_jtis=msg.revoked_jti, revoked_members=msg.revoked_members, now=now,
-                           generation=msg.generation, bundle=msg.bundle_pem, jwks_json=msg.jwks_json,
-                           issuer=msg.issuer)
+def snapshot_of(msg: control_pb2.TrustUpdate, trusted_roots: Sequence[x509.Certificate],
+                now: float) -> tuple[TrustSnapshot, list[x509.Certificate]]:
+    """The verified snapshot of one ``TrustUpdate``, and the bundle it carries, for a member that trusts
+    ``trusted_roots`` (raises PKIError when it cannot be trusted; see :mod:`agentmesh.trust`)."""
+    try:
+        content = control_pb2.TrustContent.FromString(msg.content)
+    except DecodeError:
+        raise PKIError("the control plane sent unreadable trust data") from None
+    anchors, bundle = vouched_roots(content.bundle_pem, content.cross_signed_pem, trusted_roots, now)
+    verify_signature(msg.content, msg.signature, msg.signer_pem, anchors, now)
+    snapshot = verify_snapshot(crl_pem=content.crl_pem, issuers_pem=content.issuers_pem, trusted_roots=anchors,
+                               revoked_jtis=content.revoked_jti, revoked_members=content.revoked_members, now=now,
+                               generation=content.generation, bundle=content.bundle_pem,
+                               jwks_json=content.jwks_json, issuer=content.issuer,
+                               signed_at=content.issued_at_ms / 1000)
+    return snapshot, bundle

@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from agentmesh.errors import Unavailable
 from agentmesh.runtime.credentials import AgentIdentity
 
 __all__ = ["MeshServer"]
@@ -58,9 +59,13 @@ class MeshServer:
         self._services.extend(service_names)
 
     async def start(self, address: str = "127.0.0.1:0") -> int:
-        port = int(self.server.add_secure_port(address, self.identity.server_credentials(client_auth=self.client_auth)))
+        try:
+            port = int(self.server.add_secure_port(address,
+                                                   self.identity.server_credentials(client_auth=self.client_auth)))
+        except RuntimeError:  # grpcio >= 1.60 raises where it used to return 0
+            port = 0
         if port == 0:
-            raise OSError(f"cannot listen on {address}")
+            raise Unavailable(f"cannot listen on {address} (in use, or not an address of this host)")
         await self.server.start()
         self.port = port
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)

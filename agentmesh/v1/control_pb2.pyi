@@ -227,9 +227,10 @@ class WatchTrustRequest(_message.Message):
 Global___WatchTrustRequest: _TypeAlias = WatchTrustRequest  # noqa: Y015
 
 @_typing.final
-class TrustUpdate(_message.Message):
-    """A full snapshot of what members need to decide whom to trust; sent at once, on every change,
-    and as a heartbeat (tokens.revocation_refresh) so members can bound the staleness of their data.
+class TrustContent(_message.Message):
+    """A full snapshot of what members need to decide whom to trust, signed by the issuing CA; sent at
+    once, on every change, and re-signed as a heartbeat (tokens.revocation_refresh) so members can bound
+    its age by the control plane's signature, not by when some peer last sent bytes.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -242,6 +243,8 @@ class TrustUpdate(_message.Message):
     JWKS_JSON_FIELD_NUMBER: _builtins.int
     ISSUER_FIELD_NUMBER: _builtins.int
     GENERATION_FIELD_NUMBER: _builtins.int
+    CROSS_SIGNED_PEM_FIELD_NUMBER: _builtins.int
+    ISSUED_AT_MS_FIELD_NUMBER: _builtins.int
     crl_pem: _builtins.bytes
     """The CRL signed by the issuing CA (verified by members against an issuer chaining to their bundle)."""
     issuers_pem: _builtins.bytes
@@ -252,7 +255,13 @@ class TrustUpdate(_message.Message):
     """The JWKS of the mesh token issuer, as JSON, and its issuer name."""
     issuer: _builtins.str
     generation: _builtins.int
-    """Increases with every change of the content above."""
+    """Increases with every change of the content above (and across control-plane restarts)."""
+    cross_signed_pem: _builtins.bytes
+    """New roots certified by a root members already trust (a root rollover), PEM: the only way a
+    member adds a root to its bundle.
+    """
+    issued_at_ms: _builtins.int
+    """When the control plane signed this snapshot (milliseconds since the epoch)."""
     @_builtins.property
     def revoked_jti(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Revoked token ids (jti) not yet expired."""
@@ -274,10 +283,40 @@ class TrustUpdate(_message.Message):
         jwks_json: _builtins.str = ...,
         issuer: _builtins.str = ...,
         generation: _builtins.int = ...,
+        cross_signed_pem: _builtins.bytes = ...,
+        issued_at_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_pem", b"bundle_pem", "crl_pem", b"crl_pem", "generation", b"generation", "issuer", b"issuer", "issuers_pem", b"issuers_pem", "jwks_json", b"jwks_json", "revoked_jti", b"revoked_jti", "revoked_members", b"revoked_members"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_pem", b"bundle_pem", "crl_pem", b"crl_pem", "cross_signed_pem", b"cross_signed_pem", "generation", b"generation", "issued_at_ms", b"issued_at_ms", "issuer", b"issuer", "issuers_pem", b"issuers_pem", "jwks_json", b"jwks_json", "revoked_jti", b"revoked_jti", "revoked_members", b"revoked_members"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrustContent: _TypeAlias = TrustContent  # noqa: Y015
+
+@_typing.final
+class TrustUpdate(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTENT_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    SIGNER_PEM_FIELD_NUMBER: _builtins.int
+    content: _builtins.bytes
+    """A serialized TrustContent."""
+    signature: _builtins.bytes
+    """ECDSA (SHA-256) signature over content by signer."""
+    signer_pem: _builtins.bytes
+    """The issuing CA that signed it (PEM); it must chain to a root the member trusts."""
+    def __init__(
+        self,
+        *,
+        content: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
+        signer_pem: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "signature", b"signature", "signer_pem", b"signer_pem"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -84,7 +84,7 @@ def test_join_token(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     [token] = out.splitlines()
     assert TOKEN.match(token)
     [hint] = err.splitlines()
-    assert "expires" in hint and "agentmesh agent alpha --config mesh.yaml --join TOKEN" in hint
+    assert "expires" in hint and "agentmesh agent alpha --config mesh.yaml --join - (the token on stdin)" in hint
     assert token not in err and token.split(".")[2] not in (tmp_path / "ca" / "join-tokens.jsonl").read_text()
     grant = JoinTokens(tmp_path / "ca").redeem(token)
     assert grant.name == "alpha" and grant.dns == ("alpha.mesh.svc",)

@@ -215,7 +215,7 @@ def test_needs_rotation_once_a_third_is_left(ca: CertificateAuthority, clock: Fa
 def test_rotate_keeps_the_root_archives_the_old_intermediate_and_resigns_the_crl(
         ca: CertificateAuthority, clock: FakeClock) -> None:
     old, old_key_pem = ca.cert, (ca.dir / "ca-key.pem").read_bytes()
-    live, gone = ca.issue("a"), ca.issue("b")
+    live, gone = ca.issue("a"), ca.issue("b", ttl=300 * 86400)  # still valid after the 200 days below
     ca.revoke("b", reason="left")
     clock.advance(200 * 86400)
     new = ca.rotate()

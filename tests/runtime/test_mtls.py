@@ -50,7 +50,7 @@ async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
     ca = new_ca(tmp_path)
     b_dir = identity_dir(ca, tmp_path, "b")
     ident = AgentIdentity(b_dir, TD, check_every=0)
-    publisher = TrustPublisher(ca.dir, jwks_json="", issuer="")
+    publisher = TrustPublisher(ca, jwks_json="", issuer="")
     trust = TrustState(RevocationPolicy())
     trust.update(publisher.snapshot)
     chain = [ServerChain(AuditStage("b", None), [PeerIdentityStage(PeerIdentityCache(TD, trust=trust))])]
