@@ -30,7 +30,7 @@ from agentmesh.runtime.tokensource import AgentTokenSource
 from agentmesh.tokens import KeySet, TokenAuthority
 from agentmesh.v1 import agent_pb2
 from benchmarks.echo import METHOD, Echo, request
-from benchmarks.meshdir import AGENT, CLIENT, BenchMesh
+from benchmarks.meshdir import AGENT, CLIENT, BenchMesh, trust_snapshot
 
 __all__ = ["run_chain_micro"]
 
@@ -123,6 +123,7 @@ async def _measure(mesh: BenchMesh, seconds: float) -> dict[str, float]:
     client = MeshNode(config, CLIENT)
     try:
         server.verifier.keys = KeySet.from_authority(authority)  # what node.start() fetches from the control
+        server.trust.update(trust_snapshot(config))  # and the trust data (revocations) it streams
         peer_id = str(client.spiffe_id)
         token = authority.issue(sub=peer_id, roles=list(config.agent(CLIENT).roles), audience=config.tokens.audience,
                                 ttl=3600, cnf_thumbprint=client.identity.thumbprint)

@@ -8,9 +8,10 @@ calls the benchmark makes, and a rate-limit rule applies to every call, at a rat
 from __future__ import annotations
 
 import dataclasses
+import json
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from agentmesh.config import MeshConfig
 from agentmesh.configfile import load_config
 from agentmesh.pki import CertificateAuthority, write_identity
+from agentmesh.runtime.publisher import TrustPublisher
 from agentmesh.tokens import TokenAuthority
+from agentmesh.trust import TrustSnapshot
 
 __all__ = [
     "AGENT",
@@ -36,6 +39,7 @@ __all__ = [
     "apply_tweaks",
     "create_mesh",
     "free_port",
+    "trust_snapshot",
 ]
 
 TRUST_DOMAIN = "bench.example.org"
@@ -75,11 +79,19 @@ class BenchMesh:
     def bridge_listen(self) -> str:
         return self.config.bridge.listen
 
-    def rotate(self, name: str) -> int:
-        """A fresh key and certificate for ``name`` in its identity directory; returns the serial."""
-        issued = self.ca.issue(name)
+    def rotate(self, name: str, *, ttl: float | None = None) -> int:
+        """A fresh key and certificate for ``name`` in its identity directory (the operator's re-issue;
+        ``ttl``: the leaf's lifetime, default the CA's); returns the serial."""
+        issued = self.ca.issue(name) if ttl is None else self.ca.issue(name, ttl=ttl)
         write_identity(issued, self.config.identity_dir(name))
         return issued.serial
+
+
+def trust_snapshot(config: MeshConfig) -> TrustSnapshot:
+    """The trust data the control plane would stream to members now (for in-process benchmarks without one)."""
+    authority = TokenAuthority.load(config.ca_dir, issuer=config.tokens.issuer)
+    return TrustPublisher(CertificateAuthority.load(config.ca_dir), jwks_json=json.dumps(authority.jwks()),
+                          issuer=authority.issuer).snapshot
 
 
 #: config tweaks the profiler's ablation applies to an agent (``serve.py agent --tweak``)
@@ -100,9 +112,11 @@ def apply_tweaks(config: MeshConfig, tweaks: Sequence[str]) -> MeshConfig:
     return config
 
 
-def _mesh_doc(max_connection_age: str, extra_agents: Sequence[str]) -> dict[str, Any]:
+def _mesh_doc(max_connection_age: str, extra_agents: Sequence[str], callers: Sequence[str],
+              control: Mapping[str, Any]) -> dict[str, Any]:
     agent_methods = ["/agentmesh.v1.Agent/*"]
     extra = {name: {"address": f"127.0.0.1:{free_port()}", "roles": ["echo"]} for name in extra_agents}
+    extra_callers = {name: {"address": f"127.0.0.1:{free_port()}", "roles": ["loadgen"]} for name in callers}
     return {
         "trust_domain": TRUST_DOMAIN,
         "ca": "ca",
@@ -112,13 +126,14 @@ def _mesh_doc(max_connection_age: str, extra_agents: Sequence[str]) -> dict[str,
             REDIS_AGENT: {"address": f"127.0.0.1:{free_port()}", "roles": ["echo"]},
             CLIENT: {"address": f"127.0.0.1:{free_port()}", "roles": ["loadgen"]},
             **extra,
+            **extra_callers,
         },
-        "control": {"address": f"127.0.0.1:{free_port()}"},
+        "control": {"address": f"127.0.0.1:{free_port()}", **control},
         "bridge": {"listen": f"127.0.0.1:{free_port()}", "tls": False},
         "policy": [
             {"name": "loadgen-to-echo", "action": "allow", "to": [AGENT, REDIS_AGENT, *extra],
              "methods": agent_methods,
-             "from": [CLIENT], "roles": ["loadgen"]},
+             "from": [CLIENT, *callers], "roles": ["loadgen"]},
             {"name": "client-via-bridge", "action": "allow", "to": [AGENT], "methods": agent_methods,
              "roles": ["client"], "via": ["bridge"]},
         ],
@@ -146,13 +161,20 @@ def _gateway_key(root: Path) -> tuple[str, Path]:
     return token, pub
 
 
-def create_mesh(root: Path, *, max_connection_age: str = "300s", extra_agents: Sequence[str] = ()) -> BenchMesh:
-    """``extra_agents``: more echo agents (same roles and policy as ``echo``), e.g. for the ablation."""
+def create_mesh(root: Path, *, max_connection_age: str = "300s", extra_agents: Sequence[str] = (),
+                callers: Sequence[str] = (), leaf_ttl: float | None = None,
+                control: Mapping[str, Any] | None = None) -> BenchMesh:
+    """``extra_agents``: more echo agents (same roles and policy as ``echo``), e.g. for the ablation;
+    ``callers``: more members that may call them (as ``loadgen`` does); ``leaf_ttl``: the lifetime of
+    the identities issued here (default the CA's, 24 h); ``control``: more keys of the ``control``
+    section, e.g. ``{"cert_ttl": "6s"}`` for what the control plane issues (renewals, joins).
+    ``max_connection_age: "0s"`` switches closing connections by age off."""
     root.mkdir(parents=True, exist_ok=True)
-    doc = _mesh_doc(max_connection_age, extra_agents)
+    doc = _mesh_doc(max_connection_age, extra_agents, callers, control or {})
     ca = CertificateAuthority.init(root / "ca", TRUST_DOMAIN)
-    for name in (*MEMBERS, *extra_agents):
-        write_identity(ca.issue(name), root / "identities" / name)
+    for name in (*MEMBERS, *extra_agents, *callers):
+        issued = ca.issue(name) if leaf_ttl is None else ca.issue(name, ttl=leaf_ttl)
+        write_identity(issued, root / "identities" / name)
     path = root / "mesh.yaml"
     path.write_text(yaml.safe_dump(doc))
     config = load_config(path)

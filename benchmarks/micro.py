@@ -23,14 +23,14 @@ from agentmesh.guard import PayloadGuard
 from agentmesh.identity import peer_identity_from_pem
 from agentmesh.interceptors.identity import PeerIdentityCache
 from agentmesh.pki import CertificateAuthority
-from agentmesh.pki.crl import RevocationList
 from agentmesh.policy import PolicyEngine, PolicyRequest
 from agentmesh.ratelimit import MemoryLimiter
 from agentmesh.runtime.credentials import AgentIdentity
+from agentmesh.runtime.truststate import TrustState
 from agentmesh.tokens import KeySet, TokenAuthority, verifier_from_config
 from benchmarks.chainbench import run_chain_micro
 from benchmarks.echo import METHOD, request
-from benchmarks.meshdir import AGENT, CLIENT, TRUST_DOMAIN, BenchMesh
+from benchmarks.meshdir import AGENT, CLIENT, TRUST_DOMAIN, BenchMesh, trust_snapshot
 
 __all__ = ["STAGES", "run_micro", "time_op"]
 
@@ -122,9 +122,9 @@ def _ca_rate(workdir: Path, seconds: float) -> tuple[float, int]:
 def run_micro(mesh: BenchMesh, workdir: Path, seconds: float, ca_seconds: float) -> dict[str, Any]:
     config = mesh.config
     client = AgentIdentity(config.identity_dir(CLIENT), config.trust_domain)
-    chain = client.files.chain
-    revocations = RevocationList(config.crl_path, chain[0] if chain else None)
-    identities = PeerIdentityCache(config.trust_domain, revocations=revocations)
+    trust = TrustState(config.revocation)
+    trust.update(trust_snapshot(config))  # what a member holds once the control plane streamed it
+    identities = PeerIdentityCache(config.trust_domain, trust=trust)
     pem = client.leaf_pem
     authority = TokenAuthority.load(config.ca_dir, issuer=config.tokens.issuer)
     verifier = verifier_from_config(config.tokens, KeySet.from_authority(authority))

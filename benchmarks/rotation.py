@@ -25,7 +25,7 @@ from benchmarks.loadgen import GrpcTarget, LoadGenerator, LoadgenSpec
 from benchmarks.meshdir import AGENT, CLIENT, BenchMesh, create_mesh
 from benchmarks.procs import Processes
 
-__all__ = ["PHASES", "run_rotation"]
+__all__ = ["PHASES", "run_rotation", "served_certificate", "served_serial"]
 
 CHECK_EVERY = 0.2
 MAX_CONNECTION_AGE = "2s"
@@ -33,8 +33,7 @@ MAX_CONNECTION_AGE = "2s"
 PHASES = (("serving side", (AGENT, "control")), ("every member", (AGENT, CLIENT, "control")))
 
 
-def served_serial(mesh: BenchMesh, name: str) -> int:
-    """The serial of the certificate agent ``name`` presents in a TLS handshake right now."""
+def _handshake(mesh: BenchMesh, name: str) -> x509.Certificate:
     ident = mesh.config.identity_dir(CLIENT)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
@@ -46,7 +45,23 @@ def served_serial(mesh: BenchMesh, name: str) -> int:
             ctx.wrap_socket(raw, server_hostname=name) as tls:
         der = tls.getpeercert(binary_form=True)
     assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
+    return x509.load_der_x509_certificate(der)
+
+
+def served_certificate(mesh: BenchMesh, name: str, *, attempts: int = 3) -> x509.Certificate:
+    """The certificate agent ``name`` presents in a TLS handshake right now, seen as the load generator
+    (with its files as they are: tried again when a renewal replaced them between two reads)."""
+    for _ in range(attempts - 1):
+        try:
+            return _handshake(mesh, name)
+        except (ssl.SSLError, OSError):
+            time.sleep(0.2)  # the client's key and certificate were being replaced
+    return _handshake(mesh, name)
+
+
+def served_serial(mesh: BenchMesh, name: str) -> int:
+    """The serial of the certificate agent ``name`` presents in a TLS handshake right now."""
+    return served_certificate(mesh, name).serial_number
 
 
 def _phase(gen: LoadGenerator, mesh: BenchMesh, members: tuple[str, ...], seconds: float, concurrency: int,

@@ -2,7 +2,8 @@
 
 Phases: micro-benchmarks (in-process); the six variants side by side (every server in its own
 process, the load generator in another: a warm-up, then interleaved rounds A B C ... A B C ...,
-medians reported); certificate rotation under load. Writes a table to the terminal,
+medians reported); certificate rotation under load; the identity lifecycle: automatic renewal
+under load, revocation propagation, join cost. Writes a table to the terminal,
 benchmarks/results/latest.json and benchmarks/results/latest.png.
 """
 
@@ -26,6 +27,7 @@ from typing import Any
 from benchmarks import report
 from benchmarks.echo import http_body
 from benchmarks.httpload import HttpLoad, HttpTarget
+from benchmarks.joincost import run_join
 from benchmarks.loadgen import GrpcTarget, LoadGenerator, LoadgenSpec, RoundResult
 from benchmarks.meshdir import AGENT, REDIS_AGENT, BenchMesh, create_mesh, free_port
 from benchmarks.micro import run_micro
@@ -39,6 +41,8 @@ from benchmarks.procs import (
     start_redis,
     system_busy_seconds,
 )
+from benchmarks.propagation import run_propagation
+from benchmarks.renewal import run_renewal
 from benchmarks.rotation import run_rotation
 from benchmarks.settings import FULL, GATEWAY_PATH, QUICK, SMOKE, VARIANTS, Preset
 
@@ -300,10 +304,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="fewer, shorter rounds; no rotation (< 1 min)")
+    mode.add_argument("--quick", action="store_true",
+                      help="fewer, shorter rounds; no rotation or renewal under load (< 1 min)")
     mode.add_argument("--smoke", action="store_true", help="variants 1-3, one 0.3 s round each (for the test)")
     p.add_argument("--rotate", action="store_true",
-                   help="only the rotation-under-load scenario (the full run includes it)")
+                   help="only rotation and renewal under load, revocation propagation and join cost "
+                        "(the full run includes them)")
     p.add_argument("--variants", help="comma-separated variant numbers, e.g. 1,2,3")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--rounds", type=int)
@@ -327,7 +333,8 @@ def _preset(a: argparse.Namespace) -> Preset:
         if not set(changes["variants"]) <= set(VARIANTS):
             raise SystemExit(f"--variants: choose from {', '.join(map(str, VARIANTS))}")
     if a.rotate:
-        changes.update(rotate=True, variants=())
+        changes.update(rotate=True, variants=(), renewal=True, propagation_trials=FULL.propagation_trials,
+                       joins=FULL.joins, join_history=FULL.join_history)
     if a.no_chart:
         changes["chart"] = False
     return dataclasses.replace(preset, **changes) if changes else preset
@@ -338,6 +345,23 @@ def _phase(name: str, fn: Callable[[], Any]) -> Any:
     result = fn()
     log(f"{name} done in {time.perf_counter() - started:.1f} s")
     return result
+
+
+def _lifecycle(workdir: Path, preset: Preset, concurrency: int) -> dict[str, Any] | None:
+    """Renewal under load, revocation propagation and join cost, as far as the preset asks; None if not at all."""
+    out: dict[str, Any] = {"renewal": None, "propagation": None, "join": None}
+    if preset.renewal:
+        log(f"automatic renewal under load ({preset.renewal_seconds:g} s) ...")
+        out["renewal"] = _phase("renewal", lambda: run_renewal(workdir, seconds=preset.renewal_seconds,
+                                                               concurrency=concurrency, log=log))
+    if preset.propagation_trials:
+        log(f"revocation propagation ({preset.propagation_trials} trials) ...")
+        out["propagation"] = _phase("propagation", lambda: run_propagation(
+            workdir, trials=preset.propagation_trials, log=log))
+    if preset.joins:
+        log(f"join cost ({preset.joins} joins) ...")
+        out["join"] = _phase("join cost", lambda: run_join(workdir, joins=preset.joins, history=preset.join_history))
+    return out if any(v is not None for v in out.values()) else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -357,6 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "variants": {},
         "micro": None,
         "rotation": None,
+        "lifecycle": None,
     }
     try:
         if not a.rotate and not a.no_micro:
@@ -371,6 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"rotation under load (2 phases of {preset.rotate_seconds:g} s) ...")
             doc["rotation"] = _phase("rotation", lambda: run_rotation(
                 workdir, seconds=preset.rotate_seconds, concurrency=a.concurrency, rotations=2, log=log))
+        doc["lifecycle"] = _lifecycle(workdir, preset, a.concurrency)
     finally:
         if a.keep:
             log(f"kept {workdir}")
@@ -380,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     ratios = report.compute_ratios(doc["variants"])
     doc["ratios"] = ratios
-    doc["targets"] = report.compute_targets(ratios, doc["micro"], doc["rotation"])
+    doc["targets"] = report.compute_targets(ratios, doc["micro"], doc["rotation"], doc["lifecycle"])
     doc["duration_s"] = round(time.perf_counter() - started, 1)
     report.print_report(doc)
     json_path = a.out / "latest.json"
@@ -388,8 +414,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(f"wrote {json_path}")
     if preset.chart and doc["variants"]:
         png = a.out / "latest.png"
-        report.write_chart(doc, png)
-        log(f"wrote {png}")
+        if importlib.util.find_spec("matplotlib") is None:
+            log("no chart: matplotlib is not installed (pip install -e '.[bench]')")
+        else:
+            report.write_chart(doc, png)
+            log(f"wrote {png}")
     log(f"total {doc['duration_s']:.0f} s")
     return 0
 

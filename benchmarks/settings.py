@@ -41,12 +41,18 @@ class Preset:
     rotate_seconds: float  # per rotation phase
     variants: tuple[int, ...]
     chart: bool
+    renewal: bool = False  # run automatic renewal under load (its own mesh, >= 3 leaf lifetimes)
+    renewal_seconds: float = 20.0  # of load
+    propagation_trials: int = 0  # revocation propagation trials (0: not measured)
+    joins: int = 0  # join cost: joins timed (0: not measured)
+    join_history: int = 0  # join cost again once the join-token file holds this many tokens (0: not)
 
 
 FULL = Preset("full", rounds=5, seconds=3.0, warmup=1.5, micro_seconds=0.4, ca_seconds=1.5, rotate=True,
-              rotate_seconds=10.0, variants=(1, 2, 3, 4, 5, 6), chart=True)
+              rotate_seconds=10.0, variants=(1, 2, 3, 4, 5, 6), chart=True, renewal=True, renewal_seconds=20.0,
+              propagation_trials=10, joins=60, join_history=1000)
 QUICK = Preset("quick", rounds=2, seconds=2.0, warmup=1.0, micro_seconds=0.1, ca_seconds=0.5, rotate=False,
-               rotate_seconds=8.0, variants=(1, 2, 3, 4, 5, 6), chart=True)
+               rotate_seconds=8.0, variants=(1, 2, 3, 4, 5, 6), chart=True, propagation_trials=5, joins=50)
 SMOKE = Preset("smoke", rounds=1, seconds=0.3, warmup=0.2, micro_seconds=0.01, ca_seconds=0.05, rotate=False,
                rotate_seconds=3.0, variants=(1, 2, 3), chart=False)
 PRESETS = {p.name: p for p in (FULL, QUICK, SMOKE)}

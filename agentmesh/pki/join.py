@@ -44,12 +44,14 @@ _REASONS = frozenset({"malformed", "unknown", "expired", "used", "voided", "bloc
 
 
 class JoinRefused(PKIError):
-    """A join token that cannot be redeemed; ``reason`` is malformed, unknown, expired, used or blocked."""
+    """A join token that cannot be redeemed; ``reason`` is malformed, unknown, expired, used, voided or
+    blocked; ``name``: the member the token was for, when the token is known (for the audit trail)."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, *, name: str | None = None) -> None:
         assert reason in _REASONS
         super().__init__(f"join token refused: {message}")
         self.reason = reason
+        self.name = name
 
 
 @dataclass(frozen=True)
@@ -94,9 +96,9 @@ def parse_token(token: str) -> tuple[str, bytes]:
     raise JoinRefused("malformed", f"not a join token (expected {TOKEN_PREFIX}.<id>.<secret>)")
 
 
-def fold(events: Iterable[dict[str, Any]]) -> dict[str, TokenRecord]:
-    """The tokens of a join-tokens file, by id, with when each was used."""
-    tokens: dict[str, TokenRecord] = {}
+def fold(events: Iterable[dict[str, Any]], tokens: dict[str, TokenRecord] | None = None) -> dict[str, TokenRecord]:
+    """The tokens of a join-tokens file, by id, with when each was used (``tokens``: the state so far)."""
+    tokens = {} if tokens is None else tokens
     for ev in events:
         if ev["op"] == "create":
             grant = JoinGrant(ev["id"], ev["name"], tuple(ev["dns"]), float(ev["exp"]))
@@ -119,14 +121,16 @@ def decide(tokens: dict[str, TokenRecord], token: str, *, now: float, blocked: C
         raise JoinRefused("unknown", "unknown token or wrong secret")
     grant = known.grant
     if now >= grant.expires_at:
-        raise JoinRefused("expired", f"the token for {grant.name} expired at {_when(grant.expires_at)}")
+        raise JoinRefused("expired", f"the token for {grant.name} expired at {_when(grant.expires_at)}",
+                          name=grant.name)
     if known.used_at is not None:
-        raise JoinRefused("used", f"the token for {grant.name} was already used at {_when(known.used_at)}")
+        raise JoinRefused("used", f"the token for {grant.name} was already used at {_when(known.used_at)}",
+                          name=grant.name)
     if known.voided_at is not None:
         raise JoinRefused("voided", f"the token for {grant.name} was voided when {grant.name} was revoked "
-                                    f"({_when(known.voided_at)})")
+                                    f"({_when(known.voided_at)})", name=grant.name)
     if grant.name in blocked:
-        raise JoinRefused("blocked", f"agent {grant.name} is revoked")
+        raise JoinRefused("blocked", f"agent {grant.name} is revoked", name=grant.name)
     return grant
 
 
@@ -136,6 +140,8 @@ class JoinTokens:
     def __init__(self, ca_dir: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(ca_dir) / "join-tokens.jsonl"
         self.clock = clock
+        self._folded: dict[str, TokenRecord] = {}
+        self._where: tuple[int, int] = (-1, 0)  # (inode, bytes folded)
 
     @contextlib.contextmanager
     def _open(self) -> Iterator[IO[bytes]]:
@@ -149,11 +155,20 @@ class JoinTokens:
                 fcntl.flock(fd, fcntl.LOCK_UN)
 
     def _tokens(self, f: IO[bytes]) -> dict[str, TokenRecord]:
-        f.seek(0)
+        """The folded file (called under its lock); append-only, so only the lines added since are read."""
+        st = os.fstat(f.fileno())
+        if st.st_ino != self._where[0] or st.st_size < self._where[1]:
+            self._folded, self._where = {}, (st.st_ino, 0)
+        f.seek(self._where[1])
+        data = f.read()
+        end = data.rfind(b"\n") + 1
         try:
-            return fold(json.loads(line) for line in f.read().splitlines() if line.strip())
+            fold((json.loads(line) for line in data[:end].splitlines() if line.strip()), self._folded)
         except (ValueError, KeyError, TypeError):
+            self._folded, self._where = {}, (-1, 0)
             raise PKIError(f"the join token file {self.path} is damaged") from None
+        self._where = (st.st_ino, self._where[1] + end)
+        return self._folded
 
     @staticmethod
     def _append(f: IO[bytes], event: dict[str, object]) -> None:

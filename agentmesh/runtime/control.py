@@ -152,6 +152,8 @@ class JoinService(control_pb2_grpc.JoinServiceServicer):
             check_csr(request.csr_pem, self.config.spiffe_id(grant.name))  # refused requests leave the token
             self.tokens.redeem(request.join_token, blocked=blocked)  # spent: decided again under its lock
         except JoinRefused as e:
+            if e.name is not None and call.span is not None:
+                call.span.set_attribute("agentmesh.cert.member", e.name)
             raise PermissionDenied(e.message) from None
         issued = sign_csr(self.config, self.ca, grant.name, request.csr_pem, dns=grant.dns)
         _record(call, grant.name, issued)

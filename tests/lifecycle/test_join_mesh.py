@@ -139,8 +139,10 @@ async def raw_join(mesh: Mesh, token: str, csr: bytes) -> grpc.aio.AioRpcError:
 
 async def test_a_join_for_another_member_or_a_revoked_one_is_refused_and_audited(mesh: Mesh) -> None:
     tokens = JoinTokens(mesh.config.ca_dir)
-    other = await raw_join(mesh, tokens.create("newbie"), make_csr(new_key(), SpiffeId.for_agent(TD, "ingestor")))
+    kept = tokens.create("newbie")
+    other = await raw_join(mesh, kept, make_csr(new_key(), SpiffeId.for_agent(TD, "ingestor")))
     assert other.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED)
+    assert tokens.check(kept).name == "newbie"  # a refused request does not spend the token
     foreign = make_csr(new_key(), SpiffeId.for_agent("evil.org", "newbie"))
     ca_key = await raw_join(mesh, tokens.create("newbie"), foreign)
     assert ca_key.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.PERMISSION_DENIED)
@@ -154,4 +156,5 @@ async def test_a_join_for_another_member_or_a_revoked_one_is_refused_and_audited
     spans = [json.loads(line) for line in mesh.audit_path.read_text().splitlines()]
     joins = [s for s in spans if s["name"].endswith("JoinService/Join")]
     assert len(joins) == 3, [s["name"] for s in spans]
+    assert all(s["attributes"]["agentmesh.cert.member"] == "newbie" for s in joins)  # who tried, by token
     assert pending not in mesh.audit_path.read_text()  # the token never reaches the audit log

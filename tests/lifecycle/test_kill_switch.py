@@ -26,6 +26,7 @@ POLICY = [
     {"name": "workers-call-ingestor", "action": "allow", "to": ["ingestor"], "from": ["rogue", "other"]},
     {"name": "other-calls-rogue", "action": "allow", "to": ["rogue"], "from": ["other"]},
     {"name": "delegated", "action": "allow", "to": ["ingestor"], "roles": ["client"], "via": ["other"]},
+    {"name": "ingestor-relays", "action": "allow", "to": ["rogue"], "from": ["ingestor"]},
 ]
 
 
@@ -38,8 +39,12 @@ class HoldingAgent(agent_pb2_grpc.AgentServicer):
 
     async def Invoke(self, request: agent_pb2.Task, context: grpc.aio.ServicerContext) -> agent_pb2.TaskResult:
         self.calls += 1
-        if request.input[0].text == "hold":
+        text = request.input[0].text
+        if text == "hold":
             await asyncio.Event().wait()
+        if text.startswith("relay:"):  # hold a call to another agent open
+            await self.node.stub(text.removeprefix("relay:"), agent_pb2_grpc.AgentStub).Invoke(agent_pb2.Task(
+                id=request.id, input=[agent_pb2.Part(text="hold")]))
         return agent_pb2.TaskResult(task_id=request.id, status=agent_pb2.TASK_STATUS_COMPLETED)
 
     async def InvokeStream(self, request: agent_pb2.Task, context: grpc.aio.ServicerContext) -> AsyncIterator[
@@ -162,3 +167,39 @@ async def test_clients_refuse_a_server_presenting_a_revoked_certificate(mesh: Me
         except (Unavailable, grpc.aio.AioRpcError):
             assert asyncio.get_running_loop().time() < deadline, "calls did not resume"
             await asyncio.sleep(0.05)
+
+
+async def test_a_join_token_made_before_the_kill_switch_never_works(mesh: Mesh) -> None:
+    from agentmesh.pki.join import JoinRefused, JoinTokens
+
+    tokens = JoinTokens(mesh.config.ca_dir)
+    early = tokens.create("rogue")
+    assert revoke_agent(mesh, "rogue").returncode == 0
+    cmd = [sys.executable, "-m", "agentmesh.cli.main", "reinstate", "rogue", "--config", str(mesh.config.source)]
+    assert subprocess.run(cmd, capture_output=True, text=True, timeout=60).returncode == 0
+    with pytest.raises(JoinRefused, match="voided"):
+        tokens.redeem(early)
+    tokens.redeem(tokens.create("rogue"))  # a token made after reinstating works
+
+
+async def test_a_handler_whose_onward_call_dies_with_a_revoked_member_answers_its_caller(mesh: Mesh) -> None:
+    """other -> ingestor -> rogue (held); revoking rogue ends ingestor's onward call: other gets UNAVAILABLE
+    at once instead of waiting for its deadline."""
+    relay = mesh.nodes["other"].stub("ingestor", agent_pb2_grpc.AgentStub)
+    pending = asyncio.ensure_future(relay.Invoke(task("relay:rogue"), timeout=60))
+    while mesh.agents["rogue"].calls < 1:
+        await asyncio.sleep(0.01)
+    assert revoke_agent(mesh, "rogue").returncode == 0
+    with pytest.raises(grpc.aio.AioRpcError) as answered:
+        await asyncio.wait_for(pending, 10)
+    assert answered.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_revoked_member_that_starts_is_told_so_at_once(mesh: Mesh) -> None:
+    assert revoke_agent(mesh, "rogue").returncode == 0
+    node = MeshNode(mesh.config, "rogue")
+    try:
+        with pytest.raises(PKIError, match=r"refuses this member.*revoked"):
+            await node.start(timeout=20)  # not a 20 s wait: the refusal is the answer
+    finally:
+        await node.close()

@@ -130,3 +130,19 @@ async def test_a_revoked_member_cannot_renew_itself_back(mesh: Mesh) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await renew_call(mesh, "summarizer", make_csr(new_key(), SpiffeId.for_agent(TD, "summarizer")))
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED and "revoked" in refused.value.details()
+
+
+async def test_a_certificate_revoked_a_moment_ago_cannot_renew_even_before_members_hear_of_it(mesh: Mesh) -> None:
+    """The race the adversarial review found: Renew decides under the CA lock on the CA's index, not on the
+    control plane's (0.25 s old) snapshot, and what a certificate renewed into is revoked with it."""
+    node = mesh.nodes["summarizer"]
+    held = node.identity.files.leaf.serial_number
+    renewed = await renew_call(mesh, "summarizer", make_csr(new_key(), SpiffeId.for_agent(TD, "summarizer")))
+    mesh.ca.revoke(format(held, "x"))  # no waiting for the trust stream
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await renew_call(mesh, "summarizer", make_csr(new_key(), SpiffeId.for_agent(TD, "summarizer")))
+    assert refused.value.code() in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNAUTHENTICATED)
+    from cryptography import x509
+    child = x509.load_pem_x509_certificate(renewed.cert_chain_pem).serial_number
+    status = {e.serial: e.revoked_at is not None for e in mesh.ca.entries()}
+    assert status[held] and status[child], "a stolen key must not fork the identity through renewal"

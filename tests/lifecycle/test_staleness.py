@@ -4,11 +4,13 @@ strict: everyone refused; open: everyone accepted, one warning). Time passes by 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -17,7 +19,7 @@ from support import task
 
 from agentmesh.clock import FakeClock
 from agentmesh.errors import Unavailable
-from agentmesh.v1 import agent_pb2_grpc
+from agentmesh.v1 import agent_pb2, agent_pb2_grpc
 
 AGENTS = {"ingestor": {"roles": ["ingestor"]}, "summarizer": {"roles": ["summarizer"]}}
 POLICY = [{"name": "direct", "action": "allow", "to": ["ingestor"], "from": ["bridge", "summarizer"]}]
@@ -82,3 +84,26 @@ async def test_members_follow_a_restarted_control_plane_within_seconds(tmp_path:
         mesh.control = await start_control(mesh.config)  # the same address; the fixture stops it
         await node.wait_for_trust(lambda t: t.generation != before, timeout=15)
         await node.renewer.renew()  # type: ignore[union-attr]
+
+
+class Streamer(agent_pb2_grpc.AgentServicer):
+    def __init__(self, node: object) -> None:
+        self.calls = 0
+
+    async def InvokeStream(self, request: agent_pb2.Task, context: grpc.aio.ServicerContext) -> Any:
+        yield agent_pb2.TaskEvent(task_id=request.id, progress="open")
+        await asyncio.Event().wait()
+
+
+async def test_strict_mode_ends_calls_already_running_once_the_data_is_stale(tmp_path: Path) -> None:
+    clock = FakeClock(time.time())
+    async with running_mesh(tmp_path, AGENTS, clock=clock, policy=POLICY, servicer=Streamer,
+                            tokens={"revocation_refresh": "200ms"},
+                            revocation={"max_staleness": "60s", "failure_mode": "strict"}) as mesh:
+        stream = mesh.nodes["bridge"].stub("ingestor", agent_pb2_grpc.AgentStub).InvokeStream(task())
+        assert (await stream.read()).progress == "open"
+        await mesh.control.stop(0)
+        clock.advance(61)  # no update arrives any more: the member's own sweep notices
+        with pytest.raises(grpc.aio.AioRpcError) as ended:
+            await asyncio.wait_for(stream.read(), 10)
+        assert ended.value.code() == grpc.StatusCode.UNAVAILABLE and "cannot check" in (ended.value.details() or "")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -129,3 +130,69 @@ def test_a_crl_of_a_rotated_intermediate_verifies(tmp_path: Path) -> None:
     ca.rotate()
     ca.revoke(format(old, "x"))
     assert old in verify_snapshot(**parts(ca)).revoked_serials  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------- signed snapshots, anchors
+def signed_update(ca: CertificateAuthority, *, signer: CertificateAuthority | None = None,
+                  bundle: bytes | None = None, cross: bytes = b"", jwks: str = "{}") -> Any:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from agentmesh.v1 import control_pb2
+
+    by = signer or ca
+    content = control_pb2.TrustContent(crl_pem=by.crl_path.read_bytes(), issuers_pem=dump_cert(*by.issuers()),
+                                       bundle_pem=ca.bundle if bundle is None else bundle, cross_signed_pem=cross,
+                                       jwks_json=jwks, issued_at_ms=int(time.time() * 1000))
+    data = content.SerializeToString()
+    return control_pb2.TrustUpdate(content=data, signature=by.key.sign(data, ec.ECDSA(hashes.SHA256())),
+                                   signer_pem=dump_cert(by.cert))
+
+
+def roots(ca: CertificateAuthority) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates(ca.bundle)
+
+
+def test_a_genuine_signed_update_verifies_and_a_tampered_one_does_not(tmp_path: Path) -> None:
+    from agentmesh.runtime.publisher import snapshot_of
+
+    ca = CertificateAuthority.init(tmp_path / "ca", TD)
+    good = signed_update(ca, jwks='{"keys": []}')
+    snapshot, _ = snapshot_of(good, roots(ca), time.time())
+    assert snapshot.jwks_json == '{"keys": []}'
+    tampered = type(good)(content=good.content.replace(b'"keys"', b'"kexs"'),
+                          signature=good.signature, signer_pem=good.signer_pem)
+    with pytest.raises(PKIError, match="invalid signature"):
+        snapshot_of(tampered, roots(ca), time.time())
+
+
+def test_a_snapshot_never_anchors_itself(tmp_path: Path) -> None:
+    """A fake control plane (or a re-initialised CA) sends its own root in the bundle, signs with its own
+    CA and serves its own key set: members that trust only the real root refuse all of it."""
+    from agentmesh.runtime.publisher import snapshot_of
+
+    ca = CertificateAuthority.init(tmp_path / "ca", TD)
+    rogue = CertificateAuthority.init(tmp_path / "rogue", TD)
+    both = ca.bundle + rogue.bundle
+    for update in (signed_update(ca, signer=rogue, bundle=both),  # rogue signer, rogue root smuggled in
+                   signed_update(ca, bundle=both),  # genuine signer, but a root nobody vouches for
+                   signed_update(rogue)):  # a re-initialised CA
+        with pytest.raises(PKIError):
+            snapshot_of(update, roots(ca), time.time())
+
+
+def test_a_rolled_over_root_is_adopted_through_its_cross_certificate(tmp_path: Path) -> None:
+    from agentmesh.runtime.publisher import snapshot_of
+
+    ca = CertificateAuthority.init(tmp_path / "ca", TD)
+    old_roots = roots(ca)
+    ca.rollover()  # new root + intermediate; the old root cross-signs the new one
+    update = signed_update(ca, cross=dump_cert(*ca.cross_signed()))  # signed by the new intermediate
+    snapshot, bundle = snapshot_of(update, old_roots, time.time())
+    assert len(bundle) == 2 and snapshot.bundle == ca.bundle
+    without_cross = signed_update(ca)
+    with pytest.raises(PKIError, match="vouches"):
+        snapshot_of(without_cross, old_roots, time.time())
+    ca.finish_rollover()  # later: the old root leaves; a member that trusts both adopts that too
+    _, final = snapshot_of(signed_update(ca), bundle, time.time())
+    assert len(final) == 1
