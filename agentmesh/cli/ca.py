@@ -25,9 +25,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     rotate.add_argument("--ca", required=True, type=Path, help="CA directory")
     rotate.set_defaults(func=_rotate)
 
-    roll = s.add_parser("rollover", help="a new root: trust old + new, then --finish to drop the old one")
+    roll = s.add_parser("rollover", help="a new root: members trust old + new, then issue from the new, then "
+                        "--finish drops the old one")
     roll.add_argument("--ca", required=True, type=Path, help="CA directory")
-    roll.add_argument("--finish", action="store_true", help="drop the old root from the trust bundle")
+    step = roll.add_mutually_exclusive_group()
+    step.add_argument("--activate", action="store_true", help="issue from the new root now (the control plane "
+                      "does this by itself once members have had time to receive the new root)")
+    step.add_argument("--finish", action="store_true", help="drop the old root from the trust bundle")
     roll.set_defaults(func=_rollover)
 
 
@@ -67,11 +71,18 @@ def _rollover(args: argparse.Namespace) -> int:
         print(f"  trusted root: {_describe(ca.root)}")
         print("next: distribute the bundle; members that still hold the old root keep trusting it until they do")
         return 0
+    if args.activate:
+        cert = ca.activate_rollover()
+        print(f"the new root now issues: issuing CA {_describe(cert)}")
+        print(f"next: once every member has renewed (half a certificate lifetime), run: "
+              f"agentmesh ca rollover --ca {ca.dir} --finish")
+        return 0
     old = ca.root
     new = ca.rollover()
-    print(f"rolled over the root CA of spiffe://{ca.trust_domain}")
-    print(f"  old root: {_describe(old)} (archived in {ca.dir / 'roots'}; still in the trust bundle)")
-    print(f"  new root: {_describe(new)}; new issuing CA: {_describe(ca.cert)}")
-    print(f"next: distribute {ca.dir / 'bundle.pem'} (old + new root) to every member; when every member "
-          f"trusts the new root, run: agentmesh ca rollover --ca {ca.dir} --finish")
+    print(f"started a root rollover of spiffe://{ca.trust_domain}")
+    print(f"  old root: {_describe(old)} (still issuing; in the trust bundle)")
+    print(f"  new root: {_describe(new)} (in the trust bundle, cross-signed by the old root)")
+    print("next: the control plane streams the new bundle to every member and, once they have had time to "
+          "receive it, issues from the new root (or run --activate); when every member has renewed "
+          f"(half a certificate lifetime), run: agentmesh ca rollover --ca {ca.dir} --finish")
     return 0

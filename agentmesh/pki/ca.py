@@ -480,14 +480,16 @@ class CertificateAuthority:
         return tuple(x509.load_pem_x509_certificates(self.bundle))
 
     def rollover(self) -> x509.Certificate:
-        """A new root and a new intermediate under it; bundle.pem holds the old and the new root until
-        :meth:`finish_rollover`. Returns the new root."""
+        """Starts a root rollover: a new root (cross-signed by the current one, so members may adopt it)
+        and a new intermediate under it, kept in ``next/``; bundle.pem holds the old and the new root. The
+        CA keeps issuing from the current intermediate until :meth:`activate_rollover`, so no member is
+        handed a certificate its peers cannot verify yet. Returns the new root."""
         with self._locked():
-            if len(self.bundle_roots()) > 1:
+            if len(self.bundle_roots()) > 1 or (self.dir / "next").exists():
                 raise PKIError(f"a root rollover is already under way; finish it first with: "
                                f"agentmesh ca rollover --ca {self.dir} --finish")
             now = self.clock()
-            old_root, old_inter = self.root, self.cert
+            old_root = self.root
             root_key, root = new_root(self.trust_domain, now, ttl=ROOT_TTL, backdate=BACKDATE)
             key, cert = new_intermediate(self.trust_domain, root, root_key, now, ttl=INTERMEDIATE_TTL,
                                          backdate=BACKDATE)
@@ -499,17 +501,57 @@ class CertificateAuthority:
                 issuer_cert=old_root, issuer_key=self._root_key())
             (self.dir / "roots").mkdir(mode=0o700, exist_ok=True)
             write_public(self.dir / "roots" / f"cross-{root.serial_number:x}.pem", dump_cert(cross))
-            self._archive("roots", old_root)
-            self._archive("issuers", old_inter)
-            self._install(root, root_key, cert, key, dump_cert(old_root, root))
+            pending = self.dir / "next"
+            pending.mkdir(mode=0o700)
+            replace_private(pending / "root-key.pem", dump_key(root_key))
+            replace_private(pending / "ca-key.pem", dump_key(key))
+            write_public(pending / "root.pem", dump_cert(root))
+            write_public(pending / "ca.pem", dump_cert(cert))
+            self.bundle = dump_cert(old_root, root)
+            write_public(self.dir / "bundle.pem", self.bundle)
+            self._stamp = stamp(self.dir)
             self._append({"op": "rollover", "old_root": format(old_root.serial_number, "x"),
                           "new_root": format(root.serial_number, "x"), "new": format(cert.serial_number, "x"),
                           "at": now})
             return root
 
+    def rollover_started(self) -> float | None:
+        """When the pending rollover's new root entered the bundle (None: none is pending)."""
+        try:
+            return (self.dir / "next" / "ca.pem").stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def activate_rollover(self) -> x509.Certificate:
+        """Issues from the new root's intermediate from now on (once members trust the new root: the
+        control plane does this by itself shortly after :meth:`rollover`); returns that intermediate."""
+        with self._locked():
+            pending = self.dir / "next"
+            if not pending.exists():
+                raise PKIError(f"no root rollover is pending in {self.dir}")
+            try:
+                root = x509.load_pem_x509_certificate((pending / "root.pem").read_bytes())
+                cert = x509.load_pem_x509_certificate((pending / "ca.pem").read_bytes())
+                root_key = serialization.load_pem_private_key((pending / "root-key.pem").read_bytes(), None)
+                key = serialization.load_pem_private_key((pending / "ca-key.pem").read_bytes(), None)
+            except (OSError, ValueError, TypeError) as e:
+                raise PKIError(f"the pending rollover in {pending} is damaged ({e.__class__.__name__})") from None
+            assert isinstance(root_key, ec.EllipticCurvePrivateKey) and isinstance(key, ec.EllipticCurvePrivateKey)
+            self._archive("roots", self.root)
+            self._archive("issuers", self.cert)
+            self._install(root, root_key, cert, key, self.bundle)
+            for name in ("root.pem", "ca.pem", "root-key.pem", "ca-key.pem"):
+                (pending / name).unlink()
+            pending.rmdir()
+            self._append({"op": "rollover_activate", "new": format(cert.serial_number, "x"), "at": self.clock()})
+            return cert
+
     def finish_rollover(self) -> tuple[x509.Certificate, ...]:
         """Rewrites bundle.pem with the current root only; returns the roots it dropped (none: nothing to do)."""
         with self._locked():
+            if (self.dir / "next").exists():
+                raise PKIError("the new root does not issue yet: the control plane switches to it shortly after "
+                               f"'ca rollover' (or run: agentmesh ca rollover --ca {self.dir} --activate)")
             dropped = tuple(r for r in self.bundle_roots() if r.serial_number != self.root.serial_number)
             if dropped:
                 self.bundle = dump_cert(self.root)

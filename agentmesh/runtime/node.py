@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import random
@@ -94,7 +95,8 @@ class MeshNode:
         self.policy = PolicyEngine(config.policy, config.trust_domain, max_depth=config.tokens.max_delegation_depth)
         self.limiter = limiter if limiter is not None else build_limiter(config.rate_limits)
         self.guard = PayloadGuard(config.guard)
-        self._controls: dict[str, tuple[grpc.aio.Channel, AgentTokenSource]] = {}  # by certificate thumbprint
+        # by certificate thumbprint and trust bundle: the identity snapshot its channel was made with
+        self._controls: dict[str, tuple[grpc.aio.Channel, AgentTokenSource]] = {}
         self.channels = MeshChannels(self.identity, self._target, steps=self._client_steps, options=CHANNEL_OPTIONS,
                                      refused=self.trust.member_revoked, on_new=lambda name: self._check_now.set())
         self._revoked_addresses: dict[str, int] = {}  # address -> the revoked serial a server there presented
@@ -169,7 +171,8 @@ class MeshNode:
         """The control-plane channel and token source of one identity snapshot: the token it fetches
         is bound to exactly the certificate the snapshot's channels present. Those of earlier
         certificates are closed once nothing uses them (their calls in flight get a grace period)."""
-        hit = self._controls.get(files.thumbprint)
+        key = files.thumbprint + hashlib.sha256(files.bundle).hexdigest()  # a new root (rollover): a new channel
+        hit = self._controls.get(key)
         if hit is None:
             channel = secure_channel(self.identity, self.config.control.address, self.config.control.name,
                                      files=files, options=CHANNEL_OPTIONS)
@@ -177,7 +180,7 @@ class MeshNode:
             for thumbprint, (old, _) in list(self._controls.items()):
                 del self._controls[thumbprint]
                 self.channels.retire(old, grace=60.0)
-            self._controls[files.thumbprint] = hit
+            self._controls[key] = hit
         return hit
 
     @property

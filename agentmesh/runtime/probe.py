@@ -30,13 +30,13 @@ def split_address(address: str) -> tuple[str, int]:
 def served_certificate(address: str, server_name: str, identity_dir: Path, *, timeout: float = 3.0) -> x509.Certificate:
     """The leaf ``address`` presents to this member (mutual TLS, chain verified against the bundle,
     ``server_name`` checked as the DNS name, as the member's gRPC channels do). Blocking: run it in a thread."""
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_verify_locations(str(identity_dir / "bundle.pem"))
-    ctx.load_cert_chain(str(identity_dir / "cert.pem"), str(identity_dir / "key.pem"))
-    ctx.set_alpn_protocols(["h2"])
     host, port = split_address(address)
     try:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_verify_locations(str(identity_dir / "bundle.pem"))
+        ctx.load_cert_chain(str(identity_dir / "cert.pem"), str(identity_dir / "key.pem"))  # mid-renewal: next time
+        ctx.set_alpn_protocols(["h2"])
         with socket.create_connection((host, port), timeout=timeout) as raw, \
                 ctx.wrap_socket(raw, server_hostname=server_name) as tls:
             der = tls.getpeercert(binary_form=True)

@@ -108,7 +108,12 @@ class TrustPublisher:
         return snapshot_of(msg, self.ca.bundle_roots(), self.clock())[0]
 
     def refresh(self) -> bool:
-        """Rebuilds the snapshot when the CA directory changed (or the CRL needs re-signing)."""
+        """Rebuilds the snapshot when the CA directory changed (or the CRL needs re-signing), and lets a
+        pending root rollover issue once members have had two heartbeats to receive the new root."""
+        started = self.ca.rollover_started()
+        if started is not None and time.time() - started >= 2 * self.heartbeat + self.poll:
+            cert = self.ca.activate_rollover()
+            log.warning("control: the new root issues from now on (issuing CA %x)", cert.serial_number)
         if self._stat() == self._stamp and self.snapshot.crl_next_update - self.clock() >= CRL_VALIDITY / 2:
             return False
         self.content = self._build()

@@ -67,9 +67,12 @@ def test_rollover_then_finish(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     old_root = CertificateAuthority.load(ca).root
     out, _ = ok(capsys, "ca", "rollover", "--ca", ca)
     assert f"old root: serial {old_root.serial_number:x}" in out
-    assert f"agentmesh ca rollover --ca {ca} --finish" in out and "distribute" in out
+    assert f"agentmesh ca rollover --ca {ca} --finish" in out and "streams the new bundle" in out
     assert len(x509.load_pem_x509_certificates((tmp_path / "ca" / "bundle.pem").read_bytes())) == 2
     fails(capsys, "ca", "rollover", "--ca", ca, match="already under way")
+    fails(capsys, "ca", "rollover", "--ca", ca, "--finish", match="does not issue yet")
+    out, _ = ok(capsys, "ca", "rollover", "--ca", ca, "--activate")
+    assert "the new root now issues" in out
     out, _ = ok(capsys, "ca", "rollover", "--ca", ca, "--finish")
     assert f"dropped the old root (serial {old_root.serial_number:x}" in out
     assert (tmp_path / "ca" / "bundle.pem").read_bytes() == (tmp_path / "ca" / "root.pem").read_bytes()

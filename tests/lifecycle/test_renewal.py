@@ -51,7 +51,7 @@ def control_section(**extra: Any) -> dict[str, Any]:
 
 @pytest.fixture
 async def short_lived(tmp_path: Path) -> AsyncIterator[Mesh]:
-    async with running_mesh(tmp_path, AGENTS, policy=POLICY, leaf_ttl=LIFETIME,
+    async with running_mesh(tmp_path, AGENTS, policy=POLICY, leaf_ttl=LIFETIME, tokens={"revocation_refresh": "1s"},
                             control=control_section(cert_ttl=f"{LIFETIME:.0f}s")) as m:
         yield m
 
@@ -146,3 +146,42 @@ async def test_a_certificate_revoked_a_moment_ago_cannot_renew_even_before_membe
     child = x509.load_pem_x509_certificate(renewed.cert_chain_pem).serial_number
     status = {e.serial: e.revoked_at is not None for e in mesh.ca.entries()}
     assert status[held] and status[child], "a stolen key must not fork the identity through renewal"
+
+
+async def test_a_root_rollover_under_traffic(short_lived: Mesh) -> None:
+    """ca rollover: members adopt the new root (vouched for by the old one) from the trust stream, renew
+    into it; ca rollover --finish: they drop the old one; no call fails on the way."""
+    mesh = short_lived
+    stub = mesh.nodes["bridge"].stub("ingestor", agent_pb2_grpc.AgentStub)
+    token = mesh.client_token()
+    failed: list[str] = []
+    ok = 0
+
+    async def traffic(seconds: float) -> None:
+        nonlocal ok
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            with delegating(token):
+                try:
+                    await stub.Invoke(_onward(), timeout=5)
+                    ok += 1
+                except grpc.aio.AioRpcError as e:
+                    failed.append(f"{e.code().name}: {e.details()}")
+
+    await traffic(LIFETIME / 2)
+    new_root = await asyncio.to_thread(mesh.ca.rollover)
+    for node in mesh.nodes.values():
+        await node.wait_for_trust(lambda t: t.bundle == mesh.ca.bundle)
+    while mesh.ca.rollover_started() is not None:  # the control plane lets the new root issue by itself
+        await traffic(0.2)
+    await traffic(2 * LIFETIME)  # everyone renews into the new root meanwhile
+    for name, node in mesh.nodes.items():
+        node.identity.files.chain[0].verify_directly_issued_by(new_root)  # renewed under the new root
+    await asyncio.to_thread(mesh.ca.finish_rollover)
+    for node in mesh.nodes.values():
+        await node.wait_for_trust(lambda t: t.bundle == mesh.ca.bundle)
+    await traffic(LIFETIME)
+    assert not failed, failed[:5]
+    assert ok > 20
+    for node in mesh.nodes.values():
+        assert node.identity.files.bundle == mesh.ca.bundle  # written to bundle.pem: a restart keeps it

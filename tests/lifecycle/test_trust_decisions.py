@@ -186,13 +186,16 @@ def test_a_rolled_over_root_is_adopted_through_its_cross_certificate(tmp_path: P
 
     ca = CertificateAuthority.init(tmp_path / "ca", TD)
     old_roots = roots(ca)
-    ca.rollover()  # new root + intermediate; the old root cross-signs the new one
-    update = signed_update(ca, cross=dump_cert(*ca.cross_signed()))  # signed by the new intermediate
+    ca.rollover()  # a new root, cross-signed by the old one, joins the bundle
+    update = signed_update(ca, cross=dump_cert(*ca.cross_signed()))
     snapshot, bundle = snapshot_of(update, old_roots, time.time())
     assert len(bundle) == 2 and snapshot.bundle == ca.bundle
     without_cross = signed_update(ca)
     with pytest.raises(PKIError, match="vouches"):
         snapshot_of(without_cross, old_roots, time.time())
+    ca.activate_rollover()  # the new root's intermediate signs from now on
+    snapshot_of(signed_update(ca, cross=dump_cert(*ca.cross_signed())), old_roots, time.time())
+    snapshot_of(signed_update(ca), bundle, time.time())  # a member that adopted the bundle needs no cross
     ca.finish_rollover()  # later: the old root leaves; a member that trusts both adopts that too
     _, final = snapshot_of(signed_update(ca), bundle, time.time())
     assert len(final) == 1

@@ -276,7 +276,18 @@ def test_root_rollover_trusts_both_roots_until_finished(ca: CertificateAuthority
     old_root, old_inter = ca.root, ca.cert
     before = ca.issue("a")
     new_root = ca.rollover()
+    # step 1: members trust both roots; the old one still issues (peers may not have the new one yet)
+    assert ca.root == old_root and ca.cert == old_inter and ca.rollover_started() is not None
+    assert ca.issue("early").chain[0] == old_inter
+    cross = ca.cross_signed()
+    assert len(cross) == 1 and cross[0].public_key() == new_root.public_key()
+    cross[0].verify_directly_issued_by(old_root)  # the old root vouches for the new one
+    with pytest.raises(PKIError, match="does not issue yet"):
+        ca.finish_rollover()
+    # step 2: the new root issues
+    ca.activate_rollover()
     assert ca.root == new_root and new_root.serial_number != old_root.serial_number
+    assert ca.rollover_started() is None
     new_root.verify_directly_issued_by(new_root)
     ca.cert.verify_directly_issued_by(new_root)
     assert ca.bundle_roots() == (old_root, new_root)
