@@ -175,7 +175,7 @@ async def test_a_root_rollover_under_traffic(short_lived: Mesh) -> None:
     while mesh.ca.rollover_started() is not None:  # the control plane lets the new root issue by itself
         await traffic(0.2)
     await traffic(2 * LIFETIME)  # everyone renews into the new root meanwhile
-    for name, node in mesh.nodes.items():
+    for node in mesh.nodes.values():
         node.identity.files.chain[0].verify_directly_issued_by(new_root)  # renewed under the new root
     await asyncio.to_thread(mesh.ca.finish_rollover)
     for node in mesh.nodes.values():
