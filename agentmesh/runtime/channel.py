@@ -172,7 +172,12 @@ class MeshChannel:
         return self._channels.current(self.name)[0].get_state(try_to_connect)
 
     async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None:
-        await self._channels.current(self.name)[0].wait_for_state_change(last_observed_state)
+        # the connection may have been replaced (a renewal) since the state was observed: a new one is
+        # asked to connect, and its own state is what changes or not
+        channel = self._channels.current(self.name)[0]
+        if channel.get_state(try_to_connect=True) != last_observed_state:
+            return
+        await channel.wait_for_state_change(last_observed_state)
 
     async def channel_ready(self) -> None:
         await self._channels.current(self.name)[0].channel_ready()

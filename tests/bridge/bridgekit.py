@@ -182,12 +182,13 @@ async def serve_app(app: Starlette, config: MeshConfig, **kw: Any) -> AsyncItera
 
 @contextlib.asynccontextmanager
 async def running_bridge(root: Path, agents: dict[str, dict[str, Any]], *, serve: Sequence[str],
-                         **sections: Any) -> AsyncIterator[BridgeMesh]:
+                         leaf_ttl: float = 86400.0, **sections: Any) -> AsyncIterator[BridgeMesh]:
     """A mesh of ``agents`` (those in ``serve`` running Agent + Probe) and the bridge in front of it."""
     _, probe_grpc = probe_modules()
-    path = write_mesh(root, agents, **sections)
+    path = write_mesh(root, agents, leaf_ttl=leaf_ttl, **sections)
     ca = CertificateAuthority.load(root / "ca")
-    write_identity(ca.issue("bridge", dns=["localhost"]), root / "identities" / "bridge")  # HTTPS name too
+    write_identity(ca.issue("bridge", dns=["localhost"], ttl=leaf_ttl),  # HTTPS name too
+                   root / "identities" / "bridge")
     config = load_config(path)
     control = await start_control(config)
     control_sink = control.sink
