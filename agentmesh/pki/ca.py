@@ -330,6 +330,11 @@ class CertificateAuthority:
         with self._mutex:
             return list(self._state().entries.values())
 
+    def entry(self, serial: int) -> IndexEntry | None:
+        """The certificate with this serial, as the index knows it now."""
+        with self._mutex:
+            return self._state().entries.get(serial)
+
     def latest(self, name: str) -> IndexEntry | None:
         """The newest certificate issued to ``name`` (revoked or not), or None."""
         with self._mutex:

@@ -61,7 +61,7 @@ def sign_csr(config: MeshConfig, ca: CertificateAuthority, name: str, csr: bytes
     living ``control.cert_ttl``; its DNS names are ``dns`` or, on renewal, those of the certificate it renews
     (``renewing``: its serial, which must still be unrevoked in the CA's index)."""
     if dns is None:
-        held = next((e for e in ca.entries() if e.serial == renewing), None) if renewing is not None else None
+        held = ca.entry(renewing) if renewing is not None else None
         latest = held or ca.latest(name)
         dns = latest.dns if latest is not None else ()
     issued = ca.issue_csr(name, csr, ttl=config.control.cert_ttl, dns=dns, renewing=renewing)

@@ -23,7 +23,7 @@ from agentmesh.config import MeshConfig
 from agentmesh.errors import PKIError
 from agentmesh.identity import cert_thumbprint, peer_identity_from_cert
 
-__all__ = ["AgentIdentity", "IdentityFiles", "install_identity", "member_identity"]
+__all__ = ["AgentIdentity", "IdentityFiles", "install_bundle", "install_identity", "member_identity"]
 
 NEXT = ".next"  # suffix of the files of an identity being installed
 
@@ -51,6 +51,12 @@ def install_identity(directory: Path, *, cert_chain: bytes, key: bytes | None, b
         _write_atomic(directory / ("key.pem" + NEXT), key, 0o600)
         os.replace(directory / ("key.pem" + NEXT), directory / "key.pem")
     _finish_install(directory)
+
+
+def install_bundle(directory: Path, bundle: bytes) -> None:
+    """Replaces only the trust bundle (a root rollover), atomically; the key and certificate are untouched
+    (a renewal may be installing them at the same moment)."""
+    _write_atomic(directory / "bundle.pem", bundle, 0o644)
 
 
 def _finish_install(directory: Path) -> bool:

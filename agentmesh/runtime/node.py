@@ -40,7 +40,7 @@ from agentmesh.interceptors.identity import PeerIdentityCache
 from agentmesh.policy import PolicyEngine
 from agentmesh.ratelimit import RateLimiter, build_limiter
 from agentmesh.runtime.channel import MeshChannels, secure_channel
-from agentmesh.runtime.credentials import IdentityFiles, install_identity, member_identity
+from agentmesh.runtime.credentials import IdentityFiles, install_bundle, member_identity
 from agentmesh.runtime.probe import served_certificate
 from agentmesh.runtime.publisher import snapshot_of
 from agentmesh.runtime.renewal import Renewer, SignedIdentity, backoff
@@ -228,8 +228,7 @@ class MeshNode:
         if ended:
             log.warning("%s: ended %d call(s) in flight refused by the new trust data", self.name, ended)
         if snapshot.bundle and snapshot.bundle != self.identity.files.bundle:  # a root rollover
-            files = self.identity.files
-            install_identity(self.identity.dir, cert_chain=files.cert_chain, key=None, bundle=snapshot.bundle)
+            install_bundle(self.identity.dir, snapshot.bundle)
             self.identity.reload()
             log.info("%s: trust bundle updated by the control plane", self.name)
         self._refused = None
