@@ -110,14 +110,12 @@ class PeerIdentity:
     thumbprint: str  # x5t#S256 of the leaf
     not_after: float  # seconds since the epoch
     uri: str = ""  # str(spiffe_id), made once: it is read on every call
+    name: str | None = None  # the agent name (None for a non-agent SPIFFE ID), made once too
 
     def __post_init__(self) -> None:
         if not self.uri:
             object.__setattr__(self, "uri", str(self.spiffe_id))
-
-    @property
-    def name(self) -> str | None:
-        return self.spiffe_id.agent_name
+        object.__setattr__(self, "name", self.spiffe_id.agent_name)
 
 
 def peer_identity_from_pem(pem: bytes, trust_domain: str, now: float) -> PeerIdentity:

@@ -48,6 +48,10 @@ class TrustState:
 
     # ------------------------------------------------------------------ decisions (per call: cheap)
     def check_peer(self, peer: PeerIdentity, *, known: bool) -> None:
+        s, now = self.snapshot, self.clock()
+        if s is not None and peer.serial not in s.revoked_serials and peer.name not in s.revoked_members \
+                and now <= s.crl_next_update and now - s.received_at <= self.policy.max_staleness:
+            return  # the common case, on every call: fresh data, nothing revoked (what check_peer returns too)
         warning = check_peer(self.snapshot, serial=peer.serial, name=peer.name, spiffe_id=peer.uri, known=known,
                              now=self.clock(), policy=self.policy)
         if warning is not None and not self._warned:
