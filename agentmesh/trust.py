@@ -41,6 +41,7 @@ __all__ = [
     "RevocationPolicy",
     "TrustSnapshot",
     "check_member",
+    "check_order",
     "check_peer",
     "revoked_members",
     "staleness",
@@ -79,19 +80,30 @@ class TrustSnapshot:
     bundle: bytes = b""
     jwks_json: str = ""
     issuer: str = ""
+    signed_at: float = 0.0  # when the control plane signed it (its clock)
 
     def confirmed(self, at: float) -> TrustSnapshot:
         """The same data, confirmed again at ``at`` (a heartbeat)."""
         return TrustSnapshot(self.revoked_serials, self.revoked_jtis, self.revoked_members, self.crl_next_update,
-                             at, self.generation, self.bundle, self.jwks_json, self.issuer)
+                             at, self.generation, self.bundle, self.jwks_json, self.issuer, self.signed_at)
+
+
+def _path_length(cert: x509.Certificate) -> int | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length
+    except x509.ExtensionNotFound:
+        return None
 
 
 def _issuers_under(roots: Sequence[x509.Certificate], issuers: Iterable[x509.Certificate],
-                   now: float) -> list[x509.Certificate]:
-    """The CA certificates that a trusted root signed (CA:TRUE, within validity)."""
+                   now: float, *, issuing: bool = True) -> list[x509.Certificate]:
+    """The CA certificates that a trusted root signed (CA:TRUE, within validity): issuing intermediates
+    (path length 0, what signs leaves, CRLs and snapshots), or with ``issuing=False`` cross certificates of
+    roots (path length 1 or more)."""
     out = []
     for cert in issuers:
-        if not _is_ca(cert, now):
+        length = _path_length(cert)
+        if not _is_ca(cert, now) or (length != 0 if issuing else (length is not None and length < 1)):
             continue
         for root in roots:
             try:
@@ -115,6 +127,14 @@ def _is_ca(cert: x509.Certificate, now: float) -> bool:
     return bool(bc.ca) and cert.not_valid_before_utc.timestamp() <= now <= cert.not_valid_after_utc.timestamp()
 
 
+def _self_signed(cert: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(cert)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
 def vouched_roots(bundle_pem: bytes, cross_signed_pem: bytes, trusted_roots: Sequence[x509.Certificate],
                   now: float) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
     """(anchors, bundle): the roots that may verify this snapshot (those already trusted, plus new roots
@@ -127,13 +147,13 @@ def vouched_roots(bundle_pem: bytes, cross_signed_pem: bytes, trusted_roots: Seq
     except ValueError:
         raise PKIError("the control plane sent an unreadable trust bundle") from None
     trusted = {_spki(r) for r in trusted_roots}
-    vouched = {_spki(c) for c in _issuers_under(trusted_roots, cross, now)}
+    vouched = {(_spki(c), c.subject) for c in _issuers_under(trusted_roots, cross, now, issuing=False)}
     anchors = list(trusted_roots)
     for root in bundle:
         key = _spki(root)
         if key in trusted:
             continue
-        if key not in vouched or not _is_ca(root, now):
+        if (key, root.subject) not in vouched or not _is_ca(root, now) or not _self_signed(root):
             raise PKIError("the control plane sent a trust bundle with a root that no root this member trusts "
                            "vouches for (a re-initialised CA needs every member onboarded again)")
         anchors.append(root)
@@ -184,7 +204,17 @@ def verify_snapshot(*, crl_pem: bytes, issuers_pem: bytes, trusted_roots: Sequen
         raise PKIError(f"the CRL expired at {dt.datetime.fromtimestamp(nu, dt.UTC):%Y-%m-%d %H:%M:%S}Z")
     received = now if signed_at is None else min(now, signed_at)
     return TrustSnapshot(frozenset(r.serial_number for r in crl), frozenset(revoked_jtis),
-                         frozenset(revoked_members), nu, received, generation, bundle, jwks_json, issuer)
+                         frozenset(revoked_members), nu, received, generation, bundle, jwks_json, issuer,
+                         now if signed_at is None else signed_at)
+
+
+def check_order(current: TrustSnapshot | None, update: TrustSnapshot, now: float, *, skew: float = 300.0) -> None:
+    """Refuses trust data older than what a member already holds (a replay could undo revocations) and
+    data signed implausibly far in the future (a clock that would make a replay look fresh later)."""
+    if update.signed_at > now + skew:
+        raise PKIError(f"trust data signed {update.signed_at - now:.0f} s in the future; check the clocks")
+    if current is not None and (update.generation < current.generation or update.signed_at < current.signed_at):
+        raise PKIError("trust data older than what this member already holds (a replay?) refused")
 
 
 def staleness(snapshot: TrustSnapshot | None, now: float, policy: RevocationPolicy) -> str | None:

@@ -69,7 +69,7 @@ def _rollover(args: argparse.Namespace) -> int:
         for root in dropped:
             print(f"dropped the old root ({_describe(root)}) from {ca.dir / 'bundle.pem'}")
         print(f"  trusted root: {_describe(ca.root)}")
-        print("next: distribute the bundle; members that still hold the old root keep trusting it until they do")
+        print("members receive the new bundle from the control plane within seconds")
         return 0
     if args.activate:
         cert = ca.activate_rollover()

@@ -269,6 +269,13 @@ class CertificateAuthority:
                 held = state.entries.get(renewing)
                 if held is None or held.name != name or held.revoked_at is not None:
                     raise PKIError(f"certificate {renewing:x} is revoked or not {name}'s; it cannot be renewed")
+                # one successor per certificate: renewing it again (a retry, or a thief holding a copy of its
+                # key) revokes the earlier successor, so a fork cannot go unnoticed
+                for e in list(state.entries.values()):
+                    if e.renewed_from == renewing and e.revoked_at is None:
+                        self._append({"op": "revoke", "serial": format(e.serial, "x"), "at": self.clock(),
+                                      "reason": f"superseded: {renewing:x} was renewed again", "by": "control"})
+                        self.write_crl()
             now = self.clock()
             self._check_issuer(now)
             window = leaf_window(now, ttl, self.cert.not_valid_before_utc.timestamp(),
@@ -558,6 +565,15 @@ class CertificateAuthority:
                 raise PKIError("the new root does not issue yet: the control plane switches to it shortly after "
                                f"'ca rollover' (or run: agentmesh ca rollover --ca {self.dir} --activate)")
             dropped = tuple(r for r in self.bundle_roots() if r.serial_number != self.root.serial_number)
+            now = self.clock()
+            state = self._state()
+            waiting = [state.entries[n] for n in state.under_old_root
+                       if state.entries[n].revoked_at is None and state.entries[n].not_after > now]
+            if dropped and waiting:
+                last = max(e.not_after for e in waiting)
+                raise PKIError(f"{len(waiting)} certificate(s) issued under the old root are still valid (the last "
+                               f"until {_utc(last):%Y-%m-%d %H:%M:%S}Z; members renew at half their lifetime): "
+                               "dropping it now would cut them off; run --finish once they have renewed")
             if dropped:
                 self.bundle = dump_cert(self.root)
                 write_public(self.dir / "bundle.pem", self.bundle)

@@ -59,6 +59,7 @@ class Index:
     def _reset(self) -> None:
         self.entries: dict[int, IndexEntry] = {}
         self.blocked: dict[str, BlockEntry] = {}
+        self.under_old_root: frozenset[int] = frozenset()  # serials issued before the last rollover activation
         self._where: tuple[int, int] = (-1, 0)  # (inode, bytes folded)
 
     def refresh(self, path: str) -> None:
@@ -111,3 +112,5 @@ class Index:
                                                   float(ev["at"]))
         elif op == "unblock":
             self.blocked.pop(ev["name"], None)
+        elif op == "rollover_activate":  # from here on the new root issues: what came before chains to the old
+            self.under_old_root = frozenset(self.entries)

@@ -28,6 +28,7 @@ from agentmesh.runtime.credentials import AgentIdentity, IdentityFiles
 __all__ = ["MeshChannel", "MeshChannels", "secure_channel"]
 
 T = TypeVar("T")
+DROP_GRACE = 1.0  # seconds a call in flight to a member that was just refused may still finish
 #: (target agent name, identity snapshot) -> the client chain of a channel (None: no chain)
 StepsFactory = Callable[[str, IdentityFiles], ClientSteps | None]
 
@@ -129,11 +130,13 @@ class MeshChannels:
         """The agents this member has a connection to."""
         return tuple(self._current)
 
-    def drop(self, name: str) -> None:
-        """Closes the connection to ``name`` now, cancelling its calls in flight (a revoked member)."""
+    def drop(self, name: str, *, grace: float = DROP_GRACE) -> None:
+        """Closes the connection to ``name`` (a revoked member): no new calls; calls in flight get ``grace``
+        seconds, then are cancelled (awaiting code sees CancelledError; inside a mesh handler the server
+        chain answers its own caller UNAVAILABLE)."""
         hit = self._current.pop(name, None)
         if hit is not None:
-            self.retire(hit[1], grace=None)
+            self.retire(hit[1], grace=grace)
 
     async def close(self) -> None:
         channels = [hit[1] for hit in self._current.values()]

@@ -149,6 +149,8 @@ class JoinService(control_pb2_grpc.JoinServiceServicer):
             if call.span is not None:
                 call.span.set_attributes({"agentmesh.join.token_id": grant.id, "agentmesh.cert.member": grant.name})
             member_roles(self.config, grant.name)
+            if grant.name == self.config.control.name:  # its certificate comes from the CA it holds, never a join
+                raise PermissionDenied(f"{grant.name} is the control plane: it never joins")
             check_csr(request.csr_pem, self.config.spiffe_id(grant.name))  # refused requests leave the token
             self.tokens.redeem(request.join_token, blocked=blocked)  # spent: decided again under its lock
         except JoinRefused as e:

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from agentmesh.audit import AuditSink, build_audit
 from agentmesh.clock import Clock
@@ -48,7 +49,7 @@ from agentmesh.runtime.server import MeshServer
 from agentmesh.runtime.tokensource import AgentTokenSource, control_fetcher
 from agentmesh.runtime.truststate import TrustState
 from agentmesh.tokens import KeySet, RevokedSet, keys_from_config, verifier_from_config
-from agentmesh.trust import TrustSnapshot
+from agentmesh.trust import TrustSnapshot, check_order
 from agentmesh.v1 import control_pb2, control_pb2_grpc
 
 __all__ = ["MeshNode", "rpc_error"]
@@ -137,26 +138,27 @@ class MeshNode:
         snapshot = self.trust.snapshot
         if snapshot is None:
             return
-        changed = set()
         names = {*self.channels.names(), *(n for n in self.config.agents
                                           if any(a in self._revoked_addresses for a in self._addresses(n)))}
-        for name in names:
-            for address in self._addresses(name):
-                try:
-                    cert = await asyncio.to_thread(served_certificate, address, name, self.identity.dir)
-                except Unavailable:
-                    continue
-                revoked = cert.serial_number in snapshot.revoked_serials
-                if revoked and address not in self._revoked_addresses:
-                    self._revoked_addresses[address] = cert.serial_number
-                    changed.add(name)
-                    log.warning("%s: %s at %s presents revoked certificate %x; its calls are refused", self.name,
-                                name, address, cert.serial_number)
-                elif not revoked and address in self._revoked_addresses:
-                    del self._revoked_addresses[address]
-                    changed.add(name)
-        for name in changed:
+        targets = [(name, address) for name in names for address in self._addresses(name)]
+
+        async def probe(name: str, address: str) -> None:  # all at once: one slow address delays no other
+            try:
+                cert = await asyncio.to_thread(served_certificate, address, name, self.identity.dir)
+            except Unavailable:
+                return
+            revoked = cert.serial_number in snapshot.revoked_serials
+            if revoked and address not in self._revoked_addresses:
+                self._revoked_addresses[address] = cert.serial_number
+                log.warning("%s: %s at %s presents revoked certificate %x; its calls are refused", self.name,
+                            name, address, cert.serial_number)
+            elif not revoked and address in self._revoked_addresses:
+                del self._revoked_addresses[address]
+            else:
+                return
             self.channels.drop(name)  # rebuilt without the refused address at the next call
+
+        await asyncio.gather(*(probe(name, address) for name, address in targets))
 
     async def _check_servers_loop(self) -> None:
         """Also ends calls in flight that aging data now refuses (strict mode) while no update arrives."""
@@ -228,17 +230,35 @@ class MeshNode:
         if ended:
             log.warning("%s: ended %d call(s) in flight refused by the new trust data", self.name, ended)
         if snapshot.bundle and snapshot.bundle != self.identity.files.bundle:  # a root rollover
-            install_bundle(self.identity.dir, snapshot.bundle)
-            self.identity.reload()
-            log.info("%s: trust bundle updated by the control plane", self.name)
+            if self._chains_to(snapshot.bundle):
+                install_bundle(self.identity.dir, snapshot.bundle)
+                self.identity.reload()
+                log.info("%s: trust bundle updated by the control plane", self.name)
+            else:
+                log.error("%s: refused a trust bundle that does not hold the root of its own certificate "
+                          "(finish a root rollover only once every member has renewed)", self.name)
         self._refused = None
         self._first_update.set()
+
+    def _chains_to(self, bundle: bytes) -> bool:
+        """Whether this member's own certificate chains to a root of ``bundle``."""
+        files = self.identity.files
+        issuer = files.chain[0] if files.chain else files.leaf
+        for root in x509.load_pem_x509_certificates(bundle):
+            try:
+                issuer.verify_directly_issued_by(root)
+                return True
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+        return False
 
     def _receive(self, update: control_pb2.TrustUpdate) -> None:
         """Every message is verified (signature, CRL, bundle) against the roots this member trusts now;
         its age counts from the control plane's signature (heartbeats are re-signed)."""
         roots = x509.load_pem_x509_certificates(self.identity.files.bundle)
-        snapshot, _ = snapshot_of(update, roots, self.clock())
+        now = self.clock()
+        snapshot, _ = snapshot_of(update, roots, now)
+        check_order(self.trust.snapshot, snapshot, now)
         self.trust.update(snapshot)
 
     async def _watch(self) -> None:

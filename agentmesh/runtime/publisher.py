@@ -55,6 +55,7 @@ class TrustPublisher:
         self._stamp: tuple[tuple[int, int], ...] = ()
         self._changed = asyncio.Event()
         self._closed = False
+        self._up_since = time.time()  # a rollover counts its heartbeats from when this publisher could send them
         self._signed: tuple[float, control_pb2.TrustUpdate] | None = None
         self.content = self._build()
         self.snapshot = self._verify(self.current)
@@ -111,7 +112,7 @@ class TrustPublisher:
         """Rebuilds the snapshot when the CA directory changed (or the CRL needs re-signing), and lets a
         pending root rollover issue once members have had two heartbeats to receive the new root."""
         started = self.ca.rollover_started()
-        if started is not None and time.time() - started >= 2 * self.heartbeat + self.poll:
+        if started is not None and time.time() - max(started, self._up_since) >= 2 * self.heartbeat + self.poll:
             cert = self.ca.activate_rollover()
             log.warning("control: the new root issues from now on (issuing CA %x)", cert.serial_number)
         if self._stat() == self._stamp and self.snapshot.crl_next_update - self.clock() >= CRL_VALIDITY / 2:

@@ -158,3 +158,9 @@ async def test_a_join_for_another_member_or_a_revoked_one_is_refused_and_audited
     assert len(joins) == 3, [s["name"] for s in spans]
     assert all(s["attributes"]["agentmesh.cert.member"] == "newbie" for s in joins)  # who tried, by token
     assert pending not in mesh.audit_path.read_text()  # the token never reaches the audit log
+
+
+async def test_nobody_joins_as_the_control_plane(mesh: Mesh) -> None:
+    token = JoinTokens(mesh.config.ca_dir).create("control")
+    refused = await raw_join(mesh, token, make_csr(new_key(), SpiffeId.for_agent(TD, "control")))
+    assert refused.code() == grpc.StatusCode.PERMISSION_DENIED and "never joins" in (refused.details() or "")

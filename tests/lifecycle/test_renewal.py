@@ -185,3 +185,17 @@ async def test_a_root_rollover_under_traffic(short_lived: Mesh) -> None:
     assert ok > 20
     for node in mesh.nodes.values():
         assert node.identity.files.bundle == mesh.ca.bundle  # written to bundle.pem: a restart keeps it
+
+
+async def test_renewing_one_certificate_twice_revokes_the_first_successor(mesh: Mesh) -> None:
+    """A thief holding a copy of a member's key cannot fork its identity quietly: a second renewal from the
+    same certificate revokes the first successor (the owner's, or the thief's), and the fork shows."""
+    from cryptography import x509
+
+    first = await renew_call(mesh, "summarizer", make_csr(new_key(), SpiffeId.for_agent(TD, "summarizer")))
+    second = await renew_call(mesh, "summarizer", make_csr(new_key(), SpiffeId.for_agent(TD, "summarizer")))
+    entries = {e.serial: e for e in mesh.ca.entries()}
+    one = entries[x509.load_pem_x509_certificate(first.cert_chain_pem).serial_number]
+    two = entries[x509.load_pem_x509_certificate(second.cert_chain_pem).serial_number]
+    assert one.revoked_at is not None and "superseded" in (one.reason or "")
+    assert two.revoked_at is None

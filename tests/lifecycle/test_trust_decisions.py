@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from support import TD
+from support import TD, utc
 
 from agentmesh.errors import ConfigError, PeerIdentityError, PKIError, Unavailable
 from agentmesh.pki import CertificateAuthority
@@ -199,3 +199,39 @@ def test_a_rolled_over_root_is_adopted_through_its_cross_certificate(tmp_path: P
     ca.finish_rollover()  # later: the old root leaves; a member that trusts both adopts that too
     _, final = snapshot_of(signed_update(ca), bundle, time.time())
     assert len(final) == 1
+
+
+def test_older_or_future_trust_data_is_refused() -> None:
+    from agentmesh.trust import check_order
+
+    held = TrustSnapshot(frozenset(), frozenset(), frozenset(), NOW + 86400, NOW, generation=5, signed_at=NOW)
+    same = TrustSnapshot(frozenset(), frozenset(), frozenset(), NOW + 86400, NOW, generation=5, signed_at=NOW)
+    newer = TrustSnapshot(frozenset(), frozenset(), frozenset(), NOW + 86400, NOW, generation=6, signed_at=NOW + 5)
+    check_order(held, same, NOW)
+    check_order(held, newer, NOW)
+    check_order(None, held, NOW)
+    for replay in (TrustSnapshot(frozenset(), frozenset(), frozenset(), NOW + 86400, NOW, generation=4,
+                                 signed_at=NOW + 1),  # an older generation (before a revocation, say)
+                   TrustSnapshot(frozenset(), frozenset(), frozenset(), NOW + 86400, NOW, generation=5,
+                                 signed_at=NOW - 60)):  # signed before what the member holds
+        with pytest.raises(PKIError, match="older than what this member already holds"):
+            check_order(held, replay, NOW)
+    future = TrustSnapshot(frozenset(), frozenset(), frozenset(), NOW + 86400, NOW, generation=6,
+                           signed_at=NOW + 3600)
+    with pytest.raises(PKIError, match="in the future"):
+        check_order(held, future, NOW)
+
+
+def test_an_issuing_ca_cannot_pose_as_a_cross_certificate(tmp_path: Path) -> None:
+    """A thief of an intermediate's key self-signs a 'root' with it and offers the intermediate itself as
+    the cross certificate: an issuing CA (path length 0) never vouches for a root."""
+    from agentmesh.pki.certs import build_certificate, ca_profile
+    from agentmesh.trust import vouched_roots
+
+    ca = CertificateAuthority.init(tmp_path / "ca", TD)
+    now = time.time()
+    fake_root = build_certificate(subject_cn=ca.cert.subject.rfc4514_string(), subject_key=ca.key,
+                                  profile=ca_profile(TD, path_length=1), not_before=utc(now - 60),
+                                  not_after=utc(now + 3600), issuer_cert=None, issuer_key=ca.key)
+    with pytest.raises(PKIError, match="vouches"):
+        vouched_roots(dump_cert(*roots(ca), fake_root), dump_cert(ca.cert), roots(ca), now)

@@ -306,6 +306,11 @@ def test_root_rollover_trusts_both_roots_until_finished(ca: CertificateAuthority
     before.cert.verify_directly_issued_by(old_inter)
     with pytest.raises(PKIError, match=r"already under way.*--finish"):
         ca.rollover()
+    # dropping the old root while certificates under it are valid would cut their holders off
+    with pytest.raises(PKIError, match=r"2 certificate\(s\) issued under the old root are still valid"):
+        ca.finish_rollover()
+    ca.revoke("a")
+    ca.revoke("early")
     assert ca.finish_rollover() == (old_root,)
     assert (ca.dir / "bundle.pem").read_bytes() == ca.bundle == (ca.dir / "root.pem").read_bytes()
     assert ca.finish_rollover() == ()
