@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import os
 import secrets
 import shutil
@@ -101,6 +103,26 @@ async def security_tour(config: MeshConfig, base: str, http: httpx.AsyncClient, 
         except grpc.aio.AioRpcError as e:
             outcome = f"handshake refused ({e.code().name})"
     line("an imposter certificate (rogue CA)", outcome)
+
+    # the kill switch: the summarizer is compromised; the operator revokes it while documents keep coming
+    def fresh() -> dict[str, str]:  # a new principal per call: the clients' rate limit is per principal
+        sub = f"user-{secrets.token_hex(3)}@example.org"
+        token = tokens.issue(sub=sub, roles=["client"], audience=config.tokens.audience, ttl=300)
+        return {"Authorization": f"Bearer {token}"}
+
+    r = await http.post(invoke, json=body, headers=fresh())
+    before = r.status_code
+    assert config.source is not None
+    started = time.monotonic()
+    with contextlib.redirect_stdout(io.StringIO()):
+        agentmesh_cli(["revoke-agent", "summarizer", "--config", str(config.source), "--reason", "demo: compromised"])
+    while time.monotonic() - started < 10:
+        r = await http.post(invoke, json=body, headers=fresh())
+        if r.status_code != 200:
+            break
+        await asyncio.sleep(0.02)
+    line("kill switch: revoke-agent summarizer",
+         f"{before} before; {r.status_code} {(time.monotonic() - started) * 1000:.0f} ms after: {problem(r)}")
 
 
 async def run() -> int:

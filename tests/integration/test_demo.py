@@ -22,6 +22,7 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "calling the validator from outside           -> 403" in out
     assert "-> 429 Retry-After:" in out
     assert "handshake refused" in out
+    assert "kill switch: revoke-agent summarizer         -> 200 before; 503" in out
     assert "alice@example.org -> bridge" in out and "summarizer -> validator" in out
     assert "no process left behind" in out
     assert not _processes_mentioning(str(tmp_path)), "a mesh process outlived the demo"
