@@ -317,3 +317,27 @@ def test_root_rollover_trusts_both_roots_until_finished(ca: CertificateAuthority
     assert CertificateAuthority.load(ca.dir, clock=ca.clock).issue("c").bundle == ca.bundle
     ca.rotate()  # the new root signs intermediates
     ca.cert.verify_directly_issued_by(new_root)
+
+
+@pytest.mark.parametrize("dns", ["control", "bridge", "beta", "Control"])
+def test_a_certificate_never_carries_another_members_name(ca: CertificateAuthority, dns: str) -> None:
+    """Members are dialled by name (the DNS SAN a client checks): a single-label extra name could be another
+    member's, the control plane's included, so the CA refuses it for issue, join and (through both) renewal."""
+    from agentmesh.errors import ConfigError
+    from agentmesh.pki.join import JoinTokens
+
+    with pytest.raises(ConfigError, match="could be another member's name"):
+        ca.issue("alpha", dns=[dns])
+    with pytest.raises(ConfigError, match="could be another member's name"):
+        JoinTokens(ca.dir).create("alpha", dns=[dns])
+
+
+def test_dotted_names_and_localhost_are_fine_and_localhost_is_no_member(ca: CertificateAuthority) -> None:
+    from agentmesh.errors import ConfigError
+    from agentmesh.identity import validate_agent_name
+
+    issued = ca.issue("alpha", dns=["localhost", "alpha.mesh.svc"])
+    sans = issued.cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(sans.get_values_for_type(x509.DNSName)) == {"alpha", "localhost", "alpha.mesh.svc"}
+    with pytest.raises(ConfigError, match="reserved"):
+        validate_agent_name("localhost")
