@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from agentmesh.clock import Clock
 from agentmesh.errors import MeshError
 from agentmesh.identity import SpiffeId
-from agentmesh.pki.ca import BACKDATE
 from agentmesh.pki.certs import dump_key, new_key
 from agentmesh.pki.csr import make_csr
+from agentmesh.pki.rollover import BACKDATE
 from agentmesh.runtime.credentials import AgentIdentity, install_identity
 
 __all__ = ["Renewer", "SignedIdentity", "backoff", "renewal_due"]
