@@ -159,7 +159,6 @@ class MeshConfig:
     guard: GuardConfig = field(default_factory=GuardConfig)
     bridge: BridgeConfig = field(default_factory=BridgeConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
-    crl_path: Path | None = None  # read by the control plane (which holds the CA); members get it streamed
     revocation: RevocationPolicy = field(default_factory=RevocationPolicy)
     max_connection_age: float = 0.0  # 0: connections are not closed by age (streams are re-checked instead)
     grace_period: float = 10.0

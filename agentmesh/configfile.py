@@ -357,7 +357,6 @@ def parse_config(raw: object, base: Path, source: Path | None = None) -> MeshCon
         guard=guard,
         bridge=bridge,
         control=control,
-        crl_path=top.path_("crl", base, ca_dir / "crl.pem"),
         revocation=revocation,
         max_connection_age=top.duration("max_connection_age", 0.0),
         grace_period=top.duration("grace_period", 10.0),

@@ -33,7 +33,6 @@ def test_defaults(tmp_path: Path) -> None:
     cfg = parse_config(BASE, tmp_path)
     assert cfg.tokens.issuer == "spiffe://example.org" and cfg.tokens.leeway == 30.0
     assert cfg.agents["a"].identity_dir == tmp_path / ".mesh" / "identities" / "a"
-    assert cfg.crl_path == tmp_path / ".mesh" / "ca" / "crl.pem"
     assert cfg.bridge.tls is True and cfg.audit.exporters == ("jsonl",)
 
 

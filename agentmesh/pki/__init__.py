@@ -10,7 +10,6 @@ from agentmesh.pki.ca import (
     write_identity,
     write_private,
 )
-from agentmesh.pki.crl import RevocationList
 from agentmesh.pki.csr import check_csr, make_csr
 from agentmesh.pki.join import JoinGrant, JoinRefused, JoinTokens
 
@@ -23,7 +22,6 @@ __all__ = [
     "JoinRefused",
     "JoinTokens",
     "MemberBlocked",
-    "RevocationList",
     "check_csr",
     "make_csr",
     "write_identity",

@@ -73,13 +73,10 @@ def sign_csr(config: MeshConfig, ca: CertificateAuthority, name: str, csr: bytes
 
 
 class TokenService(control_pb2_grpc.TokenServiceServicer):
-    def __init__(self, config: MeshConfig, authority: TokenAuthority, publisher: TrustPublisher, *,
-                 clock: Clock = time.time) -> None:
+    def __init__(self, config: MeshConfig, authority: TokenAuthority, *, clock: Clock = time.time) -> None:
         self.config = config
         self.authority = authority
-        self.publisher = publisher
         self.clock = clock
-        self._jwks = json.dumps(authority.jwks())
 
     async def IssueAgentToken(self, request: control_pb2.AgentTokenRequest,
                               context: grpc.aio.ServicerContext) -> control_pb2.AgentToken:
@@ -93,14 +90,6 @@ class TokenService(control_pb2_grpc.TokenServiceServicer):
         token = self.authority.issue(sub=peer.uri, roles=roles, audience=self.config.tokens.audience,
                                      ttl=ttl, cnf_thumbprint=peer.thumbprint)
         return control_pb2.AgentToken(token=token, expires_at=int(self.clock() + ttl))
-
-    async def ListRevoked(self, request: control_pb2.RevokedTokensRequest,
-                          context: grpc.aio.ServicerContext) -> control_pb2.RevokedTokens:
-        return control_pb2.RevokedTokens(jti=sorted(self.publisher.snapshot.revoked_jtis))
-
-    async def GetKeySet(self, request: control_pb2.KeySetRequest,
-                        context: grpc.aio.ServicerContext) -> control_pb2.KeySet:
-        return control_pb2.KeySet(jwks_json=self._jwks, issuer=self.authority.issuer)
 
 
 class IdentityService(control_pb2_grpc.IdentityServiceServicer):
@@ -216,7 +205,7 @@ async def start_control(config: MeshConfig, *, address: str | None = None,
     server = MeshServer(identity, interceptors=identity_chain(name, sink=sink, identities=peers, active=active),
                         max_connection_age=config.max_connection_age, grace=config.grace_period)
     server.add(control_pb2_grpc.add_TokenServiceServicer_to_server,
-               TokenService(config, authority, publisher, clock=clock), "agentmesh.v1.TokenService")
+               TokenService(config, authority, clock=clock), "agentmesh.v1.TokenService")
     server.add(control_pb2_grpc.add_IdentityServiceServicer_to_server,
                IdentityService(config, ca, publisher), "agentmesh.v1.IdentityService")
     await server.start(address or config.control.address)

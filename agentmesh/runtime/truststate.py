@@ -16,7 +16,7 @@ from collections.abc import Callable
 from agentmesh.clock import Clock
 from agentmesh.context import CallContext
 from agentmesh.errors import MeshError, TokenError
-from agentmesh.identity import PeerIdentity
+from agentmesh.identity import PeerIdentity, SpiffeId
 from agentmesh.trust import RevocationPolicy, TrustSnapshot, check_member, check_peer
 
 __all__ = ["TrustState"]
@@ -52,8 +52,8 @@ class TrustState:
         if s is not None and peer.serial not in s.revoked_serials and peer.name not in s.revoked_members \
                 and now <= s.crl_next_update and now - s.received_at <= self.policy.max_staleness:
             return  # the common case, on every call: fresh data, nothing revoked (what check_peer returns too)
-        warning = check_peer(self.snapshot, serial=peer.serial, name=peer.name, spiffe_id=peer.uri, known=known,
-                             now=self.clock(), policy=self.policy)
+        warning = check_peer(s, serial=peer.serial, name=peer.name, spiffe_id=peer.uri, known=known, now=now,
+                             policy=self.policy)
         if warning is not None and not self._warned:
             self._warned = True
             log.warning("%s: %s; accepting peers under revocation.failure_mode=%s", self.owner, warning,
@@ -76,8 +76,8 @@ class TrustState:
         try:
             check_peer(self.snapshot, serial=peer.serial, name=peer.name, spiffe_id=peer.uri, known=True,
                        now=self.clock(), policy=self.policy)
-            for actor in call.actors[:-1]:
-                check_member(self.snapshot, actor.rsplit("/agent/", 1)[-1] if "/agent/" in actor else None)
+            for actor in call.actors[:-1]:  # verified SPIFFE IDs of this mesh (the token stage checked them)
+                check_member(self.snapshot, SpiffeId.parse(actor).agent_name)
         except MeshError as e:
             return e
         for token, which in ((call.peer_token, "the caller's own token"),

@@ -39,16 +39,6 @@ class TokenServiceStub:
                 request_serializer=agentmesh_dot_v1_dot_control__pb2.AgentTokenRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_v1_dot_control__pb2.AgentToken.FromString,
                 _registered_method=True)
-        self.ListRevoked = channel.unary_unary(
-                '/agentmesh.v1.TokenService/ListRevoked',
-                request_serializer=agentmesh_dot_v1_dot_control__pb2.RevokedTokensRequest.SerializeToString,
-                response_deserializer=agentmesh_dot_v1_dot_control__pb2.RevokedTokens.FromString,
-                _registered_method=True)
-        self.GetKeySet = channel.unary_unary(
-                '/agentmesh.v1.TokenService/GetKeySet',
-                request_serializer=agentmesh_dot_v1_dot_control__pb2.KeySetRequest.SerializeToString,
-                response_deserializer=agentmesh_dot_v1_dot_control__pb2.KeySet.FromString,
-                _registered_method=True)
 
 
 class TokenServiceServicer:
@@ -62,20 +52,6 @@ class TokenServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def ListRevoked(self, request, context):
-        """The current token revocation list (by jti).
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def GetKeySet(self, request, context):
-        """The public keys that verify mesh tokens; agents never hold the signing key.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
 
 def add_TokenServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -83,16 +59,6 @@ def add_TokenServiceServicer_to_server(servicer, server):
                     servicer.IssueAgentToken,
                     request_deserializer=agentmesh_dot_v1_dot_control__pb2.AgentTokenRequest.FromString,
                     response_serializer=agentmesh_dot_v1_dot_control__pb2.AgentToken.SerializeToString,
-            ),
-            'ListRevoked': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListRevoked,
-                    request_deserializer=agentmesh_dot_v1_dot_control__pb2.RevokedTokensRequest.FromString,
-                    response_serializer=agentmesh_dot_v1_dot_control__pb2.RevokedTokens.SerializeToString,
-            ),
-            'GetKeySet': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetKeySet,
-                    request_deserializer=agentmesh_dot_v1_dot_control__pb2.KeySetRequest.FromString,
-                    response_serializer=agentmesh_dot_v1_dot_control__pb2.KeySet.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -122,60 +88,6 @@ class TokenService:
             '/agentmesh.v1.TokenService/IssueAgentToken',
             agentmesh_dot_v1_dot_control__pb2.AgentTokenRequest.SerializeToString,
             agentmesh_dot_v1_dot_control__pb2.AgentToken.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ListRevoked(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/agentmesh.v1.TokenService/ListRevoked',
-            agentmesh_dot_v1_dot_control__pb2.RevokedTokensRequest.SerializeToString,
-            agentmesh_dot_v1_dot_control__pb2.RevokedTokens.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def GetKeySet(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/agentmesh.v1.TokenService/GetKeySet',
-            agentmesh_dot_v1_dot_control__pb2.KeySetRequest.SerializeToString,
-            agentmesh_dot_v1_dot_control__pb2.KeySet.FromString,
             options,
             channel_credentials,
             insecure,
