@@ -199,3 +199,51 @@ async def test_renewing_one_certificate_twice_revokes_the_first_successor(mesh: 
     two = entries[x509.load_pem_x509_certificate(second.cert_chain_pem).serial_number]
     assert one.revoked_at is not None and "superseded" in (one.reason or "")
     assert two.revoked_at is None
+
+
+async def test_a_certificate_holder_the_config_does_not_name_cannot_renew(mesh: Mesh) -> None:
+    """'outsider' holds a valid certificate of this CA but is no member of the mesh config: no renewal."""
+    from agentmesh.runtime.channel import secure_channel
+    from agentmesh.runtime.credentials import AgentIdentity
+
+    outsider = AgentIdentity(mesh.config.identity_dir("outsider"), TD)
+    channel = secure_channel(outsider, mesh.config.control.address, mesh.config.control.name)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await control_pb2_grpc.IdentityServiceStub(channel).Renew(
+                control_pb2.CertificateSigningRequest(csr_pem=make_csr(new_key(), SpiffeId.for_agent(TD, "outsider"))),
+                timeout=5)
+        assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED and "not a member" in refused.value.details()
+    finally:
+        await channel.close()
+    await renew_call(mesh, "ingestor", make_csr(new_key(), SpiffeId.for_agent(TD, "ingestor")))  # a member can
+
+
+async def test_a_member_never_adopts_a_bundle_without_its_own_root(mesh: Mesh) -> None:
+    from agentmesh.pki.certs import dump_cert
+
+    node = mesh.nodes["ingestor"]
+    new_root = mesh.ca.rollover()
+    assert node._chains_to(mesh.ca.bundle)  # old + new root: its certificate still chains
+    assert not node._chains_to(dump_cert(new_root))  # the new root alone would cut it off: refused
+
+
+def test_a_restarted_control_plane_does_not_let_a_new_root_issue_before_members_heard_of_it(tmp_path: Path) -> None:
+    import os
+
+    from agentmesh.pki import CertificateAuthority
+    from agentmesh.runtime.publisher import TrustPublisher
+
+    async def run() -> None:
+        ca = CertificateAuthority.init(tmp_path / "ca", TD)
+        ca.rollover()
+        long_ago = time.time() - 3600  # the rollover began while the control plane was down
+        os.utime(ca.dir / "next" / "ca.pem", (long_ago, long_ago))
+        publisher = TrustPublisher(ca, jwks_json="", issuer="", heartbeat=5.0)
+        publisher.refresh()
+        assert ca.rollover_started() is not None, "activated before any member could receive the new root"
+        publisher._up_since -= 11  # two heartbeats (and a poll) after it came back: now it may
+        publisher.refresh()
+        assert ca.rollover_started() is None
+
+    asyncio.run(run())
