@@ -64,8 +64,18 @@ class TokensConfig:
     hmac_secret_file: Path | None = None
     max_token_bytes: int = 8192
     max_delegation_depth: int = 4
+    txn_ttl: float = 300.0  # transaction token lifetime (s), never past the subject token's
+    link_ttl: float = 60.0  # hop link lifetime (s): a delegated call must start within it
     issuers: tuple[ExternalIssuer, ...] = ()
     revocation_refresh: float = 5.0
+
+    def __post_init__(self) -> None:
+        for key in ("txn_ttl", "link_ttl"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"tokens.{key}: must be positive")
+        if any(e.issuer == self.issuer for e in self.issuers):
+            raise ConfigError(f"tokens.issuers: {self.issuer!r} is the mesh's own issuer; an external issuer "
+                              "must have another iss (its keys would otherwise sign members' own tokens)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +88,8 @@ class PolicyRule:
     roles: tuple[str, ...] = ()  # any of; empty = any
     principals: tuple[str, ...] = ()  # token subjects; empty = any
     via: tuple[str, ...] = ()  # peers allowed to delegate for this rule; empty = direct calls only
+    chain: tuple[str, ...] = ()  # the whole verified delegation chain, oldest first ("*": one hop, "**": any)
+    scopes: tuple[str, ...] = ()  # every one must be in the transaction's scope
 
 
 @dataclass(frozen=True, slots=True)

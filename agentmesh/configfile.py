@@ -75,10 +75,11 @@ class _Section:
             raise ConfigError(f"{self.key(k)}: expected true or false, got {v!r}")
         return v
 
-    def integer(self, k: str, default: int, *, minimum: int = 0) -> int:
+    def integer(self, k: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
         v = self.get(k, default)
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-            raise ConfigError(f"{self.key(k)}: expected an integer >= {minimum}, got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, int) or v < minimum or (maximum is not None and v > maximum):
+            bound = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+            raise ConfigError(f"{self.key(k)}: expected an integer {bound}, got {v!r}")
         return v
 
     def strs(self, k: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
@@ -171,6 +172,8 @@ def _rule(i: int, s: _Section) -> PolicyRule:
         roles=s.strs("roles"),
         principals=s.strs("principals"),
         via=s.strs("via"),
+        chain=s.strs("chain"),
+        scopes=s.strs("scopes"),
     )
     for m in rule.methods:
         if not m.startswith("/") and m != "*":
@@ -253,7 +256,9 @@ def parse_config(raw: object, base: Path, source: Path | None = None) -> MeshCon
         algorithms=algs,
         hmac_secret_file=t.path_("hmac_secret_file", base),
         max_token_bytes=t.size("max_token_bytes", 8192),
-        max_delegation_depth=t.integer("max_delegation_depth", 4, minimum=1),
+        max_delegation_depth=t.integer("max_delegation_depth", 4, minimum=1, maximum=8),
+        txn_ttl=t.duration("txn_ttl", 300.0),
+        link_ttl=t.duration("link_ttl", 60.0),
         issuers=tuple(issuers),
         revocation_refresh=t.duration("revocation_refresh", 5.0),
     )

@@ -1,7 +1,8 @@
 """Who is calling: the per-call state the server chain fills in and handlers read.
 
 The aio servicer context refuses new attributes, so the chain keeps its findings in a contextvar;
-handlers call :func:`current_call` to see the verified peer, principal, roles and actor chain.
+handlers call :func:`current_call` to see the verified peer, principal, roles, and for a delegated
+call the transaction (``txn``: id, scope, principal) and the verified chain of members it passed.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ class CallContext:
     peer: PeerIdentity | None = None  # from the verified client certificate, never from metadata
     principal: str | None = None  # effective subject (the original caller when delegated)
     roles: tuple[str, ...] = ()
-    actors: tuple[str, ...] = ()  # delegation chain, oldest first, immediate peer last
+    chain: tuple[str, ...] = ()  # verified delegation chain (SPIFFE IDs), oldest first, immediate peer last
+    txn: Any = None  # the verified transaction token (agentmesh.tokens.txn.TxnToken) of a delegated call
     peer_token: Any = None  # the peer's own verified token (its jti is re-checked while the call runs)
-    subject_token: Any = None  # the original principal's verified token when delegated
-    raw_subject_token: str | None = field(default=None, repr=False)  # forwarded onward when delegating
+    txn_token: str | None = field(default=None, repr=False)  # forwarded unchanged when delegating onward
+    links: tuple[str, ...] = field(default=(), repr=False)  # the hop links received, extended onward
     rule: str | None = None
     decision: str | None = None
     ratelimit_remaining: int | None = None
@@ -48,6 +50,16 @@ class CallContext:
     @property
     def peer_spiffe_id(self) -> str | None:
         return self.peer.uri if self.peer else None
+
+    @property
+    def scope(self) -> tuple[str, ...]:
+        """The transaction's scope (delegated calls); () for a member acting for itself."""
+        return self.txn.scope if self.txn is not None else ()
+
+    @property
+    def txn_id(self) -> str | None:
+        """The transaction id: the same on every hop of one external request."""
+        return self.txn.txn if self.txn is not None else None
 
 
 _current: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar("agentmesh_call", default=None)

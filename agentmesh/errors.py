@@ -8,6 +8,7 @@
     ├── AuthenticationError        UNAUTHENTICATED     401
     │   ├── PeerIdentityError                                peer cert missing, foreign, revoked
     │   └── TokenError                                       token missing, malformed, forged, expired
+    │       └── DelegationError                              a transaction token or a hop link fails a check
     ├── PermissionDenied           PERMISSION_DENIED   403   verified caller that no rule allows
     │   └── PayloadBlocked                                   the payload guard refused the content
     ├── PayloadTooLarge            INVALID_ARGUMENT    400   request over the configured size
@@ -28,6 +29,7 @@ __all__ = [
     "GRPC_TO_HTTP",
     "AuthenticationError",
     "ConfigError",
+    "DelegationError",
     "MeshError",
     "PKIError",
     "PayloadBlocked",
@@ -105,6 +107,15 @@ class PeerIdentityError(AuthenticationError):
 
 class TokenError(AuthenticationError):
     """A bearer token is missing, malformed, forged, expired, revoked or bound to another peer."""
+
+
+class DelegationError(TokenError):
+    """A delegated call's transaction token or chain of hop links failed ``check`` (a short, stable name
+    recorded in audit: ``txn-token``, ``link-signature``, ``link-aud``... see :mod:`agentmesh.tokens.delegation`)."""
+
+    def __init__(self, check: str, message: str) -> None:
+        super().__init__(message)
+        self.check = check
 
 
 class PermissionDenied(MeshError):

@@ -6,16 +6,17 @@ token here is verified (and, for the peer's own token, bound to that certificate
 
 from __future__ import annotations
 
-__all__ = ["ACTORS", "AUTHORIZATION", "IDENTITY_HEADERS", "SUBJECT_TOKEN", "TRACE_HEADERS", "bearer"]
+__all__ = ["AUTHORIZATION", "IDENTITY_HEADERS", "TRACE_HEADERS", "TXN_LINKS", "TXN_TOKEN", "bearer"]
 
 AUTHORIZATION = "authorization"  # "Bearer <the calling peer's own token>"
-SUBJECT_TOKEN = "x-agentmesh-subject-token"  # noqa: S105  (a header name)  # the original principal's token, when delegating
-ACTORS = "x-agentmesh-actors"  # earlier actors of a delegation chain, comma-separated SPIFFE IDs
+TXN_TOKEN = "txn-token"  # noqa: S105  (a header name)  # the transaction token of a delegated call, unchanged
+TXN_LINKS = "txn-links"  # the signed hop links of a delegated call, oldest first, comma-separated
 TRACE_HEADERS = frozenset({"traceparent", "tracestate"})  # W3C trace context
 
 #: headers an external client must never be able to set on a mesh call (the bridge drops them)
 IDENTITY_HEADERS = frozenset({
-    AUTHORIZATION, SUBJECT_TOKEN, ACTORS, "x-forwarded-client-cert", "x-client-cert", "x-ssl-client-cert",
+    AUTHORIZATION, TXN_TOKEN, TXN_LINKS, "x-agentmesh-subject-token", "x-agentmesh-actors",
+    "x-forwarded-client-cert", "x-client-cert", "x-ssl-client-cert",
     "x-spiffe-id", "x-agentmesh-peer", "x-agentmesh-principal",
 })
 

@@ -10,10 +10,14 @@ A rule matches when every non-empty field matches the request:
 * ``from_``: the immediate, mTLS-verified peer, as an agent name of this trust domain or a full
   SPIFFE ID;
 * ``roles``: any of the effective principal's roles; ``principals``: its exact token subject;
-* ``via``: delegation. A delegated call (non-empty actor chain) matches only rules whose ``via``
-  lists the immediate peer; an allow rule with no ``via`` matches direct calls only. A deny rule
-  with no ``via`` matches direct and delegated calls alike (deny is broad), and a deny rule with
-  ``via`` matches only calls delegated through those peers.
+* ``via``: delegation. A delegated call (non-empty verified chain) matches only rules whose ``via``
+  lists the immediate peer; an allow rule with no ``via`` and no ``chain`` matches direct calls
+  only. A deny rule with neither matches direct and delegated calls alike (deny is broad), and a deny
+  rule with ``via`` matches only calls delegated through those peers;
+* ``chain``: the whole verified delegation chain, oldest first, as agent names or SPIFFE IDs, where
+  ``*`` stands for exactly one member and ``**`` for any number (``[bridge, "**"]``: everything that
+  entered at the bridge). A rule with ``chain`` matches delegated calls only;
+* ``scopes``: every listed scope must be in the transaction's scope (direct calls have none).
 
 A delegation chain longer than ``max_depth`` is denied before any rule is looked at.
 """
@@ -40,7 +44,8 @@ class PolicyRequest:
     peer: str  # SPIFFE ID of the immediate (mTLS-verified) caller
     principal: str  # effective subject: the peer's token sub, or the original caller's when delegated
     roles: tuple[str, ...] = ()  # the effective principal's roles
-    actors: tuple[str, ...] = ()  # delegation chain (SPIFFE IDs), oldest first, peer last; () = direct
+    chain: tuple[str, ...] = ()  # verified delegation chain (SPIFFE IDs), oldest first, peer last; () = direct
+    scope: tuple[str, ...] = ()  # the transaction's scope (delegated calls)
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,12 +73,18 @@ class _Compiled:
     roles: frozenset[str]
     principals: frozenset[str]
     via: frozenset[str]  # full SPIFFE IDs
+    chain: re.Pattern[str] | None  # over the chain joined by spaces
+    scopes: frozenset[str]
 
     def matches(self, req: PolicyRequest, delegated: bool) -> bool:
         if self.via:
             if not delegated or req.peer not in self.via:
                 return False
-        elif delegated and not self.deny:
+        elif delegated and not self.deny and self.chain is None:
+            return False
+        if self.chain is not None and (not delegated or self.chain.fullmatch(" ".join(req.chain)) is None):
+            return False
+        if self.scopes and not self.scopes.issubset(req.scope):
             return False
         if self.to and req.to not in self.to:
             return False
@@ -120,11 +131,11 @@ class PolicyEngine:
     # ------------------------------------------------------------------------------ internals
 
     def _decide(self, req: PolicyRequest) -> Decision:
-        delegated = bool(req.actors)
-        if len(req.actors) > self._max_depth:
+        delegated = bool(req.chain)
+        if len(req.chain) > self._max_depth:
             return Decision(
                 False, None,
-                f"call to {req.method} on {req.to} refused: delegation chain of {len(req.actors)} "
+                f"call to {req.method} on {req.to} refused: delegation chain of {len(req.chain)} "
                 f"exceeds the maximum depth of {self._max_depth}",
             )
         for rule in self._deny:
@@ -138,7 +149,7 @@ class PolicyEngine:
     def _describe(self, req: PolicyRequest) -> str:
         roles = ", ".join(req.roles)
         peer = self._short(req.peer)
-        if req.actors:
+        if req.chain:
             return f"role(s) [{roles}] to call {req.method} on {req.to} via {peer}"
         return f"role(s) [{roles}] from {peer} to call {req.method} on {req.to}"
 
@@ -163,6 +174,9 @@ class PolicyEngine:
         return frozenset(out)
 
     def _compile(self, rule: PolicyRule) -> _Compiled:
+        if rule.scopes and not (rule.via or rule.chain) and rule.action == "allow":
+            raise ConfigError(f"policy rule {rule.name}: scopes: only delegated calls carry a scope, and an allow "
+                              "rule without via or chain matches direct calls only; add via or chain")
         for m in rule.methods:
             if m != "*" and not m.startswith("/"):
                 raise ConfigError(
@@ -178,4 +192,21 @@ class PolicyEngine:
             roles=frozenset(rule.roles),
             principals=frozenset(rule.principals),
             via=self._peer_ids(rule, "via", rule.via),
+            chain=self._chain_pattern(rule),
+            scopes=frozenset(rule.scopes),
         )
+
+    def _chain_pattern(self, rule: PolicyRule) -> re.Pattern[str] | None:
+        """``chain: [bridge, "*", "**"]`` as one regex over the chain's SPIFFE IDs joined by spaces."""
+        if not rule.chain:
+            return None
+        parts = []
+        for item in rule.chain:
+            if item == "**":
+                parts.append(r"(?:\S+(?: |$))*")
+            elif item == "*":
+                parts.append(r"\S+(?: |$)")
+            else:
+                (sid,) = self._peer_ids(rule, "chain", (item,))
+                parts.append(re.escape(sid) + "(?: |$)")
+        return re.compile("".join(parts))

@@ -35,11 +35,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from agentmesh.errors import ConfigError, PeerIdentityError, PKIError, Unavailable
+from agentmesh.identity import PeerIdentity, peer_identity_from_cert
 
 __all__ = [
     "FAILURE_MODES",
     "RevocationPolicy",
     "TrustSnapshot",
+    "check_certificate",
     "check_member",
     "check_order",
     "check_peer",
@@ -81,11 +83,13 @@ class TrustSnapshot:
     jwks_json: str = ""
     issuer: str = ""
     signed_at: float = 0.0  # when the control plane signed it (its clock)
+    issuers: tuple[x509.Certificate, ...] = ()  # the issuing intermediates under the trusted roots
 
     def confirmed(self, at: float) -> TrustSnapshot:
         """The same data, confirmed again at ``at`` (a heartbeat)."""
         return TrustSnapshot(self.revoked_serials, self.revoked_jtis, self.revoked_members, self.crl_next_update,
-                             at, self.generation, self.bundle, self.jwks_json, self.issuer, self.signed_at)
+                             at, self.generation, self.bundle, self.jwks_json, self.issuer, self.signed_at,
+                             self.issuers)
 
 
 def _path_length(cert: x509.Certificate) -> int | None:
@@ -192,7 +196,8 @@ def verify_snapshot(*, crl_pem: bytes, issuers_pem: bytes, trusted_roots: Sequen
         issuers = x509.load_pem_x509_certificates(issuers_pem) if issuers_pem.strip() else []
     except ValueError:
         raise PKIError("the control plane sent unreadable issuing CA certificates") from None
-    signers = [c for c in _issuers_under(trusted_roots, issuers, now) if c.subject == crl.issuer]
+    issuing = _issuers_under(trusted_roots, issuers, now)
+    signers = [c for c in issuing if c.subject == crl.issuer]
     if not any(isinstance(k := c.public_key(), ec.EllipticCurvePublicKey) and crl.is_signature_valid(k)
                for c in signers):
         raise PKIError("the CRL is not signed by an issuing CA of this mesh's trust bundle")
@@ -205,7 +210,7 @@ def verify_snapshot(*, crl_pem: bytes, issuers_pem: bytes, trusted_roots: Sequen
     received = now if signed_at is None else min(now, signed_at)
     return TrustSnapshot(frozenset(r.serial_number for r in crl), frozenset(revoked_jtis),
                          frozenset(revoked_members), nu, received, generation, bundle, jwks_json, issuer,
-                         now if signed_at is None else signed_at)
+                         now if signed_at is None else signed_at, tuple(issuing))
 
 
 def check_order(current: TrustSnapshot | None, update: TrustSnapshot, now: float, *, skew: float = 300.0) -> None:
@@ -227,6 +232,32 @@ def staleness(snapshot: TrustSnapshot | None, now: float, policy: RevocationPoli
     if age > policy.max_staleness:
         return f"revocation data is {age:.0f} s old (revocation.max_staleness is {policy.max_staleness:.0f} s)"
     return None
+
+
+def check_certificate(cert: x509.Certificate, issuers: Sequence[x509.Certificate], trust_domain: str,
+                      now: float, *, roots: Sequence[x509.Certificate] = (),
+                      presented: Sequence[x509.Certificate] = ()) -> PeerIdentity:
+    """The identity of a member certificate that did not come through a TLS handshake (a hop link's
+    signer): issued by one of ``issuers`` (the verified issuing intermediates of a snapshot) or by an
+    issuing CA it ``presented`` that one of ``roots`` signed (as in a TLS handshake: a member renewed by
+    a newly rotated intermediate before the trust data named it), its authority key id naming that
+    issuer's key; then the same SVID checks as an mTLS peer's."""
+    for issuer in (*issuers, *_issuers_under(roots, presented, now)):
+        if issuer.subject != cert.issuer or not _is_ca(issuer, now):
+            continue
+        try:
+            cert.verify_directly_issued_by(issuer)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        try:
+            aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+            ski = x509.SubjectKeyIdentifier.from_public_key(issuer.public_key()).digest
+        except x509.ExtensionNotFound:
+            aki = ski = None
+        if aki is not None and aki != ski:
+            continue
+        return peer_identity_from_cert(cert, trust_domain, now)
+    raise PeerIdentityError("certificate is not issued by an issuing CA of this mesh")
 
 
 def check_member(snapshot: TrustSnapshot | None, name: str | None) -> None:

@@ -128,9 +128,9 @@ async def _measure(mesh: BenchMesh, seconds: float) -> dict[str, float]:
         token = authority.issue(sub=peer_id, roles=list(config.agent(CLIENT).roles), audience=config.tokens.audience,
                                 ttl=3600, cnf_thumbprint=client.identity.thumbprint)
         chain = server_chain(AGENT, sink=server.sink, audit_required=config.audit.required,
-                             identities=server.identities, verifier=server.verifier,
-                             mesh_issuer=config.tokens.issuer, policy=server.policy,
-                             limiter=server.limiter, guard=server.guard)
+                             identities=server.identities, checks=server.checks,
+                             snapshot=lambda: server.trust.snapshot, policy=server.policy,
+                             limiter=server.limiter, guard=server.guard, me=str(server.spiffe_id))
         echo = Echo()
         handler = grpc.unary_unary_rpc_method_handler(echo.Invoke, agent_pb2.Task.FromString,
                                                       agent_pb2.TaskResult.SerializeToString)

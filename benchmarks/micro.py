@@ -145,7 +145,7 @@ def run_micro(mesh: BenchMesh, workdir: Path, seconds: float, ca_seconds: float)
 
     def decide() -> object:
         return policy.decide(PolicyRequest(to=AGENT, method=METHOD, peer=peer_id, principal=peer_id,
-                                           roles=("loadgen",), actors=()))
+                                           roles=("loadgen",), chain=()))
 
     identities.identify(pem)
     stages: dict[str, float] = {

@@ -15,10 +15,13 @@ from typing import Any
 
 from benchmarks.settings import VARIANTS
 
-__all__ = ["aggregate_variant", "compute_targets", "machine", "print_report", "write_chart", "write_json"]
+__all__ = ["aggregate_variant", "compute_targets", "machine", "print_delegation", "print_report", "write_chart",
+           "write_json"]
 
 #: 2: "lifecycle" (renewal under load, revocation propagation, join cost) and its three targets
-SCHEMA = 2
+#: 3: "delegation" (a 3-hop delegated chain against the undelegated one, its micro-benchmarks, the
+#:    exchange RPC) and its target
+SCHEMA = 3
 
 
 def _median(values: Sequence[float | None]) -> float | None:
@@ -121,6 +124,8 @@ _TARGETS = (
     ("revocation_propagation_s", "revocation reaches the mesh in <= 2 s (max over trials, default settings)", "<=",
      2.0),
     ("join_control_ms", "a join costs the control plane < 10 ms (median, in-process)", "<", 10.0),
+    ("delegation_cpu_us_per_hop", "a delegated call adds < 150 us CPU per hop (3 hops, same transaction)", "<",
+     150.0),
 )
 
 
@@ -130,7 +135,8 @@ def _ok(section: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
 
 def compute_targets(ratios: Mapping[str, float | None], micro: Mapping[str, Any] | None,
                     rotation: Mapping[str, Any] | None,
-                    lifecycle: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+                    lifecycle: Mapping[str, Any] | None = None,
+                    delegation: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     values: dict[str, float | None] = dict(ratios)
     values["ca_certs_per_s"] = micro.get("ca_certs_per_s") if micro else None
     values["rotation_failed_calls"] = float(rot["failed_calls"]) if (rot := _ok(rotation)) else None
@@ -140,6 +146,12 @@ def compute_targets(ratios: Mapping[str, float | None], micro: Mapping[str, Any]
     values["revocation_propagation_s"] = (prop["propagation"]["max_s"]
                                           if prop and not prop["propagation"]["missing"] else None)
     values["join_control_ms"] = join["control"]["median_ms"] if (join := _ok(life.get("join"))) else None
+    values["delegation_cpu_us_per_hop"] = (deleg["added_per_hop"]["same_transaction"]["cpu_us"]
+                                           if (deleg := _ok(delegation)) else None)
+    notes: dict[str, str] = {}
+    if deleg:  # a median of paired differences: its confidence interval says how sure the verdict is
+        low, high = deleg["added_per_hop"]["same_transaction"]["cpu_us_ci95"]
+        notes["delegation_cpu_us_per_hop"] = f"95% CI {low:.0f}-{high:.0f} us: {deleg['target_verdict']}"
     out = []
     for name, description, op, bound in _TARGETS:
         value = values.get(name)
@@ -147,7 +159,7 @@ def compute_targets(ratios: Mapping[str, float | None], micro: Mapping[str, Any]
         if value is not None:
             met = {">=": value >= bound, "<=": value <= bound, "<": value < bound, "==": value == bound}[op]
         out.append({"name": name, "description": description, "op": op, "target": bound, "value": value,
-                    "met": met})
+                    "met": met, "note": notes.get(name)})
     return out
 
 
@@ -219,11 +231,15 @@ def print_report(doc: Mapping[str, Any]) -> None:
     if doc.get("lifecycle"):
         print()
         _print_lifecycle(doc["lifecycle"])
+    if doc.get("delegation"):
+        print()
+        print_delegation(doc["delegation"])
     print()
     print("targets (reported, not asserted)")
     for t in doc["targets"]:
         mark = {True: "MET ", False: "MISS", None: "n/a "}[t["met"]]
-        print(f"  [{mark}] {t['description']}: {_f(t['value'], '.2f')}")
+        note = f" ({t['note']})" if t.get("note") else ""
+        print(f"  [{mark}] {t['description']}: {_f(t['value'], '.2f')}{note}")
     print()
 
 
@@ -271,6 +287,57 @@ def _print_lifecycle(life: Mapping[str, Any]) -> None:
         print(f"  join, member side (new key + CSR): median {mem['median_ms']:.2f} ms, p95 {mem['p95_ms']:.2f} ms")
     elif join:
         print(f"  join cost: {join['status']}: {join.get('reason')}")
+
+
+_DELEGATION_TITLES = {"undelegated": "undelegated (each member acts for itself)",
+                      "same_transaction": "delegated, same transaction (steady state)",
+                      "new_transaction": "delegated, new transaction per call (cold)"}
+
+
+def print_delegation(d: Mapping[str, Any]) -> None:
+    """The delegation section: end-to-end 3-hop chain, added CPU per hop, micro-benchmarks, exchange RPC."""
+    if d["status"] != "ok":
+        print(f"delegation: {d['status']}: {d.get('reason')}")
+        return
+    print(f"delegation: bridge -> ingestor -> summarizer -> validator ({d['hops']} hops), in-process over real "
+          f"sockets, one call at a time, the variants interleaved call by call; {d['rounds']} rounds of "
+          f"{d['calls_per_round']} calls of each")
+    head = f"  {'per end-to-end call (mean)':<44} {'CPU us':>7} {'loop us':>8} {'wall us':>8} {'p50 ms':>7} " \
+           f"{'p90 ms':>7} {'+CPU/hop':>9} {'+loop/hop':>10} {'+wall/hop':>10}"
+    print(head)
+    for key, v in d["variants"].items():
+        a = d["added_per_hop"].get(key)
+        extra = f"{a['cpu_us']:9.1f} {a['loop_cpu_us']:10.1f} {a['wall_us']:10.1f}" if a else ""
+        print(f"  {_DELEGATION_TITLES.get(key, key):<44} {v['cpu_us_per_call']:7.0f} {v['loop_cpu_us_per_call']:8.0f} "
+              f"{v['wall_us_per_call']:8.0f} {v['p50_ms']:7.2f} {v['p90_ms']:7.2f} {extra}")
+    print("  (CPU: the whole process, every member and thread; loop: the event-loop thread only; +/hop: median over "
+          "the steps of (delegated - undelegated) / 3)")
+    for key, a in d["added_per_hop"].items():
+        low, high = a["cpu_us_ci95"]
+        m_low, m_high = a["cpu_us_mean_ci95"]
+        print(f"  {key}: added process CPU per hop {a['cpu_us']:.0f} us (95% CI {low:.0f}-{high:.0f}); mean "
+              f"{a['cpu_us_mean']:.0f} us (95% CI {m_low:.0f}-{m_high:.0f}); {a['cpu_ratio_vs_undelegated']:.2f}x "
+              f"the undelegated call's CPU")
+    a = d["added_per_hop"]["same_transaction"]
+    low, high = a["cpu_us_ci95"]
+    verdict = {"met": "MET", "not met": "NOT MET",
+               "inconclusive": "INCONCLUSIVE (the interval contains the target; point estimate "
+                               + ("below" if d["target_met"] else "above") + " it)"}[d["target_verdict"]]
+    print(f"  target: < {d['target_us_per_hop']:.0f} us CPU added per hop in steady state (same transaction): "
+          f"{a['cpu_us']:.1f} us (95% CI {low:.0f}-{high:.0f}): {verdict}")
+    if d["background_cores"] > 0.25:
+        print(f"  note: other processes used {d['background_cores']:.2f} cores during the rounds (median): "
+              f"numbers are noisier")
+    ex = d["exchange"]
+    if ex["exchanges"]:
+        print(f"  exchange RPC (MeshNode.exchange, warm channel, {ex['exchanges']} exchanges): median "
+              f"{ex['median_ms']:.2f} ms, p90 {ex['p90_ms']:.2f} ms, max {ex['max_ms']:.2f} ms; process CPU "
+              f"(bridge + control plane) {ex['cpu_us_per_exchange']:.0f} us per exchange")
+    busy = d.get("micro_background_cores") or 0.0
+    print("  pure pieces (in-process, no gRPC, us per op" + (f"; other processes used {busy:.2f} cores meanwhile)"
+                                                            if busy > 0.25 else ")"))
+    for key, us in d["micro_us"].items():
+        print(f"    {d['micro_descriptions'].get(key, key):<66} {us:8.2f}")
 
 
 def write_json(doc: Mapping[str, Any], path: Path) -> None:

@@ -1,6 +1,7 @@
 """``python -m benchmarks.run [--quick] [--rotate] [--smoke]``: the agentmesh benchmark.
 
-Phases: micro-benchmarks (in-process); the six variants side by side (every server in its own
+Phases: micro-benchmarks (in-process); verifiable delegation's cost (a 3-hop chain delegated and not,
+in-process); the six variants side by side (every server in its own
 process, the load generator in another: a warm-up, then interleaved rounds A B C ... A B C ...,
 medians reported); certificate rotation under load; the identity lifecycle: automatic renewal
 under load, revocation propagation, join cost. Writes a table to the terminal,
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import report
+from benchmarks.delegation import run_delegation
 from benchmarks.echo import http_body
 from benchmarks.httpload import HttpLoad, HttpTarget
 from benchmarks.joincost import run_join
@@ -317,6 +319,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=RESULTS, help="directory of latest.json and latest.png")
     p.add_argument("--no-chart", action="store_true")
     p.add_argument("--no-micro", action="store_true")
+    p.add_argument("--no-delegation", action="store_true", help="skip the delegation benchmark (full and quick runs)")
     p.add_argument("--keep", action="store_true", help="keep the temporary mesh directory and server logs")
     return p.parse_args(argv)
 
@@ -382,6 +385,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "micro": None,
         "rotation": None,
         "lifecycle": None,
+        "delegation": None,
     }
     try:
         if not a.rotate and not a.no_micro:
@@ -389,6 +393,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             log("micro-benchmarks ...")
             doc["micro"] = _phase("micro-benchmarks",
                                   lambda: run_micro(mesh, workdir, preset.micro_seconds, preset.ca_seconds))
+        if preset.name in ("full", "quick") and not a.rotate and not a.no_delegation:
+            log("delegation: a 3-hop chain delegated and not, in-process ...")
+            doc["delegation"] = _phase("delegation", lambda: run_delegation(workdir, mode=preset.name, log=log))
         if preset.variants:
             doc["variants"] = _phase("variants", lambda: run_variants(workdir, preset, preset.variants,
                                                                       a.concurrency, http))
@@ -406,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     ratios = report.compute_ratios(doc["variants"])
     doc["ratios"] = ratios
-    doc["targets"] = report.compute_targets(ratios, doc["micro"], doc["rotation"], doc["lifecycle"])
+    doc["targets"] = report.compute_targets(ratios, doc["micro"], doc["rotation"], doc["lifecycle"], doc["delegation"])
     doc["duration_s"] = round(time.perf_counter() - started, 1)
     report.print_report(doc)
     json_path = a.out / "latest.json"

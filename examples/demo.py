@@ -29,6 +29,7 @@ from agentmesh.config import MeshConfig
 from agentmesh.configfile import load_config
 from agentmesh.errors import MeshError
 from agentmesh.pki import CertificateAuthority, write_identity
+from agentmesh.runtime.node import MeshNode
 from agentmesh.runtime.supervisor import Supervisor
 from agentmesh.tokens import TokenAuthority
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc
@@ -88,6 +89,16 @@ async def security_tour(config: MeshConfig, base: str, http: httpx.AsyncClient, 
             break
     line(f"a burst of {len(statuses)} calls", f"{r.status_code} Retry-After: {r.headers.get('retry-after')}s, "
          f"RateLimit-Remaining: {r.headers.get('ratelimit-remaining')}")
+
+    # a compromised agent holds only the transaction token of the work it was given, never the client's token
+    node = MeshNode(config, "summarizer", renew=False)
+    try:
+        await node.start(timeout=10)
+        txn = await node.exchange(client, route="demo")
+    finally:
+        await node.close()
+    r = await http.post(invoke, json=body, headers={"Authorization": f"Bearer {txn.token}"})
+    line("an agent replays its transaction token", f"{r.status_code} {problem(r)}")
 
     rogue = CertificateAuthority.init(WORKDIR / "rogue-ca", config.trust_domain, force=True)
     write_identity(rogue.issue("bridge"), WORKDIR / "imposter")

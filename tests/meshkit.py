@@ -32,7 +32,7 @@ def free_port() -> int:
 
 
 class RelayAgent(agent_pb2_grpc.AgentServicer):
-    """Reports who called (peer, principal, roles, actors); forwards to task.metadata["next"] if set."""
+    """Reports who called (peer, principal, roles, chain); forwards to task.metadata["next"] if set."""
 
     def __init__(self, node: MeshNode) -> None:
         self.node = node
@@ -42,7 +42,7 @@ class RelayAgent(agent_pb2_grpc.AgentServicer):
         self.calls += 1
         call = current_call()
         out = [agent_pb2.Part(text=f"{self.node.name}: peer={call.peer_spiffe_id} principal={call.principal} "
-                                   f"roles={','.join(call.roles)} actors={','.join(call.actors)}")]
+                                   f"roles={','.join(call.roles)} chain={','.join(call.chain)}")]
         nxt = request.metadata.get("next")
         if nxt:
             rest = [n for n in nxt.split(",")[1:] if n]
@@ -78,9 +78,16 @@ class Mesh:
         assert self.config.audit.jsonl_path is not None
         return self.config.audit.jsonl_path
 
-    def client_token(self, sub: str = "alice@example.org", roles: Sequence[str] = ("client",), **kw: Any) -> str:
+    def client_token(self, sub: str = "alice@example.org", roles: Sequence[str] = ("client",), *,
+                     scope: str | None = None, **kw: Any) -> str:
+        extra = {**kw.pop("extra", {}), **({"scope": scope} if scope is not None else {})}
         return self.authority.issue(sub=sub, roles=list(roles), audience=self.config.tokens.audience,
-                                    ttl=kw.pop("ttl", 600), **kw)
+                                    ttl=kw.pop("ttl", 600), extra=extra, **kw)
+
+    async def txn(self, subject_token: str, *, via: str = "bridge", scope: str = "") -> str:
+        """A transaction token for ``subject_token``'s principal, exchanged by member ``via`` (the member
+        that must then make the delegated call: it is the first hop)."""
+        return (await self.nodes[via].exchange(subject_token, scope=scope, route="test")).token
 
     def agent_token(self, name: str) -> str:
         """A token bound to ``name``'s certificate, as the control plane would issue it."""

@@ -17,7 +17,7 @@ def test_smoke_run_writes_the_documented_json(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     doc = json.loads((tmp_path / "latest.json").read_text())
 
-    assert doc["schema"] == 2 and doc["mode"] == "smoke"
+    assert doc["schema"] == 3 and doc["mode"] == "smoke"
     assert {"cpu_model", "cores", "python", "grpcio", "date"} <= set(doc["machine"])
     assert doc["settings"]["concurrency"] == 16 and doc["settings"]["rounds"] == 1
 
@@ -42,9 +42,10 @@ def test_smoke_run_writes_the_documented_json(tmp_path: Path) -> None:
     targets = {t["name"]: t for t in doc["targets"]}
     assert set(targets) == {"v3_rps_vs_v2", "v3_p99_vs_v2", "chain_server_cpu_us_per_call", "v5_rps_vs_v6",
                             "ca_certs_per_s", "rotation_failed_calls", "renewal_failed_calls",
-                            "revocation_propagation_s", "join_control_ms"}
+                            "revocation_propagation_s", "join_control_ms", "delegation_cpu_us_per_hop"}
     assert all(t["met"] in (True, False, None) for t in targets.values())
-    # no rotation and no identity lifecycle scenarios in the smoke run
-    assert doc["rotation"] is None and doc["lifecycle"] is None
-    for name in ("rotation_failed_calls", "renewal_failed_calls", "revocation_propagation_s", "join_control_ms"):
+    # no rotation, identity lifecycle or delegation scenarios in the smoke run
+    assert doc["rotation"] is None and doc["lifecycle"] is None and doc["delegation"] is None
+    for name in ("rotation_failed_calls", "renewal_failed_calls", "revocation_propagation_s", "join_control_ms",
+                 "delegation_cpu_us_per_hop"):
         assert targets[name]["met"] is None and targets[name]["value"] is None

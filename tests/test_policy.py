@@ -34,17 +34,17 @@ RULES = (
 
 
 def req(to: str, method: str = INVOKE, peer: str = "ingestor", principal: str = "", roles: tuple[str, ...] = (),
-        actors: tuple[str, ...] = ()) -> PolicyRequest:
+        chain: tuple[str, ...] = ()) -> PolicyRequest:
     peer_id = peer if peer.startswith("spiffe://") else sid(peer)
     return PolicyRequest(to=to, method=method, peer=peer_id, principal=principal or peer_id, roles=roles,
-                         actors=actors)
+                         chain=chain)
 
 
 def delegated(to: str, method: str = INVOKE, peer: str = "bridge", principal: str = "user-1",
               roles: tuple[str, ...] = ("client",), depth: int = 1) -> PolicyRequest:
     peer_id = sid(peer)
     chain = (*(sid(f"hop{i}") for i in range(depth - 1)), peer_id)
-    return PolicyRequest(to=to, method=method, peer=peer_id, principal=principal, roles=roles, actors=chain)
+    return PolicyRequest(to=to, method=method, peer=peer_id, principal=principal, roles=roles, chain=chain)
 
 
 CASES = [

@@ -13,6 +13,7 @@ __all__ = [
     "AGENT",
     "DECISION",
     "DELEGATION_CHAIN",
+    "DELEGATION_CHECK",
     "DENIAL_REASON",
     "DENIAL_STAGE",
     "ENDUSER_ID",
@@ -30,7 +31,9 @@ __all__ = [
     "RPC_SYSTEM",
     "RPC_SYSTEM_GRPC",
     "RULE",
+    "SCOPE",
     "TARGET",
+    "TXN",
     "Decision",
     "DenialStage",
     "GuardAction",
@@ -51,7 +54,10 @@ PEER_SPIFFE_ID: Final = "agentmesh.peer.spiffe_id"  # server spans: the verified
 ROLES: Final = "agentmesh.roles"  # list[str] from the verified token
 DECISION: Final = "agentmesh.decision"  # Decision
 RULE: Final = "agentmesh.rule"  # name of the policy rule that decided
-DELEGATION_CHAIN: Final = "agentmesh.delegation.chain"  # list of SPIFFE IDs, outermost caller first
+DELEGATION_CHAIN: Final = "agentmesh.delegation.chain"  # list of verified SPIFFE IDs, outermost caller first
+DELEGATION_CHECK: Final = "agentmesh.delegation.check"  # which check of a delegation failed (DelegationError.check)
+TXN: Final = "agentmesh.txn"  # the transaction id (txn claim of the transaction token): one per external request
+SCOPE: Final = "agentmesh.scope"  # list[str]: the transaction's scope
 RATELIMIT_REMAINING: Final = "agentmesh.ratelimit.remaining"  # int
 PAYLOAD_PREFIX: Final = "agentmesh.payload."  # + dotted request field path (allow-listed only)
 
@@ -62,7 +68,7 @@ EVENT_DENIED: Final = "agentmesh.denied"  # attributes: DENIAL_STAGE, DENIAL_REA
 DENIAL_STAGE: Final = "stage"  # DenialStage
 DENIAL_REASON: Final = "reason"  # safe text: never a token, key or payload
 
-DenialStage = Literal["identity", "token", "policy", "ratelimit", "guard"]
+DenialStage = Literal["identity", "token", "delegation", "policy", "ratelimit", "guard"]
 
 EVENT_GUARD: Final = "agentmesh.guard"  # attributes: GUARD_ACTION, GUARD_PATTERN
 GUARD_ACTION: Final = "action"  # GuardAction

@@ -183,10 +183,15 @@ def _status(span: SpanRecord) -> str:
 
 def _notes(span: SpanRecord) -> str:
     notes = []
+    txn, check = span.attributes.get(A.TXN), span.attributes.get(A.DELEGATION_CHECK)
+    if isinstance(txn, str) and txn and span.kind != "client":
+        notes.append(f"txn {txn[:12]}")
     for e in span.events:
         attrs = e.get("attributes") or {}
         if e.get("name") == A.EVENT_DENIED:
-            notes.append(f"denied[{attrs.get(A.DENIAL_STAGE, '?')}]: {attrs.get(A.DENIAL_REASON, '')}")
+            stage = attrs.get(A.DENIAL_STAGE, "?")
+            stage = f"{stage}:{check}" if isinstance(check, str) and check else stage
+            notes.append(f"denied[{stage}]: {attrs.get(A.DENIAL_REASON, '')}")
         elif e.get("name") == A.EVENT_GUARD:
             notes.append(f"guard[{attrs.get(A.GUARD_ACTION, '?')}]: {attrs.get(A.GUARD_PATTERN, '')}")
     return "  ".join(notes)

@@ -3,8 +3,9 @@
 * :func:`path_segments`: the raw path split and percent-decoded, refusing encoded separators
   (``%2F``, ``%5C``, ``%2E``), dot segments and invalid UTF-8, so no spelling of a path can
   reach another agent or method than the one it visibly names;
-* :func:`authenticate`: the caller's JWT, verified like any subject token of the mesh; agent
-  (SPIFFE) tokens are refused at the edge;
+* :func:`authenticate`: the caller's JWT, verified like any principal's token of the mesh; agent
+  (SPIFFE, certificate-bound) tokens are refused at the edge, and transaction tokens (``txntoken+jwt``)
+  are no access tokens at all;
 * :func:`parse_timeout`: ``grpc-timeout`` / ``X-Request-Timeout`` into a capped deadline;
 * :func:`forwarded_metadata`: the only client headers that become gRPC metadata (an allow-list).
 """
@@ -23,6 +24,7 @@ from agentmesh.bridge.errors import HttpError
 from agentmesh.errors import TokenError
 from agentmesh.metadata import bearer
 from agentmesh.tokens import TokenVerifier, VerifiedToken
+from agentmesh.tokens.txn import check_principal_token
 
 __all__ = [
     "FORWARDED_HEADERS",
@@ -78,9 +80,11 @@ def authenticate(authorization: str | None, verifier: TokenVerifier) -> tuple[Ve
     except TokenError as e:
         raise HttpError(grpc.StatusCode.UNAUTHENTICATED, e.message,
                         headers={"WWW-Authenticate": WWW_AUTH_INVALID}) from None
-    if verified.sub.strip().lower().startswith("spiffe:") or verified.bound_thumbprint is not None:
+    try:
+        check_principal_token(verified)
+    except TokenError:
         raise HttpError(grpc.StatusCode.UNAUTHENTICATED, "agent tokens are not accepted at the bridge",
-                        headers={"WWW-Authenticate": WWW_AUTH_INVALID})
+                        headers={"WWW-Authenticate": WWW_AUTH_INVALID}) from None
     return verified, token
 
 

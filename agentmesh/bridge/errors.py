@@ -5,11 +5,14 @@ status comes from :data:`agentmesh.errors.GRPC_TO_HTTP` unless the error is HTTP
 415). Internals never reach a client: INTERNAL/UNKNOWN/DATA_LOSS and transport failures get a
 generic message, and only the public ``google.rpc`` detail types are passed on (never DebugInfo).
 
-The bridge verifies the client's token itself, then calls as its own mesh member (its certificate,
-its bound token) with the client's token as the delegated subject. An agent that refuses the bridge's
-own identity answers UNAUTHENTICATED too, but that is the mesh's failure, not the client's: it becomes
-a 503 with ``Retry-After`` and no ``WWW-Authenticate``, so a client with a good token does not go and
-re-authenticate (:func:`refuses_bridge_identity` tells the two apart from the status alone).
+The bridge verifies the client's token itself, exchanges it for a transaction token, then calls as its
+own mesh member (its certificate, its bound token, the delegation it built). An agent that refuses the
+bridge's own identity or the delegation it sent answers UNAUTHENTICATED too, but that is the mesh's
+failure, not the client's: it becomes a 503 with ``Retry-After`` and no ``WWW-Authenticate``, so a
+client with a good token does not go and re-authenticate. :func:`refuses_bridge_identity` tells the two
+apart by the ``google.rpc.ErrorInfo`` the server chain attaches to its refusals
+(:mod:`agentmesh.interceptors.status`), never by wording; an UNAUTHENTICATED a handler chose itself, or
+a revoked client token, stays a 401.
 """
 
 from __future__ import annotations
@@ -28,7 +31,15 @@ from grpc_status import rpc_status
 from starlette.responses import Response
 
 from agentmesh.errors import MeshError, http_status_for
-from agentmesh.interceptors.status import RATELIMIT_LIMIT, RATELIMIT_REMAINING, RATELIMIT_RESET, RETRY_AFTER
+from agentmesh.interceptors.status import (
+    ERROR_DOMAIN,
+    RATELIMIT_LIMIT,
+    RATELIMIT_REMAINING,
+    RATELIMIT_RESET,
+    REASON_CALLER,
+    REASON_DELEGATION,
+    RETRY_AFTER,
+)
 
 __all__ = ["MESH_RETRY_AFTER", "HttpError", "error_body", "from_call_error", "from_rpc_error",
            "refuses_bridge_identity"]
@@ -49,21 +60,6 @@ _RATE_HEADERS = {RATELIMIT_LIMIT: "RateLimit-Limit", RATELIMIT_REMAINING: "RateL
                  RATELIMIT_RESET: "RateLimit-Reset", RETRY_AFTER: "Retry-After"}
 #: seconds a client is asked to wait when the bridge's own mesh membership failed (Retry-After)
 MESH_RETRY_AFTER = 10
-#: The server chain's wording (the contract :func:`refuses_bridge_identity` reads): a refused delegated
-#: client token says "(delegated subject token, <method>)" (``interceptors/auth.py``): the client's to fix.
-#: A refused caller, here the bridge, is named by its own token (``interceptors/auth.py``) or by its
-#: certificate (``interceptors/identity.py``, ``identity.py``, ``trust.py``): the mesh's to fix.
-_ABOUT_CLIENT = "delegated subject token"
-_ABOUT_CALLER = "(caller's own token,"
-_OWN_PREFIXES = (
-    "missing bearer token",  # the bridge sent no token of its own
-    "a caller's own token",  # not from the mesh issuer
-    "delegation chain",  # the actor chain the bridge sent
-    "no verified client certificate", "peer certificate", "peer presented", "peer belongs",  # its certificate
-    "mesh member",  # the bridge revoked as a member
-)
-
-
 class HttpError(Exception):
     """An error answer: gRPC code, safe message, optional details, extra headers."""
 
@@ -96,14 +92,29 @@ def error_body(code: grpc.StatusCode, message: str, details: Sequence[Mapping[st
     return {"code": code.name, "message": message, "details": list(details)}
 
 
-def refuses_bridge_identity(code: grpc.StatusCode, details: str | None) -> bool:
+def refuses_bridge_identity(err: grpc.aio.AioRpcError) -> bool:
     """Whether an agent's status refuses the bridge's own mesh identity (its certificate, its token,
-    the delegation it sent) rather than the client: UNAUTHENTICATED worded by the server chain as
-    about the caller, not about the delegated subject token. Anything else a handler says with
-    UNAUTHENTICATED is the agent's verdict on the client and stays a 401."""
-    if code != grpc.StatusCode.UNAUTHENTICATED or not details or _ABOUT_CLIENT in details:
+    the delegation it sent) rather than the client: UNAUTHENTICATED with the server chain's ErrorInfo
+    naming the caller or the delegation."""
+    if err.code() != grpc.StatusCode.UNAUTHENTICATED:
         return False
-    return _ABOUT_CALLER in details or details.startswith(_OWN_PREFIXES)
+    for info in _error_infos(err):
+        if info.domain == ERROR_DOMAIN:
+            return info.reason in (REASON_CALLER, REASON_DELEGATION)
+    return False
+
+
+def _error_infos(err: grpc.aio.AioRpcError) -> list[error_details_pb2.ErrorInfo]:
+    try:
+        status = rpc_status.from_call(err)
+    except ValueError:
+        return []
+    out = []
+    for any_ in status.details if status is not None else ():
+        info = error_details_pb2.ErrorInfo()
+        if any_.Unpack(info):
+            out.append(info)
+    return out
 
 
 def _mesh_failure(message: str) -> HttpError:
@@ -125,7 +136,7 @@ def from_call_error(exc: BaseException, agent: str, timeout: float) -> HttpError
 def from_rpc_error(err: grpc.aio.AioRpcError, agent: str, timeout: float) -> HttpError:
     """The HTTP error for a failed call to ``agent``: status, safe message, details, rate-limit headers."""
     code = err.code()
-    if refuses_bridge_identity(code, err.details()):
+    if refuses_bridge_identity(err):
         log.warning("%s refused the bridge's own mesh identity: %s", agent, err.details())
         return _mesh_failure(f"the bridge's own mesh identity was refused by {agent}: {err.details()}; "
                              "retry later")

@@ -1,7 +1,9 @@
 """One HTTP request to one gRPC call: authenticate, route, transcode, call as the caller, answer.
 
-The call goes through the bridge node's client chain (its own bound token, the caller's token as
-the subject, traceparent, deadline) inside :func:`delegating`; the agent's policy decides. Only
+The caller's token is verified here, then exchanged at the control plane (the mesh's Transaction
+Token Service) for a transaction token: the caller's own token goes no further than the bridge. The
+call goes through the bridge node's client chain (its own bound token, the transaction token and its
+first hop link, traceparent, deadline) inside :func:`delegating`; the agent's policy decides. Only
 :data:`agentmesh.bridge.edge.FORWARDED_HEADERS` reach the agent as metadata.
 """
 
@@ -19,18 +21,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive
 
-from agentmesh.bridge.edge import authenticate, forwarded_metadata, parse_timeout, path_segments
+from agentmesh.bridge.edge import WWW_AUTH_INVALID, authenticate, forwarded_metadata, parse_timeout, path_segments
 from agentmesh.bridge.errors import HttpError, from_call_error
 from agentmesh.bridge.routes import Catalog, Match, Operation
 from agentmesh.bridge.streaming import GrpcStreamResponse, disconnected, first_message, stream_format
 from agentmesh.bridge.transcode import EMPTY, build_request, parse_json, to_json
 from agentmesh.config import MeshConfig
-from agentmesh.errors import MeshError
+from agentmesh.errors import MeshError, TokenError
 from agentmesh.interceptors.auth import principal_of
 from agentmesh.interceptors.client import delegating
 from agentmesh.policy import PolicyRequest
 from agentmesh.runtime.node import MeshNode
 from agentmesh.tokens import VerifiedToken
+from agentmesh.tokens.txn import scope_of
 
 __all__ = ["Gateway", "Settings"]
 
@@ -96,7 +99,8 @@ class Gateway:
         channel, call = self._callable(op)
         await self._connected(op.agent, channel, timeout)
         encode = _encoder(match)
-        with delegating(raw_token):  # the client chain reads it when the call is created
+        txn = await self._exchange(raw_token, op, request)
+        with delegating(txn.token):  # the client chain reads it when the call is created
             grpc_call = call(message, timeout=timeout, metadata=metadata, wait_for_ready=False)
         try:
             if not op.streaming:
@@ -113,6 +117,20 @@ class Gateway:
         token, raw = authenticate(request.headers.get("authorization"), self.node.verifier)
         request.state.principal = principal_of(token, self.config.tokens.issuer)
         return token, raw
+
+    async def _exchange(self, raw_token: str, op: Operation, request: Request) -> Any:
+        """The transaction token of this request (one transaction per HTTP request)."""
+        client = request.client
+        context = {"request_id": request.state.request_id, **({"req_ip": client.host} if client else {})}
+        try:
+            txn = await self.node.exchange(raw_token, route=f"{op.agent} {op.method}", request_context=context)
+        except TokenError as e:
+            raise HttpError(grpc.StatusCode.UNAUTHENTICATED, e.message,
+                            headers={"WWW-Authenticate": WWW_AUTH_INVALID}) from None
+        except MeshError as e:
+            raise HttpError(grpc.StatusCode.UNAVAILABLE, e.message) from None
+        request.state.txn = txn.txn
+        return txn
 
     async def _body(self, request: Request, match: Match) -> Any:
         if match.rule is not None and not match.rule.body:
@@ -171,8 +189,7 @@ class Gateway:
             for op in self.catalog.operations(agent):
                 decision = self.node.policy.decide(PolicyRequest(
                     to=agent, method=op.method, peer=bridge, principal=principal_of(token, self.config.tokens.issuer),
-                    roles=token.roles,
-                    actors=(bridge,)))
+                    roles=token.roles, chain=(bridge,), scope=scope_of(token.claims)))
                 if decision.allowed:
                     methods.append({
                         "method": op.method, "path": op.path, "serverStreaming": op.streaming,

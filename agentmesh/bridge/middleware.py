@@ -88,6 +88,9 @@ class EdgeMiddleware:
                 span.update_name(f"{method} {route}")
             if principal:
                 span.set_attribute(A.ENDUSER_ID, principal)
+            txn = state.get("txn")
+            if txn:
+                span.set_attribute(A.TXN, txn)
             if status >= 500:
                 span.set_status(Status(StatusCode.ERROR, f"HTTP {status}"))
             span.end()

@@ -28,7 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--json", default="{}", help="request as protobuf JSON (default {})")
     p.add_argument("--config", required=True, help="mesh config file")
     p.add_argument("--as", dest="as_", required=True, metavar="NAME", help="the mesh identity to call with")
-    p.add_argument("--subject-token", metavar="TOKEN", help="delegate for this principal's token ('-': stdin)")
+    p.add_argument("--subject-token", metavar="TOKEN",
+                   help="act for this principal: its token is exchanged at the control plane "
+                        "for a transaction token ('-': read it from stdin)")
     p.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds (default 10)")
     p.set_defaults(func=_run)
 
@@ -63,8 +65,9 @@ async def _call(args: argparse.Namespace) -> list[dict[str, Any]]:
         rpc = kind(info.full_name, request_serializer=info.input.SerializeToString,
                    response_deserializer=info.output.FromString)
         out: list[dict[str, Any]] = []
+        txn = await node.exchange(subject, route=f"{args.agent} {info.full_name}") if subject else None
         try:
-            with delegating(subject) if subject else contextlib.nullcontext():
+            with delegating(txn.token) if txn is not None else contextlib.nullcontext():
                 if info.server_streaming:
                     async for msg in rpc(request, timeout=args.timeout):
                         out.append(json_format.MessageToDict(msg))

@@ -18,6 +18,7 @@ from agentmesh.audit import AuditSink, extract, record_denial, rpc_attributes
 from agentmesh.audit import attributes as A
 from agentmesh.context import CallContext
 from agentmesh.errors import (
+    DelegationError,
     MeshError,
     PayloadBlocked,
     PayloadTooLarge,
@@ -36,6 +37,8 @@ __all__ = ["AuditStage", "PayloadRecordStage"]
 def _stage_of(err: MeshError) -> A.DenialStage:
     if isinstance(err, PeerIdentityError):
         return "identity"
+    if isinstance(err, DelegationError):
+        return "delegation"
     if isinstance(err, TokenError):
         return "token"
     if isinstance(err, PayloadBlocked | PayloadTooLarge):
@@ -85,8 +88,11 @@ class AuditStage:
         if call.principal is not None:
             attrs[A.ENDUSER_ID] = call.principal
             attrs[A.ROLES] = list(call.roles)
-        if call.actors:
-            attrs[A.DELEGATION_CHAIN] = list(call.actors)
+        if call.txn is not None:
+            attrs[A.TXN] = call.txn.txn
+            attrs[A.DELEGATION_CHAIN] = list(call.chain)
+            if call.txn.scope:
+                attrs[A.SCOPE] = list(call.txn.scope)
         if call.decision is not None:
             attrs[A.DECISION] = call.decision
         if call.rule is not None:
@@ -104,6 +110,8 @@ class AuditStage:
         if call.decision is None or isinstance(err, PermissionDenied | RateLimited | TokenError | PeerIdentityError):
             call.decision = "ratelimited" if isinstance(err, RateLimited) else "deny"
         record_denial(span, _stage_of(err), err.message)
+        if isinstance(err, DelegationError):
+            span.set_attribute(A.DELEGATION_CHECK, err.check)
         code, message, md = status_of(err)
         call.status = code
         await context.abort(code, message, trailing_metadata=md)

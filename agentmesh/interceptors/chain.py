@@ -2,7 +2,7 @@
 
     1. audit span     outermost, so denials are recorded too; maps errors to status
     2. peer identity  SPIFFE ID from the verified certificate; CRL; EKU / CA checks
-    3. token          the peer's own bound token (+ the principal's when delegated)
+    3. token          the peer's own bound token (+ the transaction token and hop links when delegated)
     4. authorization  deny rules, then allow rules, then default deny
     5. rate limit     token bucket per (rule, verified principal)
     6. payload guard  size and patterns of every request message
@@ -25,7 +25,8 @@ from agentmesh.interceptors.identity import PeerIdentityCache, PeerIdentityStage
 from agentmesh.interceptors.limits import PayloadGuardStage, RateLimitStage
 from agentmesh.policy import PolicyEngine
 from agentmesh.ratelimit import RateLimiter
-from agentmesh.tokens import TokenVerifier
+from agentmesh.tokens.delegation import Checks
+from agentmesh.trust import TrustSnapshot
 
 __all__ = ["audit_only_chain", "identity_chain", "server_chain"]
 
@@ -36,18 +37,18 @@ def server_chain(
     sink: AuditSink | None,
     audit_required: bool,
     identities: PeerIdentityCache,
-    verifier: TokenVerifier,
-    mesh_issuer: str,
+    checks: Checks,
+    snapshot: Callable[[], TrustSnapshot | None],
     policy: PolicyEngine,
     limiter: RateLimiter,
     guard: PayloadGuard,
     active: ActiveCalls | None = None,
-    member_revoked: Callable[[str | None], bool] = lambda name: False,
+    me: str,
 ) -> list[grpc.aio.ServerInterceptor]:
     record = [PayloadRecordStage(sink)] if sink is not None and sink.payload_fields else []
     return [ServerChain(AuditStage(agent, sink, required=audit_required), [
         PeerIdentityStage(identities),
-        TokenStage(verifier, mesh_issuer=mesh_issuer, member_revoked=member_revoked),
+        TokenStage(checks, me=me, snapshot=snapshot),
         AuthorizationStage(policy),
         RateLimitStage(limiter),
         *record,  # only with audit.payload_fields: allow-listed request fields, redacted, on the span

@@ -1,7 +1,8 @@
-"""The client chain: attach the caller's token (and the original principal's when delegating),
-propagate W3C trace context and the deadline, and record a client span.
+"""The client chain: attach the caller's own token, and when delegating the transaction token
+(unchanged) with the hop links received plus this member's own link to the target; bound the deadline
+by the call being served; record a client span and propagate W3C trace context.
 
-The steps run in the order of ``CLIENT_STEPS``, for all four call shapes.
+:meth:`ClientSteps._build` does these steps in this order, for all four call shapes.
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from agentmesh.audit import attributes as A
 from agentmesh.audit import inject, rpc_attributes
 from agentmesh.context import maybe_current_call
-from agentmesh.metadata import ACTORS, AUTHORIZATION, IDENTITY_HEADERS, SUBJECT_TOKEN, TRACE_HEADERS
+from agentmesh.errors import TokenError
+from agentmesh.metadata import AUTHORIZATION, IDENTITY_HEADERS, TRACE_HEADERS, TXN_LINKS, TXN_TOKEN
+from agentmesh.tokens.links import HopSigner
 
-__all__ = ["CLIENT_STEPS", "ClientSteps", "Delegation", "TokenSource", "client_interceptors", "delegating"]
-
-#: the order of the client chain, for docs and tests: each is one method of MeshClientInterceptor
-CLIENT_STEPS = ("token", "delegation", "deadline", "client_span", "trace_context")
+__all__ = ["ClientSteps", "Delegation", "TokenSource", "client_interceptors", "delegating"]
 
 
 class TokenSource(Protocol):
@@ -42,20 +42,22 @@ Prepared = tuple[list[tuple[str, str]], float | None, Span]
 
 @dataclass(frozen=True, slots=True)
 class Delegation:
-    """Calls made inside :func:`delegating` act for ``subject_token``'s principal."""
+    """Calls made inside :func:`delegating` act for ``txn_token``'s principal, continuing ``links``."""
 
-    subject_token: str
-    actors: tuple[str, ...] = ()
+    txn_token: str
+    links: tuple[str, ...] = ()
 
 
 _delegation: contextvars.ContextVar[Delegation | None] = contextvars.ContextVar("agentmesh_delegation", default=None)
 
 
 @contextlib.contextmanager
-def delegating(subject_token: str, actors: tuple[str, ...] = ()) -> Iterator[None]:
-    """Calls in this block are delegated for the principal of ``subject_token`` (the REST bridge
-    uses this for external clients; agents serving a delegated call delegate onward by themselves)."""
-    reset = _delegation.set(Delegation(subject_token, actors))
+def delegating(txn_token: str) -> Iterator[None]:
+    """Calls in this block act for the principal of ``txn_token``, a transaction token this member
+    obtained from the control plane (:meth:`agentmesh.runtime.node.MeshNode.exchange` at the edge, or
+    :meth:`~agentmesh.runtime.node.MeshNode.narrow` for a narrower scope): this member is the first hop.
+    Agents serving a delegated call delegate onward by themselves, appending their own link."""
+    reset = _delegation.set(Delegation(txn_token))
     try:
         yield
     finally:
@@ -67,8 +69,8 @@ def _outgoing_delegation() -> Delegation | None:
     if explicit is not None:
         return explicit
     call = maybe_current_call()
-    if call is not None and call.raw_subject_token is not None:
-        return Delegation(call.raw_subject_token, call.actors)
+    if call is not None and call.txn_token is not None:
+        return Delegation(call.txn_token, call.links)
     return None
 
 
@@ -82,10 +84,13 @@ class ClientSteps:
     """
 
     def __init__(self, agent: str, target: str, tokens: TokenSource | None, tracer: trace.Tracer | None = None,
-                 *, default_timeout: float | None = None) -> None:
+                 *, default_timeout: float | None = None, hops: HopSigner | None = None,
+                 target_id: str = "") -> None:
         self.agent = agent
         self.target = target
         self.tokens = tokens
+        self.hops = hops  # signs this member's hop links (None: this channel cannot delegate)
+        self.target_id = target_id  # the target's SPIFFE ID: the audience of the links
         self.tracer = tracer or trace.NoOpTracer()
         self.default_timeout = default_timeout
         self._attributes: dict[str, dict[str, Any]] = {}  # span start attributes, per method
@@ -114,11 +119,13 @@ class ClientSteps:
         md = [(k, v) for k, v in (metadata or ()) if k not in IDENTITY_HEADERS and k not in TRACE_HEADERS]
         if token is not None:  # token
             md.append((AUTHORIZATION, "Bearer " + token))
-        deleg = _outgoing_delegation()  # delegation
+        deleg = _outgoing_delegation()  # delegation: the transaction token unchanged, the links extended
         if deleg is not None:
-            md.append((SUBJECT_TOKEN, deleg.subject_token))
-            if deleg.actors:
-                md.append((ACTORS, ",".join(deleg.actors)))
+            if self.hops is None or not self.target_id:
+                raise TokenError(f"{self.agent} cannot delegate to {self.target}: this channel signs no hop links")
+            link = self.hops.link(deleg.txn_token, deleg.links, self.target_id)
+            md.append((TXN_TOKEN, deleg.txn_token))
+            md.append((TXN_LINKS, ",".join((*deleg.links, link))))
         call = maybe_current_call()  # deadline: never outlive the call being served
         if call is not None and call.deadline is not None:
             left = max(0.0, call.deadline - time.monotonic())

@@ -9,9 +9,18 @@ from google.protobuf import duration_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from agentmesh.errors import MeshError, RateLimited
+from agentmesh.errors import AuthenticationError, DelegationError, MeshError, RateLimited
 
-__all__ = ["RATELIMIT_LIMIT", "RATELIMIT_REMAINING", "RATELIMIT_RESET", "RETRY_AFTER", "status_of"]
+__all__ = ["ERROR_DOMAIN", "RATELIMIT_LIMIT", "RATELIMIT_REMAINING", "RATELIMIT_RESET", "REASON_CALLER",
+           "REASON_DELEGATION", "REASON_PRINCIPAL", "RETRY_AFTER", "status_of"]
+
+#: google.rpc.ErrorInfo on every authentication refusal of the server chain: who has to fix it. The
+#: caller (its certificate or own token: the mesh's fault when the caller is the bridge), the delegation it
+#: sent (the transaction token or links a member built), or the principal (its token was revoked).
+ERROR_DOMAIN = "agentmesh"
+REASON_CALLER = "CALLER_REFUSED"
+REASON_DELEGATION = "DELEGATION_REFUSED"
+REASON_PRINCIPAL = "PRINCIPAL_REFUSED"
 
 RATELIMIT_LIMIT = "x-ratelimit-limit"
 RATELIMIT_REMAINING = "x-ratelimit-remaining"
@@ -22,6 +31,8 @@ RETRY_AFTER = "retry-after"
 def status_of(err: MeshError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str | bytes], ...]]:
     """(code, message, trailing metadata) for an error; RateLimited carries google.rpc.RetryInfo."""
     code, message = err.grpc_code, err.message
+    if isinstance(err, AuthenticationError):
+        return code, message, _error_info(err)
     if not isinstance(err, RateLimited):
         return code, message, ()
     delay = max(0.0, err.retry_after)
@@ -40,3 +51,14 @@ def status_of(err: MeshError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, st
         (RETRY_AFTER, str(max(1, math.ceil(delay)))),
     )
     return code, message, md
+
+
+def _error_info(err: AuthenticationError) -> tuple[tuple[str, str | bytes], ...]:
+    if isinstance(err, DelegationError):
+        reason = REASON_PRINCIPAL if err.check == "txn-revoked" else REASON_DELEGATION
+        info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata={"check": err.check})
+    else:
+        info = error_details_pb2.ErrorInfo(reason=REASON_CALLER, domain=ERROR_DOMAIN)
+    detail = status_pb2.Status(code=code_pb2.UNAUTHENTICATED, message=err.message)
+    detail.details.add().Pack(info)
+    return tuple(rpc_status.to_status(detail).trailing_metadata)

@@ -23,22 +23,29 @@ import grpc
 from cryptography import x509
 
 from agentmesh.audit import AuditSink, build_audit
+from agentmesh.audit import attributes as A
 from agentmesh.clock import Clock
 from agentmesh.config import MeshConfig
 from agentmesh.context import CallContext, current_call
-from agentmesh.errors import PermissionDenied
+from agentmesh.errors import ConfigError, PermissionDenied
+from agentmesh.identity import PeerIdentity
 from agentmesh.interceptors.active import ActiveCalls
 from agentmesh.interceptors.chain import audit_only_chain, identity_chain
 from agentmesh.interceptors.identity import PeerIdentityCache
 from agentmesh.pki import CertificateAuthority
 from agentmesh.pki.csr import check_csr
 from agentmesh.pki.join import JoinRefused, JoinTokens, parse_token
-from agentmesh.runtime.credentials import member_identity
+from agentmesh.runtime.credentials import AgentIdentity, member_identity
 from agentmesh.runtime.publisher import TrustPublisher
 from agentmesh.runtime.renewal import Renewer, SignedIdentity
 from agentmesh.runtime.server import MeshServer
 from agentmesh.runtime.truststate import TrustState
-from agentmesh.tokens import TokenAuthority
+from agentmesh.tokens import JwksCache, KeySet, TokenAuthority, keys_from_config, verifier_from_config
+from agentmesh.tokens.delegation import Checks, principal_of, split_links, verify_links
+from agentmesh.tokens.jwks import refresh_forever
+from agentmesh.tokens.links import LinkVerifier
+from agentmesh.tokens.txn import TxnVerifier, grant, narrow, sign_txn_token
+from agentmesh.trust import check_certificate
 from agentmesh.v1 import control_pb2, control_pb2_grpc
 
 __all__ = ["ControlPlane", "IdentityService", "JoinService", "TokenService", "start_control"]
@@ -73,10 +80,15 @@ def sign_csr(config: MeshConfig, ca: CertificateAuthority, name: str, csr: bytes
 
 
 class TokenService(control_pb2_grpc.TokenServiceServicer):
-    def __init__(self, config: MeshConfig, authority: TokenAuthority, *, clock: Clock = time.time) -> None:
+    """Members' own tokens, and the mesh's Transaction Token Service (:mod:`agentmesh.tokens.txn`)."""
+
+    def __init__(self, config: MeshConfig, authority: TokenAuthority, *, clock: Clock = time.time,
+                 checks: Checks | None = None, trust: TrustState | None = None) -> None:
         self.config = config
         self.authority = authority
         self.clock = clock
+        self.checks = checks
+        self.trust = trust
 
     async def IssueAgentToken(self, request: control_pb2.AgentTokenRequest,
                               context: grpc.aio.ServicerContext) -> control_pb2.AgentToken:
@@ -90,6 +102,35 @@ class TokenService(control_pb2_grpc.TokenServiceServicer):
         token = self.authority.issue(sub=peer.uri, roles=roles, audience=self.config.tokens.audience,
                                      ttl=ttl, cnf_thumbprint=peer.thumbprint)
         return control_pb2.AgentToken(token=token, expires_at=int(self.clock() + ttl))
+
+    async def ExchangeTransactionToken(self, request: control_pb2.TransactionTokenRequest,
+                                       context: grpc.aio.ServicerContext) -> control_pb2.TransactionToken:
+        call = current_call()
+        peer = call.peer
+        assert peer is not None and self.checks is not None, "the control chain verifies the peer first"
+        member_roles(self.config, peer.name)
+        now, cfg = self.clock(), self.config
+        if bool(request.subject_token) == bool(request.txn_token):
+            raise ConfigError("exchange exactly one of a subject token (at the edge) or a transaction token "
+                              "(a replacement)")
+        if request.subject_token:
+            subject = self.checks.tokens.verify(request.subject_token)
+            granted = grant(subject, principal_of(subject, cfg.tokens.issuer), requester=peer.uri,
+                            trust_domain=cfg.trust_domain, scope=request.scope, route=request.route,
+                            rctx=dict(request.request_context), now=now, ttl=cfg.tokens.txn_ttl)
+        else:  # a replacement: the requester proves the delegation it serves (addressed to it)
+            links = split_links(request.links, self.checks.max_depth)
+            snapshot = self.trust.snapshot if self.trust is not None else None
+            current, chain, _ = verify_links(request.txn_token, links, checks=self.checks, snapshot=snapshot,
+                                             peer=None, me=peer.uri, now=now)
+            granted = narrow(current, chain, requester=peer.uri, trust_domain=cfg.trust_domain,
+                             scope=request.scope, now=now, ttl=cfg.tokens.txn_ttl)
+        a = self.authority
+        token = sign_txn_token(a.key, a.algorithm, a.kid, a.issuer, granted.claims, iat=now, exp=granted.expires_at)
+        txn = str(granted.claims["txn"])
+        if call.span is not None:
+            call.span.set_attributes({A.TXN: txn, A.ENDUSER_ID: str(granted.claims["sub"])})
+        return control_pb2.TransactionToken(token=token, txn=txn, expires_at=int(granted.expires_at))
 
 
 class IdentityService(control_pb2_grpc.IdentityServiceServicer):
@@ -187,6 +228,24 @@ class ControlPlane:
             await self.stop(0)
 
 
+def _exchange_checks(config: MeshConfig, authority: TokenAuthority, trust: TrustState, identity: AgentIdentity,
+                     clock: Clock) -> tuple[Checks, tuple[JwksCache, ...]]:
+    """What the Transaction Token Service verifies with: subject tokens of the mesh and of every
+    configured issuer (revoked jtis from the trust data), and the chains members present."""
+    external, caches = keys_from_config(config.tokens, None, clock=clock)
+    tokens = verifier_from_config(config.tokens, KeySet.merge(KeySet.from_authority(authority), external),
+                                  revoked=trust.jti_revoked, clock=clock)
+
+    def certificate(cert: x509.Certificate, presented: tuple[x509.Certificate, ...]) -> PeerIdentity:
+        snapshot = trust.snapshot
+        return check_certificate(cert, snapshot.issuers if snapshot else (), config.trust_domain, clock(),
+                                 roots=identity.roots, presented=presented)
+
+    txns = TxnVerifier(tokens, mesh_issuer=config.tokens.issuer, trust_domain=config.trust_domain)
+    return Checks(tokens, txns, LinkVerifier(certificate), config.tokens.issuer, config.tokens.max_delegation_depth,
+                  config.revocation, config.tokens.leeway), caches
+
+
 async def start_control(config: MeshConfig, *, address: str | None = None,
                         clock: Clock = time.time) -> ControlPlane:
     """Starts the control plane (creating the token key beside the CA on first use)."""
@@ -204,8 +263,10 @@ async def start_control(config: MeshConfig, *, address: str | None = None,
     peers = PeerIdentityCache(config.trust_domain, trust=trust, clock=clock)
     server = MeshServer(identity, interceptors=identity_chain(name, sink=sink, identities=peers, active=active),
                         max_connection_age=config.max_connection_age, grace=config.grace_period)
+    checks, jwks_caches = _exchange_checks(config, authority, trust, identity, clock)
+    trust.on_update(lambda snapshot: checks.links.follow(snapshot.issuers))
     server.add(control_pb2_grpc.add_TokenServiceServicer_to_server,
-               TokenService(config, authority, clock=clock), "agentmesh.v1.TokenService")
+               TokenService(config, authority, clock=clock, checks=checks, trust=trust), "agentmesh.v1.TokenService")
     server.add(control_pb2_grpc.add_IdentityServiceServicer_to_server,
                IdentityService(config, ca, publisher), "agentmesh.v1.IdentityService")
     await server.start(address or config.control.address)
@@ -226,5 +287,9 @@ async def start_control(config: MeshConfig, *, address: str | None = None,
         return SignedIdentity(issued.cert_chain_pem, issued.bundle_pem)
 
     renewer = Renewer(identity, sign_locally, owner=name, clock=clock)
+    for cache in jwks_caches:
+        await asyncio.to_thread(cache.refresh_if_stale)
     tasks = [asyncio.create_task(publisher.run(trust.update)), asyncio.create_task(renewer.run())]
+    if jwks_caches:
+        tasks.append(asyncio.create_task(refresh_forever(jwks_caches, config.tokens.revocation_refresh)))
     return ControlPlane(server, join, sink, publisher, trust, tasks)

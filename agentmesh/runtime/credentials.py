@@ -126,6 +126,7 @@ class AgentIdentity:
         self.check_every = check_every
         self._lock = threading.Lock()
         self._files = IdentityFiles.read(self.dir)
+        self._roots: tuple[bytes, tuple[x509.Certificate, ...]] = (b"", ())
         self._stamp = self._stat()
         self._next_check = time.monotonic() + check_every
         self.version = 0
@@ -150,6 +151,14 @@ class AgentIdentity:
     @property
     def leaf_pem(self) -> bytes:
         return self._files.leaf.public_bytes(serialization.Encoding.PEM)
+
+    @property
+    def roots(self) -> tuple[x509.Certificate, ...]:
+        """The roots of this identity's trust bundle (parsed once per bundle)."""
+        bundle = self.files.bundle
+        if self._roots[0] != bundle:
+            self._roots = (bundle, tuple(x509.load_pem_x509_certificates(bundle)))
+        return self._roots[1]
 
     def reload(self) -> bool:
         """Re-reads the files now (after this process installed a renewed identity)."""

@@ -28,12 +28,16 @@ from typing import Any, TypeVar
 import grpc
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from agentmesh.audit import AuditSink, build_audit
+from agentmesh.audit import AuditSink, build_audit, inject
 from agentmesh.clock import Clock
 from agentmesh.config import MeshConfig
-from agentmesh.errors import MeshError, PKIError, Unavailable
+from agentmesh.context import maybe_current_call
+from agentmesh.errors import MeshError, PKIError, TokenError, Unavailable
 from agentmesh.guard import PayloadGuard
+from agentmesh.identity import PeerIdentity
 from agentmesh.interceptors.active import ActiveCalls
 from agentmesh.interceptors.chain import server_chain
 from agentmesh.interceptors.client import ClientSteps
@@ -49,7 +53,11 @@ from agentmesh.runtime.server import MeshServer
 from agentmesh.runtime.tokensource import AgentTokenSource, control_fetcher
 from agentmesh.runtime.truststate import TrustState
 from agentmesh.tokens import KeySet, RevokedSet, keys_from_config, verifier_from_config
-from agentmesh.trust import TrustSnapshot, check_order
+from agentmesh.tokens.delegation import Checks
+from agentmesh.tokens.jwks import refresh_forever
+from agentmesh.tokens.links import HopSigner, LinkVerifier
+from agentmesh.tokens.txn import TxnVerifier
+from agentmesh.trust import TrustSnapshot, check_certificate, check_order
 from agentmesh.v1 import control_pb2, control_pb2_grpc
 
 __all__ = ["MeshNode", "rpc_error"]
@@ -93,6 +101,10 @@ class MeshNode:
         self.revoked = RevokedSet()
         self._external_keys, self._jwks_caches = keys_from_config(config.tokens, None, clock=clock)
         self.verifier = verifier_from_config(config.tokens, self._external_keys, revoked=self.revoked, clock=clock)
+        txns = TxnVerifier(self.verifier, mesh_issuer=config.tokens.issuer, trust_domain=config.trust_domain)
+        self.checks = Checks(self.verifier, txns, LinkVerifier(self._link_certificate), config.tokens.issuer,
+                             config.tokens.max_delegation_depth, config.revocation, config.tokens.leeway)
+        self._hops: tuple[str, HopSigner] | None = None  # the signer of this member's links, per certificate
         self.policy = PolicyEngine(config.policy, config.trust_domain, max_depth=config.tokens.max_delegation_depth)
         self.limiter = limiter if limiter is not None else build_limiter(config.rate_limits)
         self.guard = PayloadGuard(config.guard)
@@ -192,15 +204,63 @@ class MeshNode:
 
     def _client_steps(self, target: str, files: IdentityFiles) -> ClientSteps:
         return ClientSteps(self.name, target, self._control_for(files)[1], self.sink.tracer,
-                           default_timeout=self.config.bridge.default_timeout)
+                           default_timeout=self.config.bridge.default_timeout, hops=self._hop_signer(files),
+                           target_id=str(self.config.spiffe_id(target)))
+
+    def _hop_signer(self, files: IdentityFiles) -> HopSigner:
+        """Signs hop links with the certificate (and key) the channel of ``files`` presents."""
+        if self._hops is None or self._hops[0] != files.thumbprint:
+            key = serialization.load_pem_private_key(files.key, password=None)
+            assert isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey)
+            self._hops = (files.thumbprint, HopSigner(key, files.leaf, str(self.spiffe_id),
+                                                      ttl=self.config.tokens.link_ttl, clock=self.clock,
+                                                      issuer=files.chain[0] if files.chain else None))
+        return self._hops[1]
+
+    def _link_certificate(self, cert: x509.Certificate, presented: tuple[x509.Certificate, ...]) -> PeerIdentity:
+        """A hop link's signer: issued by an issuing CA the trust data vouches for, or one it presented
+        that a root of this member's bundle signed."""
+        snapshot = self.trust.snapshot
+        return check_certificate(cert, snapshot.issuers if snapshot is not None else (), self.config.trust_domain,
+                                 self.clock(), roots=self.identity.roots, presented=presented)
+
+    # ------------------------------------------------------------------ the Transaction Token Service
+    async def exchange(self, subject_token: str, *, scope: str = "", route: str = "",
+                       request_context: dict[str, str] | None = None) -> control_pb2.TransactionToken:
+        """A transaction token for an external principal's token (at the edge: the bridge, a CLI); the
+        external token goes to the control plane and no further. Use it with :func:`delegating`."""
+        return await self._txn_request(control_pb2.TransactionTokenRequest(
+            subject_token=subject_token, scope=scope, route=route, request_context=request_context or {}))
+
+    async def narrow(self, scope: str) -> control_pb2.TransactionToken:
+        """Inside a delegated call this member serves: a replacement transaction token with a narrower
+        ``scope`` (same transaction and principal); calls made with it start their chain at this member."""
+        call = maybe_current_call()
+        if call is None or call.txn_token is None:
+            raise TokenError("narrow() needs a delegated call being served (no transaction token here)")
+        return await self._txn_request(control_pb2.TransactionTokenRequest(
+            txn_token=call.txn_token, links=",".join(call.links), scope=scope))
+
+    async def _txn_request(self, request: control_pb2.TransactionTokenRequest) -> control_pb2.TransactionToken:
+        stub = control_pb2_grpc.TokenServiceStub(self._control_for(self.identity.files)[0])
+        metadata: list[tuple[str, str]] = []
+        inject(metadata)  # the exchange belongs to the trace of the request it is made for
+        try:
+            reply: control_pb2.TransactionToken = await stub.ExchangeTransactionToken(
+                request, timeout=self.config.control.connect_timeout, metadata=metadata)
+            return reply
+        except grpc.aio.AioRpcError as e:
+            if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
+                            grpc.StatusCode.INVALID_ARGUMENT):
+                raise TokenError(f"the control plane refused a transaction token: {e.details()}") from None
+            raise Unavailable(f"transaction token: control plane unavailable ({e.code().name})") from None
 
     def server(self, **kw: Any) -> MeshServer:
         """An mTLS server with the whole server chain, for this node's identity."""
         chain = server_chain(self.name, sink=self.sink, audit_required=self.config.audit.required,
-                             identities=self.identities, verifier=self.verifier,
-                             mesh_issuer=self.config.tokens.issuer, policy=self.policy,
-                             limiter=self.limiter, guard=self.guard, active=self.active,
-                             member_revoked=self.trust.member_revoked)
+                             identities=self.identities, checks=self.checks,
+                             snapshot=lambda: self.trust.snapshot, policy=self.policy,
+                             limiter=self.limiter, guard=self.guard, active=self.active, me=str(self.spiffe_id))
         kw.setdefault("max_connection_age", self.config.max_connection_age)
         kw.setdefault("grace", self.config.grace_period)
         return MeshServer(self.identity, interceptors=chain, **kw)
@@ -221,6 +281,7 @@ class MeshNode:
             self._revoked_jtis = snapshot.revoked_jtis
             self.revoked.update(snapshot.revoked_jtis)
             self.verifier.clear_cache()
+        self.checks.links.follow(snapshot.issuers)
         for name in snapshot.revoked_members:
             self.channels.drop(name)
         if snapshot.revoked_serials != self._revoked_serials:
@@ -325,7 +386,8 @@ class MeshNode:
             self._tasks.append(asyncio.create_task(self.renewer.run()))
         self._tasks.append(asyncio.create_task(self._check_servers_loop()))
         if self._jwks_caches:
-            self._tasks.append(asyncio.create_task(self._refresh_jwks()))
+            self._tasks.append(asyncio.create_task(refresh_forever(self._jwks_caches,
+                                                                   self.config.tokens.revocation_refresh)))
 
     async def wait_for_trust(self, predicate: Callable[[TrustSnapshot], bool], *, timeout: float = 10.0) -> None:
         """Waits until the trust data satisfies ``predicate`` (e.g. after a revocation)."""
@@ -341,13 +403,6 @@ class MeshNode:
             await self.tokens.token()
         except MeshError as e:
             log.warning("%s: no token from the control plane yet: %s", self.name, e.message)
-
-    async def _refresh_jwks(self) -> None:
-        while True:
-            await asyncio.sleep(self.config.tokens.revocation_refresh)
-            for cache in self._jwks_caches:
-                with contextlib.suppress(Exception):  # a failed JWKS fetch keeps the cached keys
-                    await asyncio.to_thread(cache.refresh_if_stale)
 
     async def close(self) -> None:
         for task in self._tasks:

@@ -18,6 +18,9 @@ __all__ = ["MeshServer"]
 AddServicer = Callable[[Any, grpc.aio.Server], None]
 
 
+METADATA_LIMIT = 32 * 1024
+
+
 class MeshServer:
     """One agent's gRPC server.
 
@@ -41,7 +44,10 @@ class MeshServer:
         self.grace = grace
         self.client_auth = client_auth
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
-        opts: list[tuple[str, Any]] = [("grpc.so_reuseport", 0), *options]
+        # room for a delegated call's metadata: up to 8 hop links (each carries its signer's certificate,
+        # ~1.4 KB) beside the transaction token and the caller's token; gRPC's default soft limit is 8 KiB
+        opts: list[tuple[str, Any]] = [("grpc.so_reuseport", 0), ("grpc.max_metadata_size", METADATA_LIMIT),
+                                       ("grpc.absolute_max_metadata_size", METADATA_LIMIT), *options]
         if max_connection_age > 0:
             opts += [("grpc.max_connection_age_ms", int(max_connection_age * 1000)),
                      ("grpc.max_connection_age_grace_ms", int(grace * 1000))]

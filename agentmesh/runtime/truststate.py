@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 from agentmesh.clock import Clock
 from agentmesh.context import CallContext
-from agentmesh.errors import MeshError, TokenError
+from agentmesh.errors import DelegationError, MeshError, TokenError
 from agentmesh.identity import PeerIdentity, SpiffeId
 from agentmesh.trust import RevocationPolicy, TrustSnapshot, check_member, check_peer
 
@@ -68,7 +68,8 @@ class TrustState:
         return s is not None and jti in s.revoked_jtis
 
     def refusal(self, call: CallContext) -> MeshError | None:
-        """Why a call in flight must end now (its peer, a token or an actor was revoked); None if not.
+        """Why a call in flight must end now (its peer, a token, a member of its delegation chain or the
+        transaction's subject token was revoked); None if not.
         Calls already running are "known" peers: stale data alone ends them only in strict mode."""
         peer = call.peer
         if peer is None:
@@ -76,12 +77,12 @@ class TrustState:
         try:
             check_peer(self.snapshot, serial=peer.serial, name=peer.name, spiffe_id=peer.uri, known=True,
                        now=self.clock(), policy=self.policy)
-            for actor in call.actors[:-1]:  # verified SPIFFE IDs of this mesh (the token stage checked them)
-                check_member(self.snapshot, SpiffeId.parse(actor).agent_name)
+            for member in call.chain[:-1]:  # verified SPIFFE IDs of this mesh (the token stage checked them)
+                check_member(self.snapshot, SpiffeId.parse(member).agent_name)
         except MeshError as e:
             return e
-        for token, which in ((call.peer_token, "the caller's own token"),
-                             (call.subject_token, "the delegated subject token")):
-            if token is not None and self.jti_revoked(token.jti):
-                return TokenError(f"{which} was revoked during the call")
+        if call.peer_token is not None and self.jti_revoked(call.peer_token.jti):
+            return TokenError("the caller's own token was revoked during the call")
+        if call.txn is not None and self.jti_revoked(call.txn.subject_jti):
+            return DelegationError("txn-revoked", "the transaction's subject token was revoked during the call")
         return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import http.client
 import ipaddress
 import json
@@ -11,13 +13,14 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Sequence
 from typing import Any
 
 from agentmesh.clock import Clock
 from agentmesh.errors import ConfigError, MeshError, Unavailable
 from agentmesh.tokens.keys import KeySet, VerificationKey, parse_jwks
 
-__all__ = ["JwksCache"]
+__all__ = ["JwksCache", "refresh_forever"]
 
 log = logging.getLogger(__name__)
 
@@ -141,3 +144,13 @@ class JwksCache:
         if self._thread is not None:
             self._thread.join(timeout=self.timeout + 1)
             self._thread = None
+
+
+async def refresh_forever(caches: Sequence[JwksCache], every: float) -> None:
+    """Keeps the key sets of issuers published at a URL fresh, off the event loop; a failed fetch keeps
+    the cached keys (the next round tries again)."""
+    while True:
+        await asyncio.sleep(every)
+        for cache in caches:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(cache.refresh_if_stale)

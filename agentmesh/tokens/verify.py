@@ -20,10 +20,10 @@ from agentmesh.clock import Clock
 from agentmesh.errors import ConfigError, TokenError
 from agentmesh.tokens import crypto
 from agentmesh.tokens.cache import LRUCache
-from agentmesh.tokens.jws import parse_compact
+from agentmesh.tokens.jws import ParsedToken, parse_compact
 from agentmesh.tokens.keys import KeySet
 
-__all__ = ["TokenVerifier", "VerifiedToken"]
+__all__ = ["TokenVerifier", "VerifiedToken", "verify_jws"]
 
 _KEY_HEADERS = ("jku", "x5u", "jwk", "x5c")  # keys or key locations chosen by the token: never trusted
 _ACCEPTED_TYP = frozenset({"at+jwt", "application/at+jwt", "jwt"})
@@ -175,33 +175,9 @@ class TokenVerifier:
     # ------------------------------------------------------------------ the checks
     def _verify_uncached(self, token: str, now: float) -> VerifiedToken:
         parsed = parse_compact(token, self.max_token_bytes)
-        header, claims = parsed.header, parsed.claims
-        alg = header.get("alg")
-        if not isinstance(alg, str) or alg not in self.algorithms:
-            raise TokenError("token algorithm not allowed")
-        if any(h in header for h in _KEY_HEADERS):
-            raise TokenError("token carries a key header, which is never trusted")
-        if "crit" in header:
-            raise TokenError("token has an unsupported critical header")
-        if "zip" in header:
-            raise TokenError("token is compressed, which is not supported")
-        typ = header.get("typ")
-        if typ is not None and (not isinstance(typ, str) or typ.lower() not in _ACCEPTED_TYP):
-            raise TokenError("token type not accepted")
-        kid = header.get("kid")
-        if not isinstance(kid, str) or not kid:
-            raise TokenError("token kid missing")
-        iss = claims.get("iss")
-        if not isinstance(iss, str) or iss not in self.issuers:
-            raise TokenError("token issuer not accepted")
-        key = self._keys.get(iss, kid)
-        if key is None:
-            raise TokenError("token kid unknown")
-        if key.alg != alg:
-            raise TokenError("token algorithm does not match its key")
-        if not crypto.verify_signature(alg, key.key, parsed.signing_input, parsed.signature):
-            raise TokenError("token signature invalid")
-        return self._check_claims(claims, iss, now)
+        iss = verify_jws(parsed, keys=self._keys, issuers=self.issuers, algorithms=self.algorithms,
+                         accepted_typ=_ACCEPTED_TYP)
+        return self._check_claims(parsed.claims, iss, now)
 
     def _check_claims(self, claims: dict[str, Any], iss: str, now: float) -> VerifiedToken:
         exp = _date(claims, "exp", required=True)
@@ -232,6 +208,44 @@ class TokenVerifier:
         if bound is None and sub.startswith("spiffe://"):
             raise TokenError("token for a SPIFFE subject is not bound to a certificate")
         return VerifiedToken(sub, roles, jti, iss, auds, exp, iat, bound, MappingProxyType(claims))
+
+
+def verify_jws(parsed: ParsedToken, *, keys: KeySet, issuers: frozenset[str], algorithms: frozenset[str],
+               accepted_typ: frozenset[str], typ_required: bool = False) -> str:
+    """The header rules and the signature of a parsed JWS; returns its (accepted) issuer.
+
+    Order: alg allow-list, no key headers, no ``crit``/``zip``, typ, kid, ``iss`` exact match, key by
+    ``(iss, kid)``, key/alg agreement, signature. Shared by every token kind the mesh verifies.
+    """
+    header, claims = parsed.header, parsed.claims
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in algorithms:
+        raise TokenError("token algorithm not allowed")
+    if any(h in header for h in _KEY_HEADERS):
+        raise TokenError("token carries a key header, which is never trusted")
+    if "crit" in header:
+        raise TokenError("token has an unsupported critical header")
+    if "zip" in header:
+        raise TokenError("token is compressed, which is not supported")
+    typ = header.get("typ")
+    if typ is None and typ_required:
+        raise TokenError("token type not accepted")
+    if typ is not None and (not isinstance(typ, str) or typ.lower() not in accepted_typ):
+        raise TokenError("token type not accepted")
+    kid = header.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise TokenError("token kid missing")
+    iss = claims.get("iss")
+    if not isinstance(iss, str) or iss not in issuers:
+        raise TokenError("token issuer not accepted")
+    key = keys.get(iss, kid)
+    if key is None:
+        raise TokenError("token kid unknown")
+    if key.alg != alg:
+        raise TokenError("token algorithm does not match its key")
+    if not crypto.verify_signature(alg, key.key, parsed.signing_input, parsed.signature):
+        raise TokenError("token signature invalid")
+    return iss
 
 
 def _bound_thumbprint(claims: Mapping[str, Any]) -> str | None:

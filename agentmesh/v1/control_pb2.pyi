@@ -65,6 +65,102 @@ class AgentToken(_message.Message):
 Global___AgentToken: _TypeAlias = AgentToken  # noqa: Y015
 
 @_typing.final
+class TransactionTokenRequest(_message.Message):
+    """A request to the mesh's Transaction Token Service (IETF OAuth Transaction Tokens). At the edge, a
+    member (the bridge, `agentmesh call --subject-token`) exchanges an external principal's verified
+    token: the external token stops here. A member serving a delegated call may instead ask for a
+    replacement of the transaction token it received (same txn and principal, a scope that may only
+    narrow), presenting the links that delegated the call to it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class RequestContextEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    SUBJECT_TOKEN_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    ROUTE_FIELD_NUMBER: _builtins.int
+    REQUEST_CONTEXT_FIELD_NUMBER: _builtins.int
+    TXN_TOKEN_FIELD_NUMBER: _builtins.int
+    LINKS_FIELD_NUMBER: _builtins.int
+    subject_token: _builtins.str
+    """The external principal's token (an access token of the mesh or of a configured issuer)."""
+    scope: _builtins.str
+    """Space-separated; empty: the subject's whole scope (at the edge) or no scope (a replacement)."""
+    route: _builtins.str
+    """Where the transaction enters the mesh, e.g. "ingestor /agentmesh.v1.Agent/Invoke" (tctx.route)."""
+    txn_token: _builtins.str
+    """For a replacement: the transaction token and the hop links (comma-separated) of the call served."""
+    links: _builtins.str
+    @_builtins.property
+    def request_context(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The requester's view of the request (rctx), e.g. req_ip, request_id: at most 8 short strings."""
+
+    def __init__(
+        self,
+        *,
+        subject_token: _builtins.str = ...,
+        scope: _builtins.str = ...,
+        route: _builtins.str = ...,
+        request_context: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        txn_token: _builtins.str = ...,
+        links: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["links", b"links", "request_context", b"request_context", "route", b"route", "scope", b"scope", "subject_token", b"subject_token", "txn_token", b"txn_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransactionTokenRequest: _TypeAlias = TransactionTokenRequest  # noqa: Y015
+
+@_typing.final
+class TransactionToken(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    TXN_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """A JWS, typ txntoken+jwt; sent in the `txn-token` metadata key, never in `authorization`."""
+    txn: _builtins.str
+    """The transaction id (the `txn` claim)."""
+    expires_at: _builtins.int
+    """Seconds since the epoch."""
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+        txn: _builtins.str = ...,
+        expires_at: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at", b"expires_at", "token", b"token", "txn", b"txn"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TransactionToken: _TypeAlias = TransactionToken  # noqa: Y015
+
+@_typing.final
 class CertificateSigningRequest(_message.Message):
     """---------------------------------------------------------------- identity lifecycle"""
 

@@ -39,6 +39,11 @@ class TokenServiceStub:
                 request_serializer=agentmesh_dot_v1_dot_control__pb2.AgentTokenRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_v1_dot_control__pb2.AgentToken.FromString,
                 _registered_method=True)
+        self.ExchangeTransactionToken = channel.unary_unary(
+                '/agentmesh.v1.TokenService/ExchangeTransactionToken',
+                request_serializer=agentmesh_dot_v1_dot_control__pb2.TransactionTokenRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_control__pb2.TransactionToken.FromString,
+                _registered_method=True)
 
 
 class TokenServiceServicer:
@@ -52,6 +57,13 @@ class TokenServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExchangeTransactionToken(self, request, context):
+        """The Transaction Token Service: req_wl is the caller's verified certificate identity.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TokenServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +71,11 @@ def add_TokenServiceServicer_to_server(servicer, server):
                     servicer.IssueAgentToken,
                     request_deserializer=agentmesh_dot_v1_dot_control__pb2.AgentTokenRequest.FromString,
                     response_serializer=agentmesh_dot_v1_dot_control__pb2.AgentToken.SerializeToString,
+            ),
+            'ExchangeTransactionToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExchangeTransactionToken,
+                    request_deserializer=agentmesh_dot_v1_dot_control__pb2.TransactionTokenRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_control__pb2.TransactionToken.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,6 +105,33 @@ class TokenService:
             '/agentmesh.v1.TokenService/IssueAgentToken',
             agentmesh_dot_v1_dot_control__pb2.AgentTokenRequest.SerializeToString,
             agentmesh_dot_v1_dot_control__pb2.AgentToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExchangeTransactionToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.TokenService/ExchangeTransactionToken',
+            agentmesh_dot_v1_dot_control__pb2.TransactionTokenRequest.SerializeToString,
+            agentmesh_dot_v1_dot_control__pb2.TransactionToken.FromString,
             options,
             channel_credentials,
             insecure,

@@ -38,6 +38,8 @@ class TokenServiceStub:
     """Issues a token for the calling agent; identity comes from the verified
     client certificate, never from the request.
     """
+    ExchangeTransactionToken: _grpc.UnaryUnaryMultiCallable[_control_pb2.TransactionTokenRequest, _control_pb2.TransactionToken]
+    """The Transaction Token Service: req_wl is the caller's verified certificate identity."""
 
 @_typing.type_check_only
 class TokenServiceAsyncStub(TokenServiceStub):
@@ -46,6 +48,8 @@ class TokenServiceAsyncStub(TokenServiceStub):
     """Issues a token for the calling agent; identity comes from the verified
     client certificate, never from the request.
     """
+    ExchangeTransactionToken: _aio.UnaryUnaryMultiCallable[_control_pb2.TransactionTokenRequest, _control_pb2.TransactionToken]  # type: ignore[assignment]
+    """The Transaction Token Service: req_wl is the caller's verified certificate identity."""
 
 class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -57,6 +61,14 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         """Issues a token for the calling agent; identity comes from the verified
         client certificate, never from the request.
         """
+
+    @_abc_1.abstractmethod
+    def ExchangeTransactionToken(
+        self,
+        request: _control_pb2.TransactionTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.TransactionToken, _abc.Awaitable[_control_pb2.TransactionToken]]:
+        """The Transaction Token Service: req_wl is the caller's verified certificate identity."""
 
 def add_TokenServiceServicer_to_server(servicer: TokenServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -7,6 +7,7 @@ from google.protobuf import struct_pb2
 
 from agentmesh import MeshNode, current_call
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc
+from examples.workflow.downstream import ask
 from examples.workflow.text import split_sections
 
 MAX_DOCUMENT = 200_000
@@ -26,9 +27,9 @@ class Ingestor(agent_pb2_grpc.AgentServicer):
         outline = struct_pb2.Struct()
         outline.update({"sections": [t for t, _ in sections], "requested_by": current_call().principal or ""})
         parts = [agent_pb2.Part(text=body, mime_type="text/plain") for _, body in sections]
-        result = await self.summarizer.Invoke(agent_pb2.Task(
+        result = await ask(self.summarizer.Invoke(agent_pb2.Task(
             id=f"{request.id}/summarize", parent_task_id=request.id, input=[*parts, agent_pb2.Part(data=outline)],
-        ))
+        )), context, "summarizer")
         result.task_id = request.id
         result.output.append(agent_pb2.Part(data=outline))
         return result

@@ -8,6 +8,7 @@ import grpc
 
 from agentmesh import MeshNode
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc
+from examples.workflow.downstream import ask
 from examples.workflow.text import content_words, sentences
 
 SUMMARY_SENTENCES = 3
@@ -38,10 +39,10 @@ class Summarizer(agent_pb2_grpc.AgentServicer):
         if not source.strip():
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "nothing to summarize")
         summary = summarize(source)
-        verdict = await self.validator.Invoke(agent_pb2.Task(
+        verdict = await ask(self.validator.Invoke(agent_pb2.Task(
             id=f"{request.id}/validate", parent_task_id=request.id,
             input=[agent_pb2.Part(text=source), agent_pb2.Part(text=summary)],
-        ))
+        )), context, "validator")
         return agent_pb2.TaskResult(
             task_id=request.id, status=verdict.status,
             output=[agent_pb2.Part(text=summary, mime_type="text/plain"), *verdict.output],

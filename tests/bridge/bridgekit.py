@@ -39,7 +39,7 @@ from agentmesh.v1 import agent_pb2_grpc
 PROTOS = Path(__file__).parent / "protos"
 PROBE_MODULE = "bridgetest.v1.probe_pb2"
 AGENT_MODULE = "agentmesh.v1.agent_pb2"
-SECRET_KEYS = ("authorization", "x-agentmesh-subject-token")
+SECRET_KEYS = ("authorization", "txn-token", "txn-links")
 
 
 def generate_probe(out: Path) -> tuple[ModuleType, ModuleType]:
@@ -77,7 +77,7 @@ class ProbeServicer:
         md = {k: ("<present>" if k in SECRET_KEYS else v) for k, v in context.invocation_metadata()
               if isinstance(v, str)}
         self.last_metadata = md
-        return self.pb.EchoReply(metadata=md, principal=call.principal or "", actors=list(call.actors),
+        return self.pb.EchoReply(metadata=md, principal=call.principal or "", chain=list(call.chain),
                                  peer=call.peer_spiffe_id or "", **kw)
 
     async def Echo(self, request: Any, context: grpc.aio.ServicerContext) -> Any:

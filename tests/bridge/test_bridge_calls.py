@@ -30,7 +30,7 @@ async def test_unary_call_is_delegated_for_the_caller(mesh: BridgeMesh) -> None:
     r = await mesh.client.post(ECHO, json={"name": "n"}, headers=mesh.auth("bob@example.org"))
     reply = r.json()
     assert reply["principal"] == "bob@example.org"
-    assert reply["actors"] == [BRIDGE] and reply["peer"] == BRIDGE
+    assert reply["chain"] == [BRIDGE] and reply["peer"] == BRIDGE
 
 
 async def test_json_mapping_round_trips_every_type(mesh: BridgeMesh) -> None:

@@ -96,9 +96,13 @@ async def test_unauthenticated_requests_learn_nothing_about_routes(mesh: BridgeM
 # ------------------------------------------------------------------------------------------ headers
 async def test_client_identity_headers_never_reach_the_agent(mesh: BridgeMesh) -> None:
     mallory = mesh.token("mallory@example.org", roles=["admin", "client"])
+    # a genuine transaction token for mallory, exchanged by the bridge itself: its own link would verify
+    mallory_txn = (await mesh.nodes["bridge"].exchange(mallory)).token
     r = await mesh.client.post(ECHO, json={"name": "h"}, headers={
         **mesh.auth("alice@example.org"),
-        "x-agentmesh-subject-token": mallory,
+        "txn-token": mallory_txn,
+        "txn-links": "evil",
+        "x-agentmesh-subject-token": mallory,  # (the headers of the delegation before transaction tokens)
         "x-agentmesh-actors": f"spiffe://{TD}/agent/alpha",
         "x-agentmesh-principal": "evil-principal",
         "x-agentmesh-peer": "evil-peer",
@@ -111,9 +115,9 @@ async def test_client_identity_headers_never_reach_the_agent(mesh: BridgeMesh) -
     assert r.status_code == 200, r.text
     reply = r.json()
     assert reply["principal"] == "alice@example.org"
-    assert reply["actors"] == [f"spiffe://{TD}/agent/bridge"]
+    assert reply["chain"] == [f"spiffe://{TD}/agent/bridge"]
     md = reply["metadata"]
-    assert set(md) <= {"x-request-id", "authorization", "x-agentmesh-subject-token", "traceparent", "tracestate",
+    assert set(md) <= {"x-request-id", "authorization", "txn-token", "txn-links", "traceparent", "tracestate",
                        "user-agent"}, md
     assert md["x-request-id"] == "rid-1"
     assert not any("evil" in v for v in md.values()), md
@@ -269,8 +273,8 @@ async def test_no_token_in_any_log(mesh: BridgeMesh, caplog: pytest.LogCaptureFi
     await mesh.client.post(INVOKE, content=b"{", headers={**auth, "content-type": "application/json"})
     await mesh.client.post("/v1/agents/beta/agentmesh.v1.Agent/Describe", json={}, headers=auth)  # 403
     await mesh.client.post(INVOKE, json={}, headers={"authorization": f"Bearer {token}x"})  # 401
-    await mesh.client.post(INVOKE, json={}, headers={"authorization": f"Bearer {token}",
-                                                     "x-agentmesh-subject-token": token})
+    await mesh.client.post(INVOKE, json={}, headers={"authorization": f"Bearer {token}", "txn-token": token,
+                                                     "txn-links": token, "x-agentmesh-subject-token": token})
     await mesh.client.post("/v1/agents/alpha/bridgetest.v1.Probe/Ticks", json={"count": 2}, headers=auth)
     await mesh.client.get("/v1/agents", headers=auth)
     out, err = capfd.readouterr()

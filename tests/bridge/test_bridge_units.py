@@ -80,7 +80,8 @@ def test_invalid_timeouts(grpc_timeout: str | None, request_timeout: str | None)
 
 
 def test_forwarded_metadata_is_an_allow_list() -> None:
-    headers = [("Authorization", "Bearer x"), ("x-agentmesh-subject-token", "t"), ("grpc-metadata-a", "b"),
+    headers = [("Authorization", "Bearer x"), ("txn-token", "t"), ("txn-links", "l"),
+               ("x-agentmesh-subject-token", "t"), ("grpc-metadata-a", "b"),
                ("x-forwarded-client-cert", "c"), ("x-request-id", "client-id"), ("traceparent", "t")]
     assert forwarded_metadata(headers, "rid") == [("x-request-id", "rid")]
     assert request_id("ok-1") == "ok-1" and request_id("no spaces") != "no spaces" and len(request_id(None)) == 32

@@ -3,20 +3,33 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import datetime as dt
 import json
+import secrets
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from meshkit import Mesh, running_mesh
 from support import TD, raw_channel, task
 
+from agentmesh.errors import TokenError
 from agentmesh.interceptors.client import delegating
-from agentmesh.pki import write_identity
+from agentmesh.metadata import TXN_LINKS, TXN_TOKEN
+from agentmesh.pki import CertificateAuthority, write_identity
 from agentmesh.tokens import RevocationStore, TokenAuthority
+from agentmesh.tokens.links import sign_link
+from agentmesh.tokens.txn import sign_txn_token, token_hash
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc
 
 AGENTS = {
@@ -53,20 +66,75 @@ def spans(mesh: Mesh) -> list[dict[str, Any]]:
     return [json.loads(line) for line in mesh.audit_path.read_text().splitlines() if line.strip()]
 
 
-async def as_peer(mesh: Mesh, peer: str, target: str, token: str | None, *, subject: str | None = None,
-                  request: agent_pb2.Task | None = None) -> agent_pb2.TaskResult:
-    """A call with chosen credentials: ``peer``'s certificate, any bearer token."""
+Spans = list[dict[str, Any]]
+
+
+async def spans_once(mesh: Mesh, found: Callable[[Spans], object], timeout: float = 5.0) -> Spans:
+    """The spans once ``found(spans)`` holds: a server span ends just after the status is sent (a
+    refused call's client may read the log before the server's span ended)."""
+    until = time.monotonic() + timeout
+    while not found(recorded := spans(mesh)) and time.monotonic() < until:
+        await asyncio.sleep(0.05)
+    return recorded
+
+
+async def as_peer(mesh: Mesh, peer: str, target: str, token: str | None, *, txn: str | None = None,
+                  links: Sequence[str] | None = None, request: agent_pb2.Task | None = None,
+                  trace_id: str | None = None) -> agent_pb2.TaskResult:
+    """A call with chosen credentials: ``peer``'s certificate, any bearer token, transaction token and links."""
     md = []
     if token is not None:
         md.append(("authorization", f"Bearer {token}"))
-    if subject is not None:
-        md.append(("x-agentmesh-subject-token", subject))
+    if txn is not None:
+        md.append((TXN_TOKEN, txn))
+    if links is not None:
+        md.append((TXN_LINKS, ",".join(links)))
+    if trace_id is not None:  # to find the receiving member's audit span of this very call
+        md.append(("traceparent", f"00-{trace_id}-{secrets.token_hex(8)}-01"))
     ch = raw_channel(mesh.config.agent(target).address, target, bundle=mesh.ca.bundle,
                      cert_dir=mesh.config.identity_dir(peer))
     try:
         return await agent_pb2_grpc.AgentStub(ch).Invoke(request or task(), metadata=md, timeout=5)
     finally:
         await ch.close()
+
+
+def sid(name: str) -> str:
+    return f"spiffe://{TD}/agent/{name}"
+
+
+def hop(mesh: Mesh, member: str, txn_token: str, aud: str, previous: str | None = None) -> str:
+    """A genuine hop link: ``member`` (with its own certificate and key) to ``aud``, after ``previous``."""
+    files = mesh.nodes[member].identity.files
+    key = serialization.load_pem_private_key(files.key, password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    return sign_link(key, files.leaf.public_bytes(serialization.Encoding.DER), signer=sid(member), aud=sid(aud),
+                     tth=token_hash(txn_token), ph=None if previous is None else token_hash(previous),
+                     now=time.time(), ttl=60)
+
+
+async def delegation_check(mesh: Mesh, agent: str, trace_id: str) -> str | None:
+    """``agentmesh.delegation.check`` on ``agent``'s audit span of the call sent with ``trace_id``."""
+
+    def of_the_call(recorded: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in recorded if r["kind"] == "server" and r["trace_id"] == trace_id
+                and r["attributes"].get("agentmesh.agent") == agent]
+
+    (span,) = of_the_call(await spans_once(mesh, of_the_call))
+    if span["attributes"].get("agentmesh.delegation.check") is not None:
+        assert [e["attributes"]["stage"] for e in span["events"] if e["name"] == "agentmesh.denied"] == \
+            ["delegation"], span
+    check: str | None = span["attributes"].get("agentmesh.delegation.check")
+    return check
+
+
+async def refused_by(mesh: Mesh, check: str, peer: str, target: str, **kw: Any) -> grpc.aio.AioRpcError:
+    """The call is refused (UNAUTHENTICATED) and the receiving member's audit names ``check``."""
+    trace_id = secrets.token_hex(16)
+    err = await refused(as_peer(mesh, peer, target, mesh.agent_token(peer), trace_id=trace_id, **kw),
+                        grpc.StatusCode.UNAUTHENTICATED)
+    assert await delegation_check(mesh, target, trace_id) == check, err.details()
+    return err
 
 
 async def refused(coro: Any, code: grpc.StatusCode) -> grpc.aio.AioRpcError:
@@ -79,7 +147,7 @@ async def refused(coro: Any, code: grpc.StatusCode) -> grpc.aio.AioRpcError:
 async def test_agent_to_agent_with_bound_token(mesh: Mesh) -> None:
     res = await mesh.nodes["ingestor"].stub("summarizer", agent_pb2_grpc.AgentStub).Invoke(task())
     assert res.output[0].text == (f"summarizer: peer=spiffe://{TD}/agent/ingestor "
-                                  f"principal=spiffe://{TD}/agent/ingestor roles=ingestor actors=")
+                                  f"principal=spiffe://{TD}/agent/ingestor roles=ingestor chain=")
 
 
 async def test_streaming_passes_the_chain(mesh: Mesh) -> None:
@@ -128,14 +196,14 @@ async def test_policy_denies_with_a_clear_message(mesh: Mesh) -> None:
 
 async def test_delegated_workflow_through_three_agents_is_one_trace(mesh: Mesh) -> None:
     token = mesh.client_token()
-    with delegating(token):
+    with delegating(await mesh.txn(token)):
         res = await mesh.nodes["bridge"].stub("ingestor", agent_pb2_grpc.AgentStub).Invoke(
             agent_pb2.Task(id="w1", metadata={"next": "summarizer,validator"}))
     b, i, s = (f"spiffe://{TD}/agent/{n}" for n in ("bridge", "ingestor", "summarizer"))
     assert [p.text for p in res.output] == [
-        f"ingestor: peer={b} principal=alice@example.org roles=client actors={b}",
-        f"summarizer: peer={i} principal=alice@example.org roles=client actors={b},{i}",
-        f"validator: peer={s} principal=alice@example.org roles=client actors={b},{i},{s}",
+        f"ingestor: peer={b} principal=alice@example.org roles=client chain={b}",
+        f"summarizer: peer={i} principal=alice@example.org roles=client chain={b},{i}",
+        f"validator: peer={s} principal=alice@example.org roles=client chain={b},{i},{s}",
     ]
     recorded = spans(mesh)
     server = [r for r in recorded if r["kind"] == "server" and r["service"] != "control"]
@@ -150,30 +218,47 @@ async def test_delegated_workflow_through_three_agents_is_one_trace(mesh: Mesh) 
 
 
 async def test_validator_is_not_reachable_from_outside(mesh: Mesh) -> None:
-    with delegating(mesh.client_token()):
+    with delegating(await mesh.txn(mesh.client_token())):
         err = await refused(mesh.nodes["bridge"].stub("validator", agent_pb2_grpc.AgentStub).Invoke(task()),
                             grpc.StatusCode.PERMISSION_DENIED)
     assert "no-outside-validator" in err.details() or "validator" in err.details()
-    denied = [r for r in spans(mesh) if r["attributes"].get("agentmesh.decision") == "deny"]
-    assert any(e["name"] == "agentmesh.denied" and e["attributes"]["stage"] == "policy"
-               for r in denied for e in r["events"])
+
+    def denied_by_policy(recorded: list[dict[str, Any]]) -> bool:
+        return any(e["name"] == "agentmesh.denied" and e["attributes"]["stage"] == "policy"
+                   for r in recorded if r["attributes"].get("agentmesh.decision") == "deny" for e in r["events"])
+
+    assert denied_by_policy(await spans_once(mesh, denied_by_policy))
 
 
 async def test_client_without_the_role_is_denied(mesh: Mesh) -> None:
-    with delegating(mesh.client_token(roles=["viewer"])):
+    with delegating(await mesh.txn(mesh.client_token(roles=["viewer"]))):
         await refused(mesh.nodes["bridge"].stub("ingestor", agent_pb2_grpc.AgentStub).Invoke(task()),
                       grpc.StatusCode.PERMISSION_DENIED)
 
 
 async def test_agent_token_as_subject_is_refused(mesh: Mesh) -> None:
-    own = mesh.agent_token("bridge")
-    await refused(as_peer(mesh, "bridge", "ingestor", own, subject=mesh.agent_token("ingestor")),
-                  grpc.StatusCode.UNAUTHENTICATED)
+    """An agent token never stands for a transaction's principal: the control plane refuses to exchange
+    one (another member's, or the caller's own), and one presented as the transaction token (with a
+    genuine hop link for it) is refused by the member; the client's token goes through both."""
+    bridge = mesh.nodes["bridge"]
+    for agent_token in (mesh.agent_token("ingestor"), mesh.agent_token("bridge")):
+        with pytest.raises(TokenError, match="refused a transaction token"):
+            await bridge.exchange(agent_token)
+    txn = await mesh.txn(mesh.client_token())  # the honest exchange, and the honest call with its link
+    res = await as_peer(mesh, "bridge", "ingestor", mesh.agent_token("bridge"), txn=txn,
+                        links=[hop(mesh, "bridge", txn, "ingestor")])
+    assert f"principal=alice@example.org roles=client chain={sid('bridge')}" in res.output[0].text
+    calls = mesh.agents["ingestor"].calls
+    agent_token = mesh.agent_token("summarizer")
+    err = await refused_by(mesh, "txn-token", "bridge", "ingestor", txn=agent_token,
+                           links=[hop(mesh, "bridge", agent_token, "ingestor")])
+    assert agent_token not in err.details()
+    assert mesh.agents["ingestor"].calls == calls
 
 
 async def test_rate_limit_gives_retry_info(mesh: Mesh) -> None:
     stub = mesh.nodes["bridge"].stub("ingestor", agent_pb2_grpc.AgentStub)
-    with delegating(mesh.client_token()):
+    with delegating(await mesh.txn(mesh.client_token())):
         for _ in range(3):
             await stub.Invoke(task())
         err = await refused(stub.Invoke(task()), grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -184,7 +269,7 @@ async def test_rate_limit_gives_retry_info(mesh: Mesh) -> None:
     info = error_details_pb2.RetryInfo()
     assert status.details[0].Unpack(info) and info.retry_delay.seconds >= 1
     # another principal has its own bucket
-    with delegating(mesh.client_token(sub="bob@example.org")):
+    with delegating(await mesh.txn(mesh.client_token(sub="bob@example.org"))):
         await stub.Invoke(task())
 
 
@@ -200,9 +285,11 @@ async def test_payload_guard_blocks_injection_and_oversize(mesh: Mesh) -> None:
 
 
 async def test_revoked_token_reaches_running_agents(mesh: Mesh) -> None:
+    """Revoking the client's token ends the transactions exchanged for it, on running agents, and the
+    control plane exchanges it no more."""
     token = mesh.client_token()
     stub = mesh.nodes["bridge"].stub("ingestor", agent_pb2_grpc.AgentStub)
-    with delegating(token):
+    with delegating(await mesh.txn(token)):
         await stub.Invoke(task())
         claims = mesh.nodes["ingestor"].verifier.inspect(token)
         RevocationStore(mesh.config.ca_dir).revoke(claims.jti, claims.exp)
@@ -210,6 +297,10 @@ async def test_revoked_token_reaches_running_agents(mesh: Mesh) -> None:
         await mesh.nodes["ingestor"].wait_for_trust(lambda t: claims.jti in t.revoked_jtis)
         err = await refused(stub.Invoke(task()), grpc.StatusCode.UNAUTHENTICATED)
     assert "revoked" in err.details()
+    with pytest.raises(TokenError, match="revoked"):
+        await mesh.txn(token)
+    with delegating(await mesh.txn(mesh.client_token(sub="bob@example.org"))):  # others' transactions go on
+        await stub.Invoke(task())
 
 
 async def test_outsider_gets_no_token_from_the_control_plane(mesh: Mesh) -> None:
@@ -292,18 +383,61 @@ async def test_first_calls_wait_for_the_token_then_run_the_chain(mesh: Mesh) -> 
         await node.close()
 
 
-async def test_delegation_chain_entries_must_be_members_of_this_mesh(mesh: Mesh) -> None:
-    own, subject = mesh.agent_token("bridge"), mesh.client_token()
-    for actors in ("spiffe://evil.org/agent/x", "eyJhbGciOi.fake.jwt", "spiffe://example.org/../x"):
-        md = [("authorization", f"Bearer {own}"), ("x-agentmesh-subject-token", subject),
-              ("x-agentmesh-actors", actors)]
-        ch = raw_channel(mesh.config.agent("ingestor").address, "ingestor", bundle=mesh.ca.bundle,
-                         cert_dir=mesh.config.identity_dir("bridge"))
-        try:
-            await refused(agent_pb2_grpc.AgentStub(ch).Invoke(task(), metadata=md, timeout=5),
-                          grpc.StatusCode.UNAUTHENTICATED)
-        finally:
-            await ch.close()
+def self_made_certificate(uri: str) -> tuple[ec.EllipticCurvePrivateKey, bytes]:
+    """A certificate naming ``uri``, signed by its own key (no CA of the mesh)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False)
+            .sign(key, hashes.SHA256()))
+    return key, cert.public_bytes(serialization.Encoding.DER)
+
+
+def _claims(jws: str) -> dict[str, Any]:
+    body = jws.split(".")[1]
+    return dict(json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))))
+
+
+async def test_delegation_chain_entries_must_be_members_of_this_mesh(mesh: Mesh, tmp_path: Path) -> None:
+    """A chain naming a non-member cannot be built: a hop link is only accepted with a certificate of an
+    issuing CA of this mesh (a foreign mesh's, or a self-made one naming any SPIFFE ID, is refused), a
+    link must be a mesh link at all, and a transaction token whose hops name a non-member is refused
+    even when signed with the mesh key. The same call with the bridge's genuine link is accepted."""
+    txn = await mesh.txn(mesh.client_token())
+    bridge_link = hop(mesh, "bridge", txn, "ingestor")
+    res = await as_peer(mesh, "bridge", "ingestor", mesh.agent_token("bridge"), txn=txn, links=[bridge_link])
+    assert res.output[0].text.endswith(f"chain={sid('bridge')}")
+    calls = mesh.agents["ingestor"].calls
+
+    def before_the_bridge(key: ec.EllipticCurvePrivateKey, der: bytes, signer: str) -> list[str]:
+        """A hop before the bridge's, signed by ``key`` in certificate ``der`` as ``signer``."""
+        first = sign_link(key, der, signer=signer, aud=sid("bridge"), tth=token_hash(txn), ph=None,
+                          now=time.time(), ttl=60)
+        return [first, hop(mesh, "bridge", txn, "ingestor", previous=first)]
+
+    foreign = CertificateAuthority.init(tmp_path / "evil-ca", "evil.org").issue("x")  # another mesh's member
+    assert isinstance(foreign.key, ec.EllipticCurvePrivateKey)
+    foreign_der = foreign.cert.public_bytes(serialization.Encoding.DER)
+    for signer, (key, der) in {"spiffe://evil.org/agent/x": (foreign.key, foreign_der),
+                               sid("x"): self_made_certificate(sid("x")),
+                               "spiffe://example.org/../x": self_made_certificate("spiffe://example.org/../x"),
+                               }.items():
+        await refused_by(mesh, "link-certificate", "bridge", "ingestor", txn=txn,
+                         links=before_the_bridge(key, der, signer))
+    await refused_by(mesh, "link-format", "bridge", "ingestor", txn=txn, links=["eyJhbGciOi.fake.jwt", bridge_link])
+
+    # a transaction token of the mesh key (as only the control plane signs) whose earlier hops name a non-member
+    a = mesh.authority
+    claims = {k: v for k, v in _claims(txn).items() if k not in ("iss", "iat", "exp")}
+    for prior in (["spiffe://evil.org/agent/x"], ["spiffe://example.org/../x"], ["eyJhbGciOi.fake.jwt"]):
+        named = sign_txn_token(a.key, a.algorithm, a.kid, a.issuer, {**claims, "prior": prior}, iat=time.time(),
+                               exp=time.time() + 60)
+        await refused_by(mesh, "txn-token", "bridge", "ingestor", txn=named,
+                         links=[hop(mesh, "bridge", named, "ingestor")])
+    assert mesh.agents["ingestor"].calls == calls
 
 
 async def test_external_issuer_cannot_speak_for_members_or_take_their_names(tmp_path: Path) -> None:
@@ -327,35 +461,39 @@ async def test_external_issuer_cannot_speak_for_members_or_take_their_names(tmp_
         partner = idp.issue(sub="alice@example.org", roles=[], audience="agentmesh", ttl=60)
         assert principal_of(node.verifier.verify_unbound(partner), m.config.tokens.issuer) == \
             "https://idp.example.com#alice@example.org"
-        with delegating(partner):
+        with delegating(await m.txn(partner)):
             res = await m.nodes["bridge"].stub("ingestor", agent_pb2_grpc.AgentStub).Invoke(task())
         assert "principal=https://idp.example.com#alice@example.org" in res.output[0].text
 
 
-async def test_actor_chain_without_a_subject_token_is_refused(mesh: Mesh) -> None:
-    """A peer cannot claim to act for a chain of others without the principal's token."""
-    md = [("authorization", f"Bearer {mesh.agent_token('bridge')}"),
-          ("x-agentmesh-actors", f"spiffe://{TD}/agent/ingestor")]
-    ch = raw_channel(mesh.config.agent("summarizer").address, "summarizer", bundle=mesh.ca.bundle,
-                     cert_dir=mesh.config.identity_dir("bridge"))
-    try:
-        err = await refused(agent_pb2_grpc.AgentStub(ch).Invoke(task(), metadata=md, timeout=5),
-                            grpc.StatusCode.UNAUTHENTICATED)
-    finally:
-        await ch.close()
-    assert "without a subject token" in err.details()
-    assert mesh.agents["summarizer"].calls == 0
+async def test_hop_links_without_a_transaction_token_are_refused(mesh: Mesh) -> None:
+    """A peer cannot claim to act within a delegation without the transaction token: genuine hop links
+    alone are refused (check 'links'), and so is a transaction token without its links; the same call
+    with both is accepted."""
+    txn = await mesh.txn(mesh.client_token())
+    links = [hop(mesh, "bridge", txn, "ingestor")]
+    err = await refused_by(mesh, "links", "bridge", "ingestor", links=links)
+    assert "hop links without a transaction token" in err.details()
+    await refused_by(mesh, "links", "bridge", "ingestor", txn=txn)
+    await refused_by(mesh, "links", "bridge", "ingestor", txn=txn, links=[])
+    assert mesh.agents["ingestor"].calls == 0
+    res = await as_peer(mesh, "bridge", "ingestor", mesh.agent_token("bridge"), txn=txn, links=links)
+    assert res.output[0].text.endswith(f"chain={sid('bridge')}")
 
 
-async def test_an_oversized_actor_chain_is_refused(mesh: Mesh) -> None:
-    md = [("authorization", f"Bearer {mesh.agent_token('bridge')}"),
-          ("x-agentmesh-subject-token", mesh.client_token()),
-          ("x-agentmesh-actors", ",".join([f"spiffe://{TD}/agent/ingestor"] * 200))]
-    ch = raw_channel(mesh.config.agent("ingestor").address, "ingestor", bundle=mesh.ca.bundle,
-                     cert_dir=mesh.config.identity_dir("bridge"))
-    try:
-        err = await refused(agent_pb2_grpc.AgentStub(ch).Invoke(task(), metadata=md, timeout=5),
-                            grpc.StatusCode.UNAUTHENTICATED)
-    finally:
-        await ch.close()
-    assert "too long" in err.details()
+async def test_more_links_than_max_delegation_depth_are_refused(tmp_path: Path) -> None:
+    """More hop links than tokens.max_delegation_depth are refused (check 'depth'): counted before any
+    link is parsed (200 junk links), and for a genuine, unbroken chain one hop too long; the same chain
+    at the limit is accepted."""
+    tokens = {"max_delegation_depth": 2}
+    async with running_mesh(tmp_path, AGENTS, **{**SECTIONS, "tokens": tokens}) as m:
+        txn = await m.txn(m.client_token())
+        links = [hop(m, "bridge", txn, "ingestor")]  # bridge -> ingestor -> summarizer -> validator, all genuine
+        for member, aud in (("ingestor", "summarizer"), ("summarizer", "validator")):
+            links.append(hop(m, member, txn, aud, previous=links[-1]))
+        err = await refused_by(m, "depth", "ingestor", "summarizer", txn=txn, links=["junk"] * 200)
+        assert "max_delegation_depth" in err.details()
+        await refused_by(m, "depth", "summarizer", "validator", txn=txn, links=links)  # 3 hops
+        assert m.agents["validator"].calls == 0
+        res = await as_peer(m, "ingestor", "summarizer", m.agent_token("ingestor"), txn=txn, links=links[:2])
+        assert res.output[0].text.endswith(f"chain={sid('bridge')},{sid('ingestor')}")  # 2 hops

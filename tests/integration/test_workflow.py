@@ -87,7 +87,8 @@ async def test_document_through_the_pipeline(workflow: Workflow) -> None:
     await bridge.start(timeout=10)
     try:
         stub = bridge.stub("ingestor", agent_pb2_grpc.AgentStub)
-        with delegating(client):
+        txn = await bridge.exchange(client, route="ingestor Invoke")  # the bridge is the first hop
+        with delegating(txn.token):
             res = await stub.Invoke(agent_pb2.Task(id="doc-1", input=[agent_pb2.Part(text=DOCUMENT)]),
                                     wait_for_ready=True, timeout=10)
             assert res.status == agent_pb2.TASK_STATUS_COMPLETED
@@ -98,7 +99,7 @@ async def test_document_through_the_pipeline(workflow: Workflow) -> None:
                 await bridge.stub("validator", agent_pb2_grpc.AgentStub).Invoke(agent_pb2.Task(id="x"))
             assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
         viewer = authority.issue(sub="eve@example.org", roles=["viewer"], audience="agentmesh", ttl=60)
-        with delegating(viewer), pytest.raises(grpc.aio.AioRpcError) as err:
+        with delegating((await bridge.exchange(viewer)).token), pytest.raises(grpc.aio.AioRpcError) as err:
             await stub.Invoke(agent_pb2.Task(id="doc-2", input=[agent_pb2.Part(text=DOCUMENT)]))
         assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     finally:
@@ -109,8 +110,11 @@ async def test_document_through_the_pipeline(workflow: Workflow) -> None:
     records = [json.loads(line) for line in config.audit.jsonl_path.read_text().splitlines()]
     allowed = [r for r in records if r["kind"] == "server" and r["attributes"].get("agentmesh.decision") == "allow"]
     assert {r["attributes"]["agentmesh.agent"] for r in allowed} == {"ingestor", "summarizer", "validator"}
-    trace = {r["trace_id"] for r in allowed if r["attributes"].get("enduser.id") == "alice@example.org"}
+    alice = [r for r in allowed if r["attributes"].get("enduser.id") == "alice@example.org"]
+    trace = {r["trace_id"] for r in alice}
     assert len(trace) == 1, "the workflow call is one trace across all hops"
+    txns = {r["attributes"].get("agentmesh.txn") for r in alice}
+    assert txns == {txn.txn}, "and one transaction: the same transaction token on every hop"
 
 
 def test_up_starts_and_stops_cleanly(tmp_path: Path) -> None:

@@ -5,20 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from meshkit import Mesh, running_mesh
-from support import TD, task
+from support import TD, raw_channel, task
 
+from agentmesh.context import current_call
 from agentmesh.errors import PKIError, Unavailable
 from agentmesh.interceptors.client import delegating
+from agentmesh.metadata import TXN_LINKS, TXN_TOKEN
 from agentmesh.pki import write_identity
 from agentmesh.runtime.node import MeshNode
+from agentmesh.tokens.links import sign_link
+from agentmesh.tokens.txn import token_hash
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc
 
 AGENTS = {"ingestor": {"roles": ["ingestor"]}, "rogue": {"roles": ["worker"]}, "other": {"roles": ["worker"]}}
@@ -26,6 +34,7 @@ POLICY = [
     {"name": "workers-call-ingestor", "action": "allow", "to": ["ingestor"], "from": ["rogue", "other"]},
     {"name": "other-calls-rogue", "action": "allow", "to": ["rogue"], "from": ["other"]},
     {"name": "delegated", "action": "allow", "to": ["ingestor"], "roles": ["client"], "via": ["other"]},
+    {"name": "rogue-delegates", "action": "allow", "to": ["other"], "roles": ["client"], "via": ["rogue"]},
     {"name": "ingestor-relays", "action": "allow", "to": ["rogue"], "from": ["ingestor"]},
 ]
 
@@ -36,12 +45,19 @@ class HoldingAgent(agent_pb2_grpc.AgentServicer):
     def __init__(self, node: MeshNode) -> None:
         self.node = node
         self.calls = 0
+        self.chains: list[tuple[str, ...]] = []  # the verified delegation chain of every call served
+        self.received: list[tuple[str | None, tuple[str, ...]]] = []  # (transaction token, links) of each
 
     async def Invoke(self, request: agent_pb2.Task, context: grpc.aio.ServicerContext) -> agent_pb2.TaskResult:
         self.calls += 1
+        call = current_call()
+        self.chains.append(call.chain)
+        self.received.append((call.txn_token, call.links))
         text = request.input[0].text
         if text == "hold":
             await asyncio.Event().wait()
+        if text.startswith("forward:"):  # call another agent at once (delegating onward when delegated)
+            await self.node.stub(text.removeprefix("forward:"), agent_pb2_grpc.AgentStub).Invoke(task(), timeout=5)
         if text.startswith("relay:"):  # hold a call to another agent open
             await self.node.stub(text.removeprefix("relay:"), agent_pb2_grpc.AgentStub).Invoke(agent_pb2.Task(
                 id=request.id, input=[agent_pb2.Part(text="hold")]))
@@ -57,6 +73,29 @@ class HoldingAgent(agent_pb2_grpc.AgentServicer):
 async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
     async with running_mesh(tmp_path, AGENTS, servicer=HoldingAgent, policy=POLICY) as m:
         yield m
+
+
+def sid(name: str) -> str:
+    return f"spiffe://{TD}/agent/{name}"
+
+
+async def continue_delegation(mesh: Mesh, member: str, target: str, txn_token: str, received: Sequence[str],
+                              trace_id: str) -> agent_pb2.TaskResult:
+    """``member`` continuing a delegation it received (``txn_token`` and the links ``received``) toward
+    ``target``, as its client chain would: its own token, the transaction token, the links plus its own."""
+    files = mesh.nodes[member].identity.files
+    key = serialization.load_pem_private_key(files.key, password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    own = sign_link(key, files.leaf.public_bytes(serialization.Encoding.DER), signer=sid(member), aud=sid(target),
+                    tth=token_hash(txn_token), ph=token_hash(received[-1]), now=time.time(), ttl=60)
+    md = [("authorization", f"Bearer {mesh.agent_token(member)}"), (TXN_TOKEN, txn_token),
+          (TXN_LINKS, ",".join([*received, own])), ("traceparent", f"00-{trace_id}-{secrets.token_hex(8)}-01")]
+    ch = raw_channel(mesh.config.agent(target).address, target, bundle=mesh.ca.bundle,
+                     cert_dir=mesh.config.identity_dir(member))
+    try:
+        return await agent_pb2_grpc.AgentStub(ch).Invoke(task(), metadata=md, timeout=5)
+    finally:
+        await ch.close()
 
 
 def revoke_agent(mesh: Mesh, name: str, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -79,8 +118,14 @@ async def test_revoke_agent_cuts_its_streams_and_calls_and_refuses_it_both_ways(
     held = asyncio.ensure_future(ingestor_from_rogue.Invoke(task("hold")))
     while mesh.agents["ingestor"].calls < 2:
         await asyncio.sleep(0.01)
-    with delegating(mesh.client_token(), actors=(f"spiffe://{TD}/agent/rogue",)):
-        await ingestor_from_other.Invoke(task(), timeout=5)  # a delegation naming rogue as an earlier actor
+    # a real delegation through rogue: rogue exchanged the client's token (the first hop), other delegates on
+    txn = (await rogue.exchange(mesh.client_token(), route="test")).token
+    with delegating(txn):
+        await rogue.stub("other", agent_pb2_grpc.AgentStub).Invoke(task("forward:ingestor"), timeout=5)
+    assert mesh.agents["ingestor"].chains[-1] == (sid("rogue"), sid("other"))
+    received_txn, received = mesh.agents["other"].received[-1]  # what other holds of rogue's delegation
+    assert received_txn == txn and len(received) == 1
+    await continue_delegation(mesh, "other", "ingestor", txn, received, secrets.token_hex(16))  # accepted before
 
     done = revoke_agent(mesh, "rogue", "--reason", "compromised in test")
     assert done.returncode == 0, done.stderr
@@ -101,13 +146,19 @@ async def test_revoke_agent_cuts_its_streams_and_calls_and_refuses_it_both_ways(
     await other.wait_for_trust(lambda t: "rogue" in t.revoked_members)
     with pytest.raises(Unavailable, match="rogue is revoked"):
         await rogue_from_other.Invoke(task(), timeout=5)
-    with delegating(mesh.client_token(), actors=(f"spiffe://{TD}/agent/rogue",)), \
-            pytest.raises(grpc.aio.AioRpcError) as chain:
-        await ingestor_from_other.Invoke(task(), timeout=5)
-    assert chain.value.code() == grpc.StatusCode.UNAUTHENTICATED and "revoked member rogue" in chain.value.details()
+    await mesh.nodes["ingestor"].wait_for_trust(lambda t: "rogue" in t.revoked_members)
+    trace_id = secrets.token_hex(16)  # the same continuation as before: rogue's link now names a revoked member
+    with pytest.raises(grpc.aio.AioRpcError) as chain:
+        await continue_delegation(mesh, "other", "ingestor", txn, received, trace_id)
+    assert chain.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    details = chain.value.details() or ""
+    assert details.startswith(f"hop {sid('rogue')}: ") and "revoked" in details, details
 
-    # everyone else keeps working
+    # everyone else keeps working, delegations through other included
     await ingestor_from_other.Invoke(task(), timeout=5)
+    with delegating((await other.exchange(mesh.client_token(), route="test")).token):
+        await ingestor_from_other.Invoke(task(), timeout=5)
+    assert mesh.agents["ingestor"].chains[-1] == (sid("other"),)
 
     # renewal and join are blocked, the CA says why, and the audit log says who
     listing = subprocess.run([sys.executable, "-m", "agentmesh.cli.main", "cert", "list", "--ca",
@@ -119,6 +170,9 @@ async def test_revoke_agent_cuts_its_streams_and_calls_and_refuses_it_both_ways(
     records = [json.loads(line) for line in mesh.audit_path.read_text().splitlines()]
     admin = [r for r in records if r["name"] == "agentmesh.admin/RevokeAgent"]
     assert admin and admin[0]["attributes"]["agentmesh.admin.reason"] == "compromised in test"
+    (refusal,) = [r for r in records if r["kind"] == "server" and r["trace_id"] == trace_id]
+    assert refusal["attributes"]["agentmesh.agent"] == "ingestor"
+    assert refusal["attributes"]["agentmesh.delegation.check"] == "link-revoked"
 
 
 async def test_reinstate_lifts_the_block(mesh: Mesh) -> None:

@@ -62,7 +62,7 @@ async def test_steady_traffic_through_three_lifetimes_and_a_rotation_with_zero_f
     members = {name: mesh.nodes[name] for name in ("bridge", "ingestor", "summarizer")}
     serials: dict[str, set[int]] = {name: set() for name in [*members, "control"]}
     stub = mesh.nodes["bridge"].stub("ingestor", agent_pb2_grpc.AgentStub)
-    token = mesh.client_token()
+    token = await mesh.txn(mesh.client_token())  # the bridge exchanged it: the bridge makes the calls
     ok = failed = 0
     errors: list[str] = []
     rotated = False
@@ -153,7 +153,7 @@ async def test_a_root_rollover_under_traffic(short_lived: Mesh) -> None:
     into it; ca rollover --finish: they drop the old one; no call fails on the way."""
     mesh = short_lived
     stub = mesh.nodes["bridge"].stub("ingestor", agent_pb2_grpc.AgentStub)
-    token = mesh.client_token()
+    token = await mesh.txn(mesh.client_token())  # the bridge exchanged it: the bridge makes the calls
     failed: list[str] = []
     ok = 0
 
