@@ -24,7 +24,7 @@ from opentelemetry import trace
 
 from agentmesh.audit import inject
 from agentmesh.interceptors.chain import server_chain
-from agentmesh.interceptors.client import client_interceptors
+from agentmesh.interceptors.client import ClientSteps
 from agentmesh.runtime.node import MeshNode
 from agentmesh.runtime.tokensource import AgentTokenSource
 from agentmesh.tokens import KeySet, TokenAuthority
@@ -155,12 +155,14 @@ async def _measure(mesh: BenchMesh, seconds: float) -> dict[str, float]:
         async def fetch() -> tuple[str, float]:
             return token, time.time() + 3600
 
-        steps = client_interceptors(CLIENT, AGENT, AgentTokenSource(fetch), client.sink.tracer,
-                                    default_timeout=config.bridge.default_timeout)[0]
-        details = grpc.aio.ClientCallDetails(METHOD.encode(), 30.0, None, None, None)
+        steps = ClientSteps(CLIENT, AGENT, AgentTokenSource(fetch), client.sink.tracer,
+                            default_timeout=config.bridge.default_timeout)
 
-        async def called() -> object:
-            return await steps.intercept_unary_unary(_continuation, details, req)
+        async def called() -> object:  # what a mesh channel does around a call (runtime/channel.py)
+            md, timeout, span = await steps.prepare(METHOD, None, 30.0)
+            call = await _continuation(grpc.aio.ClientCallDetails(METHOD.encode(), timeout, md, None, None), req)
+            steps.end_when_done(call, span)
+            return call
 
         await served()  # caches: handler wrappers, peer identity, verified token
         await called()

@@ -24,6 +24,7 @@ from agentmesh.audit import extract
 from agentmesh.audit.redact import redact_text
 from agentmesh.bridge.edge import path_segments, request_id
 from agentmesh.bridge.errors import HttpError
+from agentmesh.metadata import TRACE_HEADERS
 
 __all__ = ["AGENT_PREFIX", "EdgeMiddleware", "StrictCORSMiddleware", "access_log"]
 
@@ -57,7 +58,7 @@ class EdgeMiddleware:
         state = scope.setdefault("state", {})
         state["request_id"] = rid
         method = scope["method"]
-        context = extract([(k, v) for k, v in headers.items() if k in ("traceparent", "tracestate")])
+        context = extract([(k, v) for k, v in headers.items() if k in TRACE_HEADERS])
         path = _printable(raw_path)
         span = self.tracer().start_span(f"HTTP {method}", context=context, kind=SpanKind.SERVER, attributes={
             "http.request.method": method, "url.path": path, A.AGENT: self.agent})
@@ -109,7 +110,7 @@ class StrictCORSMiddleware(CORSMiddleware):
             allow_origins=list(allow_origins),
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=["authorization", "content-type", "accept", "x-request-id", "x-request-timeout",
-                           "grpc-timeout", "traceparent", "tracestate"],
+                           "grpc-timeout", *sorted(TRACE_HEADERS)],
             expose_headers=["retry-after", "ratelimit-limit", "ratelimit-remaining", "ratelimit-reset",
                             "www-authenticate", "x-request-id"],
             allow_credentials=False,  # bearer tokens in a header, never cookies: no credentialed CORS

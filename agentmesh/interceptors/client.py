@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import contextvars
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,7 +26,7 @@ from agentmesh.errors import TokenError
 from agentmesh.metadata import AUTHORIZATION, IDENTITY_HEADERS, TRACE_HEADERS, TXN_LINKS, TXN_TOKEN
 from agentmesh.tokens.links import HopSigner
 
-__all__ = ["ClientSteps", "Delegation", "TokenSource", "client_interceptors", "delegating"]
+__all__ = ["ClientSteps", "Delegation", "TokenSource", "delegating"]
 
 
 class TokenSource(Protocol):
@@ -79,8 +79,7 @@ class ClientSteps:
 
     :meth:`prepare_now` does them synchronously when this member's token is at hand (the steady
     state), so a mesh channel runs them in the stub layer without grpc.aio's client-interceptor
-    machinery; :meth:`prepare` awaits the token first. :func:`client_interceptors` wraps the same
-    steps as grpc.aio interceptors, for channels made by hand.
+    machinery; :meth:`prepare` awaits the token first.
     """
 
     def __init__(self, agent: str, target: str, tokens: TokenSource | None, tracer: trace.Tracer | None = None,
@@ -152,51 +151,6 @@ class ClientSteps:
     def not_started(span: Span) -> None:
         span.set_status(Status(StatusCode.ERROR, "call not started"))
         span.end()
-
-    async def _intercept(self, continuation: Callable[..., Awaitable[Any]],
-                         details: grpc.aio.ClientCallDetails, request: Any) -> Any:
-        method = details.method.decode() if isinstance(details.method, bytes) else details.method
-        md, timeout, span = await self.prepare(method, details.metadata, details.timeout)
-        new_details = grpc.aio.ClientCallDetails(details.method, timeout, md, details.credentials,
-                                                 details.wait_for_ready)
-        try:
-            call = await continuation(new_details, request)
-        except BaseException:
-            self.not_started(span)
-            raise
-        self.end_when_done(call, span)  # the call is returned at once: its caller may cancel it
-        return call
-
-
-class _UnaryUnary(ClientSteps, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
-    async def intercept_unary_unary(self, continuation: Callable[..., Awaitable[Any]],
-                                    client_call_details: grpc.aio.ClientCallDetails, request: Any) -> Any:
-        return await self._intercept(continuation, client_call_details, request)
-
-
-class _UnaryStream(ClientSteps, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
-    async def intercept_unary_stream(self, continuation: Callable[..., Awaitable[Any]],
-                                     client_call_details: grpc.aio.ClientCallDetails, request: Any) -> Any:
-        return await self._intercept(continuation, client_call_details, request)
-
-
-class _StreamUnary(ClientSteps, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
-    async def intercept_stream_unary(self, continuation: Callable[..., Awaitable[Any]],
-                                     client_call_details: grpc.aio.ClientCallDetails, request_iterator: Any) -> Any:
-        return await self._intercept(continuation, client_call_details, request_iterator)
-
-
-class _StreamStream(ClientSteps, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
-    async def intercept_stream_stream(self, continuation: Callable[..., Awaitable[Any]],
-                                      client_call_details: grpc.aio.ClientCallDetails, request_iterator: Any) -> Any:
-        return await self._intercept(continuation, client_call_details, request_iterator)
-
-
-def client_interceptors(agent: str, target: str, tokens: TokenSource | None, tracer: trace.Tracer | None = None,
-                        *, default_timeout: float | None = None) -> list[grpc.aio.ClientInterceptor]:
-    """The client chain for calls from ``agent`` to ``target``, one interceptor per call shape."""
-    return [cls(agent, target, tokens, tracer, default_timeout=default_timeout)
-            for cls in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)]
 
 
 _ending: set[asyncio.Future[None]] = set()  # keeps span-ending tasks alive until they ran

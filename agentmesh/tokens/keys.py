@@ -72,10 +72,6 @@ class KeySet:
         return frozenset(i for i, _ in self._keys) | frozenset(self._sources)
 
     @property
-    def has_hmac(self) -> bool:
-        return any(k.is_hmac for k in self._keys.values())
-
-    @property
     def hmac_algorithms(self) -> frozenset[str]:
         return frozenset(k.alg for k in self._keys.values() if k.is_hmac)
 
