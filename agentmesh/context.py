@@ -32,6 +32,7 @@ class CallContext:
     peer_token: Any = None  # the peer's own verified token (its jti is re-checked while the call runs)
     txn_token: str | None = field(default=None, repr=False)  # forwarded unchanged when delegating onward
     links: tuple[str, ...] = field(default=(), repr=False)  # the hop links received, extended onward
+    hops: tuple[Any, ...] = field(default=(), repr=False)  # the verified links (tokens.links.Link), re-checked
     rule: str | None = None
     decision: str | None = None
     ratelimit_remaining: int | None = None

@@ -38,7 +38,7 @@ class TokenStage(Stage):
         call.peer_token = caller.own
         call.principal, call.roles = caller.principal, caller.roles
         if caller.txn is not None:
-            call.txn, call.chain = caller.txn, caller.chain
+            call.txn, call.chain, call.hops = caller.txn, caller.chain, caller.links
             call.txn_token, call.links = txn_token, tuple(links.split(",")) if links else ()
 
 

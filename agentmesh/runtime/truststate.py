@@ -79,6 +79,9 @@ class TrustState:
                        now=self.clock(), policy=self.policy)
             for member in call.chain[:-1]:  # verified SPIFFE IDs of this mesh (the token stage checked them)
                 check_member(self.snapshot, SpiffeId.parse(member).agent_name)
+            for hop in call.hops:  # the certificates that signed its links
+                if self.snapshot is not None and hop.serial in self.snapshot.revoked_serials:
+                    raise DelegationError("link-revoked", f"the certificate of hop {hop.signer} was revoked")
         except MeshError as e:
             return e
         if call.peer_token is not None and self.jti_revoked(call.peer_token.jti):
