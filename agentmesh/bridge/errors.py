@@ -32,13 +32,13 @@ from starlette.responses import Response
 
 from agentmesh.errors import MeshError, http_status_for
 from agentmesh.interceptors.status import (
-    ERROR_DOMAIN,
     RATELIMIT_LIMIT,
     RATELIMIT_REMAINING,
     RATELIMIT_RESET,
     REASON_CALLER,
     REASON_DELEGATION,
     RETRY_AFTER,
+    refusal_reason,
 )
 
 __all__ = ["MESH_RETRY_AFTER", "HttpError", "error_body", "from_call_error", "from_rpc_error",
@@ -96,25 +96,7 @@ def refuses_bridge_identity(err: grpc.aio.AioRpcError) -> bool:
     """Whether an agent's status refuses the bridge's own mesh identity (its certificate, its token,
     the delegation it sent) rather than the client: UNAUTHENTICATED with the server chain's ErrorInfo
     naming the caller or the delegation."""
-    if err.code() != grpc.StatusCode.UNAUTHENTICATED:
-        return False
-    for info in _error_infos(err):
-        if info.domain == ERROR_DOMAIN:
-            return info.reason in (REASON_CALLER, REASON_DELEGATION)
-    return False
-
-
-def _error_infos(err: grpc.aio.AioRpcError) -> list[error_details_pb2.ErrorInfo]:
-    try:
-        status = rpc_status.from_call(err)
-    except ValueError:
-        return []
-    out = []
-    for any_ in status.details if status is not None else ():
-        info = error_details_pb2.ErrorInfo()
-        if any_.Unpack(info):
-            out.append(info)
-    return out
+    return err.code() == grpc.StatusCode.UNAUTHENTICATED and refusal_reason(err) in (REASON_CALLER, REASON_DELEGATION)
 
 
 def _mesh_failure(message: str) -> HttpError:

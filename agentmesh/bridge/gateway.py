@@ -124,11 +124,11 @@ class Gateway:
         context = {"request_id": request.state.request_id, **({"req_ip": client.host} if client else {})}
         try:
             txn = await self.node.exchange(raw_token, route=f"{op.agent} {op.method}", request_context=context)
-        except TokenError as e:
+        except TokenError as e:  # the client's token, refused by the control plane (e.g. revoked just now)
             raise HttpError(grpc.StatusCode.UNAUTHENTICATED, e.message,
                             headers={"WWW-Authenticate": WWW_AUTH_INVALID}) from None
-        except MeshError as e:
-            raise HttpError(grpc.StatusCode.UNAVAILABLE, e.message) from None
+        except MeshError as e:  # the bridge's own membership or the control plane: the mesh's to fix
+            raise from_call_error(e, op.agent, 0.0) or e from None
         request.state.txn = txn.txn
         return txn
 

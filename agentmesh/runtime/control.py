@@ -27,7 +27,7 @@ from agentmesh.audit import attributes as A
 from agentmesh.clock import Clock
 from agentmesh.config import MeshConfig
 from agentmesh.context import CallContext, current_call
-from agentmesh.errors import ConfigError, PermissionDenied
+from agentmesh.errors import ConfigError, DelegationError, PermissionDenied, TokenError
 from agentmesh.identity import PeerIdentity
 from agentmesh.interceptors.active import ActiveCalls
 from agentmesh.interceptors.chain import audit_only_chain, identity_chain
@@ -114,7 +114,10 @@ class TokenService(control_pb2_grpc.TokenServiceServicer):
             raise ConfigError("exchange exactly one of a subject token (at the edge) or a transaction token "
                               "(a replacement)")
         if request.subject_token:
-            subject = self.checks.tokens.verify(request.subject_token)
+            try:  # the principal's token: refusing it is the principal's to fix (PRINCIPAL_REFUSED), not the member's
+                subject = self.checks.tokens.verify_unbound(request.subject_token)
+            except TokenError as e:
+                raise DelegationError("subject-token", f"subject token: {e.message}") from None
             granted = grant(subject, principal_of(subject, cfg.tokens.issuer), requester=peer.uri,
                             trust_domain=cfg.trust_domain, scope=request.scope, route=request.route,
                             rctx=dict(request.request_context), now=now, ttl=cfg.tokens.txn_ttl)

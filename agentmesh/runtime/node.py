@@ -35,13 +35,14 @@ from agentmesh.audit import AuditSink, build_audit, inject
 from agentmesh.clock import Clock
 from agentmesh.config import MeshConfig
 from agentmesh.context import maybe_current_call
-from agentmesh.errors import MeshError, PKIError, TokenError, Unavailable
+from agentmesh.errors import ConfigError, MeshError, PermissionDenied, PKIError, TokenError, Unavailable
 from agentmesh.guard import PayloadGuard
 from agentmesh.identity import PeerIdentity
 from agentmesh.interceptors.active import ActiveCalls
 from agentmesh.interceptors.chain import server_chain
 from agentmesh.interceptors.client import ClientSteps
 from agentmesh.interceptors.identity import PeerIdentityCache
+from agentmesh.interceptors.status import REASON_PRINCIPAL, refusal_reason
 from agentmesh.policy import PolicyEngine
 from agentmesh.ratelimit import RateLimiter, build_limiter
 from agentmesh.runtime.channel import MeshChannels, secure_channel
@@ -250,10 +251,14 @@ class MeshNode:
                 request, timeout=self.config.control.connect_timeout, metadata=metadata)
             return reply
         except grpc.aio.AioRpcError as e:
-            if e.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED,
-                            grpc.StatusCode.INVALID_ARGUMENT):
-                raise TokenError(f"the control plane refused a transaction token: {e.details()}") from None
-            raise Unavailable(f"transaction token: control plane unavailable ({e.code().name})") from None
+            details = e.details() or e.code().name
+            if refusal_reason(e) == REASON_PRINCIPAL:  # the principal's token: the principal's to fix
+                raise TokenError(details) from None
+            if e.code() == grpc.StatusCode.PERMISSION_DENIED:  # e.g. a wider scope than held
+                raise PermissionDenied(f"the control plane refused a transaction token: {details}") from None
+            if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise ConfigError(f"the control plane refused a transaction token: {details}") from None
+            raise rpc_error(e, f"{self.name}: transaction token") from None  # this member refused, or no control
 
     def server(self, **kw: Any) -> MeshServer:
         """An mTLS server with the whole server chain, for this node's identity."""

@@ -18,6 +18,7 @@ check               refused when
 ``link-signature``  a link's signature does not verify with its certificate's key
 ``link-signer``     a link names another signer than its certificate
 ``link-revoked``    a link's signer is revoked (certificate or member) or its certificate expired
+``prior-revoked``   a member a replacement token names as an earlier hop (``prior``) was revoked
 ``link-txn``        a link is for another transaction token (``tth``)
 ``link-expired``    the link to this member is past its ``exp``, or any link is issued in the future
                     (earlier links were checked in time by the member they were for; the
@@ -43,11 +44,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agentmesh.errors import DelegationError, PeerIdentityError, TokenError
-from agentmesh.identity import PeerIdentity
+from agentmesh.identity import PeerIdentity, SpiffeId
+from agentmesh.tokens.crypto import HMAC_ALGORITHMS
 from agentmesh.tokens.links import Link, LinkVerifier
 from agentmesh.tokens.txn import TxnToken, TxnVerifier
 from agentmesh.tokens.verify import TokenVerifier, VerifiedToken
-from agentmesh.trust import RevocationPolicy, TrustSnapshot, check_peer
+from agentmesh.trust import RevocationPolicy, TrustSnapshot, check_member, check_peer
 
 __all__ = ["Caller", "Checks", "check_chain", "split_links", "verify_caller"]
 
@@ -156,6 +158,15 @@ def check_signers(links: Sequence[Link], snapshot: TrustSnapshot | None, *, now:
             raise DelegationError("link-revoked", f"hop {link.signer}: {e.message}") from None
 
 
+def check_prior(txn: TxnToken, snapshot: TrustSnapshot | None) -> None:
+    """The hops a replacement token vouches for (``prior``) must not be revoked members since."""
+    for member in txn.prior:
+        try:
+            check_member(snapshot, SpiffeId.parse(member).agent_name)
+        except PeerIdentityError as e:
+            raise DelegationError("prior-revoked", f"earlier hop {member}: {e.message}") from None
+
+
 def verify_links(txn_token: str, raw_links: Sequence[str], *, checks: Checks, snapshot: TrustSnapshot | None,
                  peer: PeerIdentity | None, me: str, now: float) -> tuple[TxnToken, tuple[str, ...], tuple[Link, ...]]:
     """The transaction token and its links, verified (signatures, structure, signers): ``(txn, chain, links)``."""
@@ -165,6 +176,7 @@ def verify_links(txn_token: str, raw_links: Sequence[str], *, checks: Checks, sn
                         peer_thumbprint=peer.thumbprint if peer else None, me=me, now=now,
                         leeway=checks.leeway, max_depth=checks.max_depth)
     check_signers(links, snapshot, now=now, policy=checks.policy)
+    check_prior(txn, snapshot)
     return txn, chain, links
 
 
@@ -185,6 +197,8 @@ def verify_caller(peer: PeerIdentity, own_token: str | None, txn_token: str | No
         raise TokenError(f"{e.message} (caller's own token)") from None
     if own.iss != checks.mesh_issuer:  # only the control plane speaks for mesh members
         raise TokenError("a caller's own token must come from the mesh issuer")
+    if own.alg in HMAC_ALGORITHMS:  # a shared secret is held by every member that verifies with it
+        raise TokenError("a caller's own token must be signed by the control plane's key, not a shared secret")
     if txn_token is None:
         if links:
             raise DelegationError("links", "hop links without a transaction token")

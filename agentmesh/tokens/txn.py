@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, TypeGuard
 
-from agentmesh.errors import ConfigError, DelegationError, TokenError
+from agentmesh.errors import ConfigError, DelegationError, PermissionDenied, TokenError
 from agentmesh.identity import SpiffeId
 from agentmesh.tokens import crypto
 from agentmesh.tokens.cache import LRUCache
 from agentmesh.tokens.jws import parse_compact
-from agentmesh.tokens.verify import TokenVerifier, VerifiedToken, verify_jws
+from agentmesh.tokens.verify import TokenVerifier, VerifiedToken, check_principal_token, verify_jws
 
 __all__ = ["TXN_TYP", "Grant", "TxnToken", "TxnVerifier", "check_principal_token", "grant", "narrow", "scope_of",
            "sign_txn_token", "token_hash"]
@@ -103,14 +103,6 @@ def _context(rctx: Mapping[str, str]) -> dict[str, str]:
     return dict(rctx)
 
 
-def check_principal_token(token: VerifiedToken) -> None:
-    """Refuses an agent token (a ``spiffe:`` subject or a certificate-bound token) where only an
-    external principal's token may stand: at the bridge and at the exchange. Members act for themselves
-    with their own token, never as a transaction's principal."""
-    if token.sub.strip().lower().startswith("spiffe:") or token.bound_thumbprint is not None:
-        raise TokenError("agent tokens cannot act as a principal (only an external principal's token can)")
-
-
 def grant(subject: VerifiedToken, principal: str, *, requester: str, trust_domain: str, scope: str,
           route: str, rctx: Mapping[str, str], now: float, ttl: float) -> Grant:
     """The exchange decision at the edge: a verified external ``subject`` token for a transaction token.
@@ -124,7 +116,7 @@ def grant(subject: VerifiedToken, principal: str, *, requester: str, trust_domai
     asked = _requested(scope)
     missing = [s for s in asked if s not in held]
     if missing:
-        raise TokenError(f"requested scope exceeds the subject token's: {' '.join(missing)}")
+        raise PermissionDenied(f"requested scope exceeds the subject token's: {' '.join(missing)}")
     granted = asked or held
     expires = min(now + ttl, subject.exp)
     if expires <= now:
@@ -145,7 +137,8 @@ def narrow(current: TxnToken, chain: Sequence[str], *, requester: str, trust_dom
     asked = _requested(scope)
     wider = [s for s in asked if s not in current.scope]
     if wider:
-        raise TokenError(f"a replacement transaction token may only narrow the scope (not held: {' '.join(wider)})")
+        raise PermissionDenied(f"a replacement transaction token may only narrow the scope (not held: "
+                               f"{' '.join(wider)})")
     expires = min(now + ttl, current.exp)
     if expires <= now:
         raise TokenError("the transaction token expires now")
@@ -205,8 +198,9 @@ class TxnVerifier:
 
     def _verify_uncached(self, token: str, now: float) -> TxnToken:
         parsed = parse_compact(token, self.tokens.max_token_bytes)
-        verify_jws(parsed, keys=self.tokens.keys, issuers=self.issuers, algorithms=self.tokens.algorithms,
-                   accepted_typ=_TYPS, typ_required=True)
+        # only the control plane's own (asymmetric) key: an HMAC secret is held by every member that verifies it
+        verify_jws(parsed, keys=self.tokens.keys, issuers=self.issuers,
+                   algorithms=self.tokens.algorithms - crypto.HMAC_ALGORITHMS, accepted_typ=_TYPS, typ_required=True)
         c = parsed.claims
         exp_claim, iat_claim = c.get("exp"), c.get("iat")
         if not _number(exp_claim) or not _number(iat_claim):

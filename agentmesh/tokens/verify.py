@@ -12,7 +12,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -23,7 +23,7 @@ from agentmesh.tokens.cache import LRUCache
 from agentmesh.tokens.jws import ParsedToken, parse_compact
 from agentmesh.tokens.keys import KeySet
 
-__all__ = ["TokenVerifier", "VerifiedToken", "verify_jws"]
+__all__ = ["TokenVerifier", "VerifiedToken", "check_principal_token", "verify_jws"]
 
 _KEY_HEADERS = ("jku", "x5u", "jwk", "x5c")  # keys or key locations chosen by the token: never trusted
 _ACCEPTED_TYP = frozenset({"at+jwt", "application/at+jwt", "jwt"})
@@ -43,6 +43,7 @@ class VerifiedToken:
     iat: float | None
     bound_thumbprint: str | None  # cnf.x5t#S256
     claims: Mapping[str, Any]
+    alg: str = ""  # the JWS algorithm it was signed with
 
 
 def _never_revoked(jti: str) -> bool:
@@ -137,6 +138,12 @@ class TokenVerifier:
             raise TokenError("token too large")
         if not token.isascii():
             raise TokenError("token is malformed")
+        vt = self._verified(token)
+        _check_binding(vt, peer_thumbprint, peer_spiffe_id, require_binding)
+        return vt
+
+    def _verified(self, token: str) -> VerifiedToken:
+        """Signature and claims (cached), then expiry and revocation on every call; no binding yet."""
         digest = hashlib.sha256(token.encode("ascii")).digest()
         now = self.clock()
         vt = self._cache.get(digest)
@@ -151,12 +158,20 @@ class TokenVerifier:
                 raise TokenError("token expired")
             if self.revoked(vt.jti):
                 raise TokenError("token revoked")
-        _check_binding(vt, peer_thumbprint, peer_spiffe_id, require_binding)
         return vt
 
     def verify_unbound(self, token: str) -> VerifiedToken:
-        """Verifies a delegated subject token (an external client's): no cnf, no SPIFFE subject."""
-        return self.verify(token)
+        """Verifies an external principal's token (at the bridge, at the exchange): refused when it is an
+        agent's (:func:`check_principal_token`)."""
+        if not isinstance(token, str) or not token:
+            raise TokenError("token missing")
+        if len(token) > self.max_token_bytes:
+            raise TokenError("token too large")
+        if not token.isascii():
+            raise TokenError("token is malformed")
+        vt = self._verified(token)
+        check_principal_token(vt)
+        return vt
 
     def inspect(self, token: str) -> VerifiedToken:
         """Signature and claims only: no cache, revocation or binding. For tooling, never for callers."""
@@ -177,7 +192,7 @@ class TokenVerifier:
         parsed = parse_compact(token, self.max_token_bytes)
         iss = verify_jws(parsed, keys=self._keys, issuers=self.issuers, algorithms=self.algorithms,
                          accepted_typ=_ACCEPTED_TYP)
-        return self._check_claims(parsed.claims, iss, now)
+        return replace(self._check_claims(parsed.claims, iss, now), alg=str(parsed.header["alg"]))
 
     def _check_claims(self, claims: dict[str, Any], iss: str, now: float) -> VerifiedToken:
         exp = _date(claims, "exp", required=True)
@@ -246,6 +261,14 @@ def verify_jws(parsed: ParsedToken, *, keys: KeySet, issuers: frozenset[str], al
     if not crypto.verify_signature(alg, key.key, parsed.signing_input, parsed.signature):
         raise TokenError("token signature invalid")
     return iss
+
+
+def check_principal_token(token: VerifiedToken) -> None:
+    """Refuses an agent token (a ``spiffe:`` subject or a certificate-bound token) where only an
+    external principal's token may stand: at the bridge and at the exchange. Members act for themselves
+    with their own token, never as a transaction's principal."""
+    if token.sub.strip().lower().startswith("spiffe:") or token.bound_thumbprint is not None:
+        raise TokenError("agent tokens cannot act as a principal (only an external principal's token can)")
 
 
 def _bound_thumbprint(claims: Mapping[str, Any]) -> str | None:

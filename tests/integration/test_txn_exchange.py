@@ -14,10 +14,10 @@ from meshkit import Mesh, running_mesh
 from support import TD, task
 
 from agentmesh.context import current_call
-from agentmesh.errors import TokenError
+from agentmesh.errors import MeshError, PermissionDenied, TokenError
 from agentmesh.interceptors.client import delegating
 from agentmesh.runtime.node import MeshNode
-from agentmesh.tokens import TokenAuthority
+from agentmesh.tokens import RevocationStore, TokenAuthority
 from agentmesh.tokens.crypto import b64url_decode
 from agentmesh.v1 import agent_pb2, agent_pb2_grpc
 
@@ -47,20 +47,25 @@ class NarrowingAgent(agent_pb2_grpc.AgentServicer):
                          "chain": list(call.chain), "txn": call.txn_id})
         out = [agent_pb2.Part(text=me)]
         step = json.loads(request.input[0].text) if request.input else {}
+        if "stash" in step:  # keep a replacement for the test to use later
+            STASH[self.node.name] = (await self.node.narrow(step["stash"])).token
         if step.get("to"):
             onward = agent_pb2.Task(id=request.id, input=[agent_pb2.Part(text=json.dumps(step.get("then", {})))])
             stub = self.node.stub(step["to"], agent_pb2_grpc.AgentStub)
             if "narrow" in step:
                 try:
                     txn = await self.node.narrow(step["narrow"])
-                except TokenError as e:
-                    await context.abort(grpc.StatusCode.PERMISSION_DENIED, e.message)
+                except MeshError as e:
+                    await context.abort(e.grpc_code, e.message)
                 with delegating(txn.token):
                     res = await stub.Invoke(onward)
             else:
                 res = await stub.Invoke(onward)
             out.extend(res.output)
         return agent_pb2.TaskResult(task_id=request.id, status=agent_pb2.TASK_STATUS_COMPLETED, output=out)
+
+
+STASH: dict[str, str] = {}
 
 
 def plan(**step: object) -> agent_pb2.Task:
@@ -116,7 +121,7 @@ async def test_exchange_refuses_what_is_no_external_principals_token(mesh: Mesh)
         with pytest.raises(TokenError):
             await bridge.exchange(token)
             pytest.fail(f"{what} was exchanged")
-    with pytest.raises(TokenError, match="exceeds"):
+    with pytest.raises(PermissionDenied, match="exceeds"):
         await bridge.exchange(mesh.client_token(scope="documents:read"), scope="documents:write")
 
 
@@ -124,7 +129,7 @@ async def test_a_certificate_holder_outside_the_config_gets_no_transaction_token
     outsider = MeshNode(mesh.config, "outsider", check_every=0)
     try:
         await outsider.start(timeout=10)  # it may follow the trust data, like any certificate of the CA
-        with pytest.raises(TokenError, match="not a member"):
+        with pytest.raises(PermissionDenied, match="not a member"):
             await outsider.exchange(mesh.client_token())
     finally:
         await outsider.close()
@@ -167,3 +172,41 @@ async def test_a_replacement_may_never_widen_the_scope(mesh: Mesh) -> None:
 async def test_narrow_outside_a_delegated_call_is_a_clear_error(mesh: Mesh) -> None:
     with pytest.raises(TokenError, match="delegated call"):
         await mesh.nodes["ingestor"].narrow("documents:read")
+
+
+async def test_a_replacement_naming_a_revoked_member_is_refused(mesh: Mesh) -> None:
+    """The kill switch reaches the hops a replacement token vouches for (prior), not only those that signed links."""
+    bridge, summarizer = mesh.nodes["bridge"], mesh.nodes["summarizer"]
+    with delegating((await bridge.exchange(mesh.client_token(scope="documents:read"))).token):
+        await bridge.stub("ingestor", agent_pb2_grpc.AgentStub).Invoke(
+            plan(to="summarizer", then={"stash": "documents:read"}))
+    replacement = STASH.pop("summarizer")  # prior = [bridge, ingestor]
+    validator = summarizer.stub("validator", agent_pb2_grpc.AgentStub)
+    with delegating(replacement):
+        chain = reports(await validator.Invoke(plan()))[0]["chain"]
+    assert chain == [BRIDGE, INGESTOR, SUMMARIZER]  # the honest request
+    mesh.ca.revoke("ingestor", reason="test: compromised")
+    for node in mesh.nodes.values():
+        await node.wait_for_trust(lambda t: "ingestor" in t.revoked_members)
+    with delegating(replacement), pytest.raises(grpc.aio.AioRpcError) as err:
+        await validator.Invoke(plan())
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and "earlier hop" in (err.value.details() or "")
+
+
+async def test_a_refused_member_is_the_meshs_fault_a_revoked_client_token_the_clients(mesh: Mesh) -> None:
+    """The bridge answers 401 only when the control plane refuses the client's token (TokenError); when it
+    refuses the bridge itself, that is the mesh's failure (a 503 at the bridge), never the client's."""
+    bridge = mesh.nodes["bridge"]
+    client = mesh.client_token()
+    revoked = mesh.client_token(sub="carol@example.org")
+    assert (await bridge.exchange(client)).token
+    jti = bridge.verifier.inspect(revoked).jti
+    RevocationStore(mesh.config.ca_dir).revoke(jti, time.time() + 600)
+    await bridge.wait_for_trust(lambda t: jti in t.revoked_jtis)
+    with pytest.raises(TokenError, match="revoked"):
+        await bridge.exchange(revoked)
+    mesh.ca.revoke("bridge", reason="test")
+    await bridge.wait_for_trust(lambda t: "bridge" in t.revoked_members)
+    with pytest.raises(MeshError) as err:
+        await bridge.exchange(client)
+    assert not isinstance(err.value, TokenError), err.value

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from agentmesh.clock import FakeClock
-from agentmesh.errors import ConfigError, DelegationError, TokenError
+from agentmesh.errors import ConfigError, DelegationError, PermissionDenied, TokenError
 from agentmesh.identity import cert_thumbprint
 from agentmesh.pki import CertificateAuthority
 from agentmesh.tokens import KeySet, TokenAuthority, TokenVerifier, VerifiedToken, crypto
@@ -189,9 +189,9 @@ def test_grant_refuses_agent_tokens(env: Env, subject: Callable[[Env], VerifiedT
     pytest.param({"scope": "read write"}, "read  read ", ("read",), id="duplicates and spaces folded"),
     pytest.param({"scp": ["read", "write"]}, "write", ("write",), id="scp list claim"),
     pytest.param({}, "", (), id="no scope held, none asked"),
-    pytest.param({"scope": "read write"}, "read admin", TokenError, id="widened: refused"),
-    pytest.param({"scope": "read"}, "Read", TokenError, id="scopes are case-sensitive"),
-    pytest.param({}, "read", TokenError, id="no scope held, some asked: refused"),
+    pytest.param({"scope": "read write"}, "read admin", PermissionDenied, id="widened: refused"),
+    pytest.param({"scope": "read"}, "Read", PermissionDenied, id="scopes are case-sensitive"),
+    pytest.param({}, "read", PermissionDenied, id="no scope held, some asked: refused"),
     pytest.param({"scope": "read write"}, "read\twrite", ConfigError, id="tab in the asked scope"),
     pytest.param({"scope": "read write"}, "read\nwrite", ConfigError, id="newline in the asked scope"),
     pytest.param({"scope": "read write"}, "lé", ConfigError, id="non-ASCII asked scope"),
@@ -276,8 +276,8 @@ def current(env: Env) -> TxnToken:
     pytest.param("read", ("read",), id="narrower"),
     pytest.param("read write", ("read", "write"), id="same"),
     pytest.param("", (), id="empty: no scope at all (not the current one)"),
-    pytest.param("read admin", TokenError, id="wider: refused"),
-    pytest.param("admin", TokenError, id="disjoint: refused"),
+    pytest.param("read admin", PermissionDenied, id="wider: refused"),
+    pytest.param("admin", PermissionDenied, id="disjoint: refused"),
     pytest.param("read\twrite", ConfigError, id="malformed"),
 ])
 def test_narrow_only_narrows(env: Env, current: TxnToken, asked: str, scope: tuple[str, ...] | type[Exception]) -> None:
