@@ -145,6 +145,7 @@ class BridgeConfig:
     default_timeout: float = 30.0
     http_parser: Literal["httptools", "h11"] = "httptools"  # h11 bounds request heads (16 KiB)
     max_connections: int = 1024  # concurrent connections/requests; more get 503
+    txn_reuse: float = 0.0  # s a client's requests to one route may share a transaction token (0: one each)
 
 
 @dataclass(frozen=True, slots=True)

@@ -324,6 +324,7 @@ def parse_config(raw: object, base: Path, source: Path | None = None) -> MeshCon
         default_timeout=b.duration("default_timeout", 30.0),
         http_parser=b.choice("http_parser", ("httptools", "h11"), "httptools"),  # type: ignore[arg-type]
         max_connections=b.integer("max_connections", 1024, minimum=1),
+        txn_reuse=b.duration("txn_reuse", 0.0),
     )
     if "*" in bridge.cors_origins:
         raise ConfigError("bridge.cors_origins: '*' is not allowed; list the origins explicitly")

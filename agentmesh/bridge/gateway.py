@@ -25,6 +25,7 @@ from agentmesh.bridge.edge import WWW_AUTH_INVALID, authenticate, forwarded_meta
 from agentmesh.bridge.errors import HttpError, from_call_error
 from agentmesh.bridge.routes import Catalog, Match, Operation
 from agentmesh.bridge.streaming import GrpcStreamResponse, disconnected, first_message, stream_format
+from agentmesh.bridge.transactions import Transactions
 from agentmesh.bridge.transcode import EMPTY, build_request, parse_json, to_json
 from agentmesh.config import MeshConfig
 from agentmesh.errors import MeshError, TokenError
@@ -57,6 +58,9 @@ class Gateway:
         self.settings = settings or Settings()
         self._node: MeshNode | None = None
         self._callables: dict[tuple[str, str], tuple[grpc.aio.Channel, Callable[..., Any]]] = {}
+        self._transactions = Transactions(
+            lambda token, route, context: self.node.exchange(token, route=route, request_context=context),
+            reuse=config.bridge.txn_reuse)
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -76,6 +80,7 @@ class Gateway:
     def detach(self) -> None:
         self._node = None
         self._callables.clear()
+        self._transactions.clear()
 
     # ------------------------------------------------------------------ the agent routes
     async def handle(self, request: Request) -> Response:
@@ -119,11 +124,12 @@ class Gateway:
         return token, raw
 
     async def _exchange(self, raw_token: str, op: Operation, request: Request) -> Any:
-        """The transaction token of this request (one transaction per HTTP request)."""
+        """The transaction token of this request (one per request unless ``bridge.txn_reuse``)."""
         client = request.client
-        context = {"request_id": request.state.request_id, **({"req_ip": client.host} if client else {})}
         try:
-            txn = await self.node.exchange(raw_token, route=f"{op.agent} {op.method}", request_context=context)
+            txn = await self._transactions.token(raw_token, route=f"{op.agent} {op.method}",
+                                                 request_id=request.state.request_id,
+                                                 client_ip=client.host if client else None)
         except TokenError as e:  # the client's token, refused by the control plane (e.g. revoked just now)
             raise HttpError(grpc.StatusCode.UNAUTHENTICATED, e.message,
                             headers={"WWW-Authenticate": WWW_AUTH_INVALID}) from None
