@@ -39,6 +39,7 @@ __all__ = [
     "apply_tweaks",
     "create_mesh",
     "free_port",
+    "mesh_variant",
     "trust_snapshot",
 ]
 
@@ -146,6 +147,19 @@ def _mesh_doc(max_connection_age: str, extra_agents: Sequence[str], callers: Seq
         "max_connection_age": max_connection_age,
         "grace_period": "1s",
     }
+
+
+def mesh_variant(mesh: BenchMesh, name: str, bridge: Mapping[str, Any]) -> tuple[Path, str]:
+    """A second mesh file beside ``mesh.config_path`` (same CA, identities, control plane, agents and policy)
+    whose ``bridge`` section also has ``bridge`` (e.g. ``{"txn_reuse": "30s"}``) and its own listen address,
+    for a second bridge process; returns (its path, the bridge's listen address)."""
+    doc = yaml.safe_load(mesh.config_path.read_text())
+    listen = f"127.0.0.1:{free_port()}"
+    doc["bridge"] = {**doc["bridge"], **bridge, "listen": listen}
+    path = mesh.config_path.with_name(f"mesh-{name}.yaml")
+    path.write_text(yaml.safe_dump(doc))
+    load_config(path)  # fails here, not in the bridge process, if this tree does not know a key
+    return path, listen
 
 
 def _gateway_key(root: Path) -> tuple[str, Path]:

@@ -5,10 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["FULL", "GATEWAY_PATH", "PRESETS", "QUICK", "SMOKE", "VARIANTS", "Preset", "Variant"]
+__all__ = ["BRIDGE_TXN_REUSE", "BRIDGE_VARIANTS", "CONTROL_VARIANTS", "FULL", "GATEWAY_PATH", "PRESETS", "QUICK",
+           "SMOKE", "VARIANTS", "Preset", "Variant"]
 
 #: the FastAPI gateway's route (variant 6): the bridge's default route for the same method
 GATEWAY_PATH = "/v1/agents/{agent}/agentmesh.v1.Agent/Invoke"
+#: ``bridge.txn_reuse`` of variant 7's bridge (variant 5's keeps the default, 0: a transaction token per request)
+BRIDGE_TXN_REUSE = "30s"
+#: the REST bridge variants, each measured against the FastAPI gateway (variant 6)
+BRIDGE_VARIANTS = (5, 7)
+#: the variants whose members depend on the control plane (tokens, trust data, transaction tokens): its CPU
+#: during their rounds is part of their server CPU (run.py explains why)
+CONTROL_VARIANTS = (3, 4, 5, 7)
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +34,7 @@ VARIANTS: dict[int, Variant] = {v.number: v for v in (
     Variant(4, "mesh_redis", "agentmesh, whole chain, Redis limiter", "grpc"),
     Variant(5, "bridge_http", "REST bridge -> agent (both hops)", "http"),
     Variant(6, "fastapi_gateway", "FastAPI + PyJWT + slowapi gateway", "http"),
+    Variant(7, "bridge_http_txn_reuse", f"REST bridge, txn_reuse {BRIDGE_TXN_REUSE}", "http"),
 )}
 
 
@@ -49,10 +58,10 @@ class Preset:
 
 
 FULL = Preset("full", rounds=5, seconds=3.0, warmup=1.5, micro_seconds=0.4, ca_seconds=1.5, rotate=True,
-              rotate_seconds=10.0, variants=(1, 2, 3, 4, 5, 6), chart=True, renewal=True, renewal_seconds=20.0,
+              rotate_seconds=10.0, variants=(1, 2, 3, 4, 5, 6, 7), chart=True, renewal=True, renewal_seconds=20.0,
               propagation_trials=10, joins=60, join_history=1000)
 QUICK = Preset("quick", rounds=2, seconds=2.0, warmup=1.0, micro_seconds=0.1, ca_seconds=0.5, rotate=False,
-               rotate_seconds=8.0, variants=(1, 2, 3, 4, 5, 6), chart=True, propagation_trials=5, joins=50)
+               rotate_seconds=8.0, variants=(1, 2, 3, 4, 5, 6, 7), chart=True, propagation_trials=5, joins=50)
 SMOKE = Preset("smoke", rounds=1, seconds=0.3, warmup=0.2, micro_seconds=0.01, ca_seconds=0.05, rotate=False,
                rotate_seconds=3.0, variants=(1, 2, 3), chart=False)
 PRESETS = {p.name: p for p in (FULL, QUICK, SMOKE)}

@@ -6,9 +6,11 @@ A transaction token is a JWS (``typ: txntoken+jwt``) signed with the mesh token 
 draft's names: ``txn`` (unique id of the transaction, also the audit correlation id), ``sub`` (the
 principal), ``scope`` (space-separated), ``tctx`` (the immutable authorization context: roles, the
 entry route, the subject token's jti so revoking it ends the transaction), ``rctx`` (the requesting
-workload's view of the request), ``req_wl`` (SPIFFE ID of the workload that asked for it), ``aud``
+workload's view of the request), ``req_wl`` (SPIFFE ID of the workload that asked for it; in a
+replacement, as the draft says, the list of every requesting workload, the newest last), ``aud``
 (the trust domain), ``iat`` and a short ``exp`` (never past the subject token's). A replacement token
-(a hop asking for a narrower scope) also carries ``prior``: the verified hops before ``req_wl``.
+(a hop asking for a narrower scope) also carries ``prior`` (ours, not the draft's): the verified hops
+before the newest requester.
 
 :func:`grant` is the exchange decision (pure: verified values and a clock in, claims out);
 :class:`TxnVerifier` checks a presented token against the mesh key set. The external token never
@@ -57,12 +59,13 @@ class TxnToken:
     roles: tuple[str, ...]  # tctx.roles
     route: str  # tctx.route: where the transaction entered the mesh
     subject_jti: str  # tctx.sjti: revoking the subject token ends the transaction
-    req_wl: str  # SPIFFE ID of the workload that requested it
+    req_wl: str  # SPIFFE ID of the workload that requested it (the newest, for a replacement)
     prior: tuple[str, ...]  # verified hops before req_wl (replacement tokens only)
     exp: float
     iat: float
     hash: str  # token_hash of the raw token
     rctx: Mapping[str, str]
+    requesters: tuple[str, ...] = ()  # every workload that requested it or a token it replaces, oldest first
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +148,8 @@ def narrow(current: TxnToken, chain: Sequence[str], *, requester: str, trust_dom
     claims = {
         "txn": current.txn, "sub": current.sub, "scope": " ".join(asked),
         "tctx": {"roles": list(current.roles), "route": current.route, "sjti": current.subject_jti},
-        "rctx": dict(current.rctx), "req_wl": requester, "aud": trust_domain, "prior": list(chain),
+        "rctx": dict(current.rctx), "req_wl": [*current.requesters, requester], "aud": trust_domain,
+        "prior": list(chain),
     }
     return Grant(claims, expires)
 
@@ -226,11 +230,13 @@ class TxnVerifier:
         prior = c.get("prior", [])
         if not isinstance(prior, list) or not all(isinstance(p, str) for p in prior):
             raise TokenError("token prior claim is invalid")
-        for wl in (req_wl, *prior):
+        requesters = req_wl if isinstance(req_wl, list) and req_wl else [req_wl]
+        for wl in (*requesters, *prior):
             self._member(wl)
         return TxnToken(txn=txn, sub=sub, scope=_scope_of(c.get("scope")), roles=tuple(roles), route=route,
-                        subject_jti=sjti, req_wl=str(req_wl), prior=tuple(prior), exp=exp,
-                        iat=iat, hash=token_hash(token), rctx=MappingProxyType(dict(rctx)))
+                        subject_jti=sjti, req_wl=str(requesters[-1]), prior=tuple(prior), exp=exp,
+                        iat=iat, hash=token_hash(token), rctx=MappingProxyType(dict(rctx)),
+                        requesters=tuple(str(r) for r in requesters))
 
     def _member(self, value: object) -> None:
         try:

@@ -180,7 +180,9 @@ async def test_a_replacement_naming_a_revoked_member_is_refused(mesh: Mesh) -> N
     with delegating((await bridge.exchange(mesh.client_token(scope="documents:read"))).token):
         await bridge.stub("ingestor", agent_pb2_grpc.AgentStub).Invoke(
             plan(to="summarizer", then={"stash": "documents:read"}))
-    replacement = STASH.pop("summarizer")  # prior = [bridge, ingestor]
+    replacement = STASH.pop("summarizer")
+    body = claims(replacement)[1]  # every requesting workload, the newest last; the hops before it, verified
+    assert (body["req_wl"], body["prior"]) == ([BRIDGE, SUMMARIZER], [BRIDGE, INGESTOR])
     validator = summarizer.stub("validator", agent_pb2_grpc.AgentStub)
     with delegating(replacement):
         chain = reports(await validator.Invoke(plan()))[0]["chain"]

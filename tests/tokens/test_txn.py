@@ -290,7 +290,8 @@ def test_narrow_only_narrows(env: Env, current: TxnToken, asked: str, scope: tup
     c = g.claims
     assert scope_of(c) == scope
     # the same transaction, principal and contexts; the requester is the narrowing member; prior = its chain
-    assert (c["txn"], c["sub"], c["req_wl"], c["aud"], c["prior"]) == (current.txn, "alice", B, TD, [A])
+    # req_wl: every requesting workload, the newest last (the draft's replacement rule)
+    assert (c["txn"], c["sub"], c["req_wl"], c["aud"], c["prior"]) == (current.txn, "alice", [A, B], TD, [A])
     assert c["tctx"] == {"roles": list(current.roles), "route": current.route, "sjti": current.subject_jti}
     assert c["rctx"] == dict(current.rctx)
     assert g.expires_at == current.exp  # never past the token it replaces
