@@ -6,6 +6,7 @@
     server.add(agent_pb2_grpc.add_AgentServicer_to_server, Summarizer(node), "agentmesh.v1.Agent")
     await server.start(node.address)
     validator = node.stub("validator", agent_pb2_grpc.AgentStub)   # client chain attached
+    txn = await node.exchange(client_token)  # at the edge: then `with delegating(txn.token): ...`
 
 A member never needs the CA directory: the control plane streams it the signed CRL, revoked token
 ids, revoked members, the token key set and the trust bundle (``IdentityService.WatchTrust``), and
@@ -28,25 +29,21 @@ from typing import Any, TypeVar
 import grpc
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from agentmesh.audit import AuditSink, build_audit, inject
+from agentmesh.audit import AuditSink, build_audit
 from agentmesh.clock import Clock
 from agentmesh.config import MeshConfig
-from agentmesh.context import maybe_current_call
-from agentmesh.errors import ConfigError, MeshError, PermissionDenied, PKIError, TokenError, Unavailable
+from agentmesh.errors import MeshError, PKIError, Unavailable
 from agentmesh.guard import PayloadGuard
-from agentmesh.identity import PeerIdentity
 from agentmesh.interceptors.active import ActiveCalls
 from agentmesh.interceptors.chain import server_chain
 from agentmesh.interceptors.client import ClientSteps
 from agentmesh.interceptors.identity import PeerIdentityCache
-from agentmesh.interceptors.status import REASON_PRINCIPAL, refusal_reason
 from agentmesh.policy import PolicyEngine
 from agentmesh.ratelimit import RateLimiter, build_limiter
 from agentmesh.runtime.channel import MeshChannels, secure_channel
 from agentmesh.runtime.credentials import IdentityFiles, install_bundle, member_identity
+from agentmesh.runtime.delegation import MemberDelegation, rpc_error
 from agentmesh.runtime.probe import served_certificate
 from agentmesh.runtime.publisher import snapshot_of
 from agentmesh.runtime.renewal import Renewer, SignedIdentity, backoff
@@ -54,14 +51,11 @@ from agentmesh.runtime.server import MeshServer
 from agentmesh.runtime.tokensource import AgentTokenSource, control_fetcher
 from agentmesh.runtime.truststate import TrustState
 from agentmesh.tokens import KeySet, RevokedSet, keys_from_config, verifier_from_config
-from agentmesh.tokens.delegation import Checks
 from agentmesh.tokens.jwks import refresh_forever
-from agentmesh.tokens.links import HopSigner, LinkVerifier
-from agentmesh.tokens.txn import TxnVerifier
-from agentmesh.trust import TrustSnapshot, check_certificate, check_order
+from agentmesh.trust import TrustSnapshot, check_order
 from agentmesh.v1 import control_pb2, control_pb2_grpc
 
-__all__ = ["MeshNode", "rpc_error"]
+__all__ = ["MeshNode"]
 
 log = logging.getLogger("agentmesh.node")
 T = TypeVar("T")
@@ -72,15 +66,6 @@ CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 3000),
 )
-
-
-def rpc_error(e: grpc.aio.AioRpcError, what: str) -> MeshError:
-    """A control-plane RPC failure as one line of the error tree (refusals keep their meaning)."""
-    details = e.details() or e.code().name
-    if e.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED,
-                    grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.INVALID_ARGUMENT):
-        return PKIError(f"{what} refused by the control plane: {details}")
-    return Unavailable(f"{what}: control plane unavailable ({e.code().name})")
 
 
 class MeshNode:
@@ -102,10 +87,11 @@ class MeshNode:
         self.revoked = RevokedSet()
         self._external_keys, self._jwks_caches = keys_from_config(config.tokens, None, clock=clock)
         self.verifier = verifier_from_config(config.tokens, self._external_keys, revoked=self.revoked, clock=clock)
-        txns = TxnVerifier(self.verifier, mesh_issuer=config.tokens.issuer, trust_domain=config.trust_domain)
-        self.checks = Checks(self.verifier, txns, LinkVerifier(self._link_certificate), config.tokens.issuer,
-                             config.tokens.max_delegation_depth, config.revocation, config.tokens.leeway)
-        self._hops: tuple[str, HopSigner] | None = None  # the signer of this member's links, per certificate
+        self.delegation = MemberDelegation(config, name, self.identity, self.trust, self.verifier,
+                                           control=lambda: self._control_for(self.identity.files)[0], clock=clock)
+        self.checks = self.delegation.checks
+        self.exchange = self.delegation.exchange  # the Transaction Token Service, at the edge
+        self.narrow = self.delegation.narrow  # ... and inside a delegated call
         self.policy = PolicyEngine(config.policy, config.trust_domain, max_depth=config.tokens.max_delegation_depth)
         self.limiter = limiter if limiter is not None else build_limiter(config.rate_limits)
         self.guard = PayloadGuard(config.guard)
@@ -205,60 +191,8 @@ class MeshNode:
 
     def _client_steps(self, target: str, files: IdentityFiles) -> ClientSteps:
         return ClientSteps(self.name, target, self._control_for(files)[1], self.sink.tracer,
-                           default_timeout=self.config.bridge.default_timeout, hops=self._hop_signer(files),
+                           default_timeout=self.config.bridge.default_timeout, hops=self.delegation.hop_signer(files),
                            target_id=str(self.config.spiffe_id(target)))
-
-    def _hop_signer(self, files: IdentityFiles) -> HopSigner:
-        """Signs hop links with the certificate (and key) the channel of ``files`` presents."""
-        if self._hops is None or self._hops[0] != files.thumbprint:
-            key = serialization.load_pem_private_key(files.key, password=None)
-            assert isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey)
-            self._hops = (files.thumbprint, HopSigner(key, files.leaf, str(self.spiffe_id),
-                                                      ttl=self.config.tokens.link_ttl, clock=self.clock,
-                                                      issuer=files.chain[0] if files.chain else None))
-        return self._hops[1]
-
-    def _link_certificate(self, cert: x509.Certificate, presented: tuple[x509.Certificate, ...]) -> PeerIdentity:
-        """A hop link's signer: issued by an issuing CA the trust data vouches for, or one it presented
-        that a root of this member's bundle signed."""
-        snapshot = self.trust.snapshot
-        return check_certificate(cert, snapshot.issuers if snapshot is not None else (), self.config.trust_domain,
-                                 self.clock(), roots=self.identity.roots, presented=presented)
-
-    # ------------------------------------------------------------------ the Transaction Token Service
-    async def exchange(self, subject_token: str, *, scope: str = "", route: str = "",
-                       request_context: dict[str, str] | None = None) -> control_pb2.TransactionToken:
-        """A transaction token for an external principal's token (at the edge: the bridge, a CLI); the
-        external token goes to the control plane and no further. Use it with :func:`delegating`."""
-        return await self._txn_request(control_pb2.TransactionTokenRequest(
-            subject_token=subject_token, scope=scope, route=route, request_context=request_context or {}))
-
-    async def narrow(self, scope: str) -> control_pb2.TransactionToken:
-        """Inside a delegated call this member serves: a replacement transaction token with a narrower
-        ``scope`` (same transaction and principal); calls made with it start their chain at this member."""
-        call = maybe_current_call()
-        if call is None or call.txn_token is None:
-            raise TokenError("narrow() needs a delegated call being served (no transaction token here)")
-        return await self._txn_request(control_pb2.TransactionTokenRequest(
-            txn_token=call.txn_token, links=",".join(call.links), scope=scope))
-
-    async def _txn_request(self, request: control_pb2.TransactionTokenRequest) -> control_pb2.TransactionToken:
-        stub = control_pb2_grpc.TokenServiceStub(self._control_for(self.identity.files)[0])
-        metadata: list[tuple[str, str]] = []
-        inject(metadata)  # the exchange belongs to the trace of the request it is made for
-        try:
-            reply: control_pb2.TransactionToken = await stub.ExchangeTransactionToken(
-                request, timeout=self.config.control.connect_timeout, metadata=metadata)
-            return reply
-        except grpc.aio.AioRpcError as e:
-            details = e.details() or e.code().name
-            if refusal_reason(e) == REASON_PRINCIPAL:  # the principal's token: the principal's to fix
-                raise TokenError(details) from None
-            if e.code() == grpc.StatusCode.PERMISSION_DENIED:  # e.g. a wider scope than held
-                raise PermissionDenied(f"the control plane refused a transaction token: {details}") from None
-            if e.code() == grpc.StatusCode.INVALID_ARGUMENT:
-                raise ConfigError(f"the control plane refused a transaction token: {details}") from None
-            raise rpc_error(e, f"{self.name}: transaction token") from None  # this member refused, or no control
 
     def server(self, **kw: Any) -> MeshServer:
         """An mTLS server with the whole server chain, for this node's identity."""
