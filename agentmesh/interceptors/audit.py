@@ -107,7 +107,8 @@ class AuditStage:
             self.sink.metrics.record_call(call.decision or "none", code.name, time.perf_counter() - started)
 
     async def _fail(self, call: CallContext, span: Span, err: MeshError, context: grpc.aio.ServicerContext) -> None:
-        if call.decision is None or isinstance(err, PermissionDenied | RateLimited | TokenError | PeerIdentityError):
+        refused = PermissionDenied | PayloadTooLarge | RateLimited | TokenError | PeerIdentityError  # by the chain
+        if call.decision is None or isinstance(err, refused):
             call.decision = "ratelimited" if isinstance(err, RateLimited) else "deny"
         record_denial(span, _stage_of(err), err.message)
         if isinstance(err, DelegationError):

@@ -280,6 +280,8 @@ async def test_payload_guard_blocks_injection_and_oversize(mesh: Mesh) -> None:
     assert "payload guard" in err.details()
     await refused(stub.Invoke(task("x" * 8000)), grpc.StatusCode.INVALID_ARGUMENT)
     assert mesh.agents["summarizer"].calls == 0
+    oversize = [r for r in spans(mesh) if r["kind"] == "server" and r["attributes"].get("rpc.grpc.status_code") == 3]
+    assert oversize and all(r["attributes"]["agentmesh.decision"] == "deny" for r in oversize)  # refused, not allowed
     events = [e for r in spans(mesh) for e in r["events"] if e["name"] == "agentmesh.guard"]
     assert events and "IGNORE" not in json.dumps(events)
 
