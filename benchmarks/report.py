@@ -13,7 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmarks.settings import VARIANTS
+from benchmarks.settings import BRIDGE_VARIANTS, VARIANTS
 
 __all__ = ["aggregate_variant", "compute_targets", "machine", "print_delegation", "print_report", "write_chart",
            "write_json"]
@@ -21,7 +21,10 @@ __all__ = ["aggregate_variant", "compute_targets", "machine", "print_delegation"
 #: 2: "lifecycle" (renewal under load, revocation propagation, join cost) and its three targets
 #: 3: "delegation" (a 3-hop delegated chain against the undelegated one, its micro-benchmarks, the
 #:    exchange RPC) and its target
-SCHEMA = 3
+#: 4: variant 7 (the REST bridge with bridge.txn_reuse); the control plane counted in the mesh variants' server
+#:    CPU (a "control" process); per variant the median server_cpu_us_per_call_by_process and other_bench_cores
+#:    (the harness's idle servers, no longer in background_cores); ratios v7_rps_vs_v6, v7_p99_vs_v6, v7_rps_vs_v5
+SCHEMA = 4
 
 
 def _median(values: Sequence[float | None]) -> float | None:
@@ -65,19 +68,25 @@ def aggregate_variant(number: int, rounds: list[dict[str, Any]], *, status: str 
     entry: dict[str, Any] = {
         "number": number, "key": v.key, "title": v.title, "protocol": v.protocol, "status": status,
         "reason": reason, "server_processes": list(servers), "rps": None, "p50_ms": None, "p99_ms": None,
-        "server_cpu_us_per_call": None, "client_cpu_us_per_call": None, "background_cores": None,
-        "calls": 0, "errors": 0,
+        "server_cpu_us_per_call": None, "server_cpu_us_per_call_by_process": {}, "client_cpu_us_per_call": None,
+        "background_cores": None, "other_bench_cores": None, "calls": 0, "errors": 0,
         "rounds": rounds,
     }
     if status != "ok" or not rounds:
         return entry
+    names = list(dict.fromkeys(k for r in rounds for k in r.get("server_cpu_us_per_call_by_process", {})))
     entry.update(
         rps=_median([r["rps"] for r in rounds]),
         p50_ms=_median([r["p50_ms"] for r in rounds]),
         p99_ms=_median([r["p99_ms"] for r in rounds]),
         server_cpu_us_per_call=_median([r["server_cpu_us_per_call"] for r in rounds]),
+        # each process's own median (they need not add up to server_cpu_us_per_call, the median of the sums)
+        server_cpu_us_per_call_by_process={
+            name: _median([r.get("server_cpu_us_per_call_by_process", {}).get(name) for r in rounds])
+            for name in names},
         client_cpu_us_per_call=_median([r.get("client_cpu_us_per_call") for r in rounds]),
         background_cores=_median([r.get("background_cores") for r in rounds]),
+        other_bench_cores=_median([r.get("other_bench_cores") for r in rounds]),
         calls=sum(r["calls"] for r in rounds),
         errors=sum(r["errors"] for r in rounds),
     )
@@ -99,15 +108,17 @@ def compute_ratios(variants: Mapping[str, dict[str, Any]]) -> dict[str, float | 
     for n in (1, 3, 4):
         ratios[f"v{n}_rps_vs_v2"] = _ratio(get(n, "rps"), get(2, "rps"))
         ratios[f"v{n}_p99_vs_v2"] = _ratio(get(n, "p99_ms"), get(2, "p99_ms"))
-    ratios["v5_rps_vs_v6"] = _ratio(get(5, "rps"), get(6, "rps"))
-    ratios["v5_p99_vs_v6"] = _ratio(get(5, "p99_ms"), get(6, "p99_ms"))
+    for n in BRIDGE_VARIANTS:
+        ratios[f"v{n}_rps_vs_v6"] = _ratio(get(n, "rps"), get(6, "rps"))
+        ratios[f"v{n}_p99_vs_v6"] = _ratio(get(n, "p99_ms"), get(6, "p99_ms"))
+    ratios["v7_rps_vs_v5"] = _ratio(get(7, "rps"), get(5, "rps"))  # what bridge.txn_reuse buys
     c3, c2 = get(3, "server_cpu_us_per_call"), get(2, "server_cpu_us_per_call")
     ratios["chain_server_cpu_us_per_call"] = c3 - c2 if c3 is not None and c2 is not None else None
     k3, k2 = get(3, "client_cpu_us_per_call"), get(2, "client_cpu_us_per_call")
     ratios["chain_client_cpu_us_per_call"] = k3 - k2 if k3 is not None and k2 is not None else None
     for v in variants.values():  # each variant also carries its own ratio(s)
         v["rps_vs_v2"] = _ratio(v["rps"], get(2, "rps")) if v["protocol"] == "grpc" else None
-        v["rps_vs_v6"] = _ratio(v["rps"], get(6, "rps")) if v["number"] == 5 else None
+        v["rps_vs_v6"] = _ratio(v["rps"], get(6, "rps")) if v["number"] in BRIDGE_VARIANTS else None
     return ratios
 
 
@@ -194,6 +205,16 @@ def print_report(doc: Mapping[str, Any]) -> None:
             print(f"{name:<44} {_f(v['rps']):>8} {_f(v['p50_ms'], '.2f'):>8} {_f(v['p99_ms'], '.2f'):>8} "
                   f"{_f(v['server_cpu_us_per_call']):>12} {_f(v['client_cpu_us_per_call']):>12} {ratio:>12} "
                   f"{v['errors']:>7}")
+        split = [v for v in doc["variants"].values()
+                 if v["status"] == "ok" and len(v.get("server_cpu_us_per_call_by_process") or {}) > 1]
+        if split:
+            print("server us/call by process (medians): " + "; ".join(
+                f"v{v['number']} " + ", ".join(f"{name} {_f(us)}"
+                                                for name, us in v["server_cpu_us_per_call_by_process"].items())
+                for v in split))
+        print("background cores (medians; other jobs on the machine, not this harness): " + ", ".join(
+            f"v{v['number']} {_f(v.get('background_cores'), '.2f')}" for v in doc["variants"].values()
+            if v["status"] == "ok"))
         busy = [v for v in doc["variants"].values() if (v.get("background_cores") or 0) > 0.25]
         if busy:
             print(f"note: other jobs used CPU during the rounds of variant(s) "
@@ -367,7 +388,8 @@ def write_chart(doc: Mapping[str, Any], path: Path) -> None:
     ok = [v for v in doc["variants"].values() if v["status"] == "ok"]
     labels = [f"{v['number']}\n{v['key']}" for v in ok]
     colors = ["#7f7f7f" if v["protocol"] == "grpc" and v["number"] <= 2 else
-              "#1f77b4" if v["protocol"] == "grpc" else "#ff7f0e" if v["number"] == 5 else "#bcbd22" for v in ok]
+              "#1f77b4" if v["protocol"] == "grpc" else "#ff7f0e" if v["number"] == 5 else
+              "#d62728" if v["number"] == 7 else "#bcbd22" for v in ok]
     fig, axes = plt.subplots(2, 2, figsize=(14, 9))
     m = doc["machine"]
     fig.suptitle(f"agentmesh benchmark ({doc['mode']}) - {m['cpu_model']}, {m['cores']} cores, "

@@ -17,7 +17,7 @@ def test_smoke_run_writes_the_documented_json(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     doc = json.loads((tmp_path / "latest.json").read_text())
 
-    assert doc["schema"] == 3 and doc["mode"] == "smoke"
+    assert doc["schema"] == 4 and doc["mode"] == "smoke"
     assert {"cpu_model", "cores", "python", "grpcio", "date"} <= set(doc["machine"])
     assert doc["settings"]["concurrency"] == 16 and doc["settings"]["rounds"] == 1
 
@@ -27,12 +27,20 @@ def test_smoke_run_writes_the_documented_json(tmp_path: Path) -> None:
         assert v["key"] == key and v["status"] == "ok", v
         assert len(v["rounds"]) == 1
         assert v["calls"] > 0 and v["errors"] == 0
-        for metric in ("rps", "p50_ms", "p99_ms", "server_cpu_us_per_call", "client_cpu_us_per_call"):
+        for metric in ("rps", "p50_ms", "p99_ms", "server_cpu_us_per_call", "client_cpu_us_per_call",
+                       "background_cores", "other_bench_cores"):
             assert isinstance(v[metric], int | float), (key, metric)
         assert isinstance(v["rps_vs_v2"], int | float)
+        assert set(v["server_cpu_us_per_call_by_process"]) == set(v["server_processes"])
+        assert set(v["rounds"][0]["server_cpu_us_per_call_by_process"]) == set(v["server_processes"])
+    # the control plane serves the mesh variant, so its CPU is part of that variant's server CPU
+    assert variants["mesh_memory"]["server_processes"] == ["agent-echo", "control"]
+    assert variants["grpc_mtls"]["server_processes"] == ["grpc-mtls"]
 
-    assert {"v3_rps_vs_v2", "v3_p99_vs_v2", "chain_server_cpu_us_per_call", "v5_rps_vs_v6"} <= set(doc["ratios"])
-    assert doc["ratios"]["v5_rps_vs_v6"] is None  # variants 5 and 6 are not part of the smoke run
+    assert {"v3_rps_vs_v2", "v3_p99_vs_v2", "chain_server_cpu_us_per_call", "v5_rps_vs_v6", "v7_rps_vs_v6",
+            "v7_rps_vs_v5"} <= set(doc["ratios"])
+    for name in ("v5_rps_vs_v6", "v7_rps_vs_v6", "v7_rps_vs_v5"):  # variants 5-7 are not part of the smoke run
+        assert doc["ratios"][name] is None
 
     micro = doc["micro"]
     assert {"peer_identity_cached", "token_verify_cold", "token_verify_cached", "policy_decide",
