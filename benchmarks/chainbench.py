@@ -155,8 +155,7 @@ async def _measure(mesh: BenchMesh, seconds: float) -> dict[str, float]:
         async def fetch() -> tuple[str, float]:
             return token, time.time() + 3600
 
-        steps = ClientSteps(CLIENT, AGENT, AgentTokenSource(fetch), client.sink.tracer,
-                            default_timeout=config.bridge.default_timeout)
+        steps = ClientSteps(CLIENT, AGENT, AgentTokenSource(fetch), client.sink.tracer)
 
         async def called() -> object:  # what a mesh channel does around a call (runtime/channel.py)
             md, timeout, span = await steps.prepare(METHOD, None, 30.0)

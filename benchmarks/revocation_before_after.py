@@ -48,7 +48,7 @@ TRUST_DOMAIN = "before-after.example.org"
 REVOKED = "ingestor"
 CALLER = "caller"
 TARGET = {CALLER: REVOKED, REVOKED: CALLER}  # each member calls, and holds a stream open to, the other
-#: a long-lived stream's deadline (else the client chain's default of bridge.default_timeout, 30 s, ends it)
+#: a long-lived stream's deadline (the old tree's client chain gave every call bridge.default_timeout, 30 s)
 STREAM_DEADLINE = 3600.0
 
 

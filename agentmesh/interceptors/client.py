@@ -83,7 +83,7 @@ class ClientSteps:
     """
 
     def __init__(self, agent: str, target: str, tokens: TokenSource | None, tracer: trace.Tracer | None = None,
-                 *, default_timeout: float | None = None, hops: HopSigner | None = None,
+                 *, hops: HopSigner | None = None,
                  target_id: str = "") -> None:
         self.agent = agent
         self.target = target
@@ -91,7 +91,6 @@ class ClientSteps:
         self.hops = hops  # signs this member's hop links (None: this channel cannot delegate)
         self.target_id = target_id  # the target's SPIFFE ID: the audience of the links
         self.tracer = tracer or trace.NoOpTracer()
-        self.default_timeout = default_timeout
         self._attributes: dict[str, dict[str, Any]] = {}  # span start attributes, per method
 
     def _span_attributes(self, method: str) -> dict[str, Any]:
@@ -126,11 +125,9 @@ class ClientSteps:
             md.append((TXN_TOKEN, deleg.txn_token))
             md.append((TXN_LINKS, ",".join((*deleg.links, link))))
         call = maybe_current_call()  # deadline: never outlive the call being served
-        if call is not None and call.deadline is not None:
+        if call is not None and call.deadline is not None:  # (a call with no deadline gets none, as in gRPC)
             left = max(0.0, call.deadline - time.monotonic())
             timeout = left if timeout is None else min(timeout, left)
-        if timeout is None:
-            timeout = self.default_timeout
         span = self.tracer.start_span(method, kind=SpanKind.CLIENT,  # client_span
                                       attributes=self._span_attributes(method))
         inject(md, trace.set_span_in_context(span))  # trace_context

@@ -191,7 +191,7 @@ class MeshNode:
 
     def _client_steps(self, target: str, files: IdentityFiles) -> ClientSteps:
         return ClientSteps(self.name, target, self._control_for(files)[1], self.sink.tracer,
-                           default_timeout=self.config.bridge.default_timeout, hops=self.delegation.hop_signer(files),
+                           hops=self.delegation.hop_signer(files),
                            target_id=str(self.config.spiffe_id(target)))
 
     def server(self, **kw: Any) -> MeshServer:
