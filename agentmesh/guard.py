@@ -1,12 +1,18 @@
 """The payload guard: a size limit and prompt-injection patterns over every string of a request.
 
-Pure: it takes a protobuf message and returns a :class:`GuardResult`. It walks all set string
-fields recursively (nested messages, repeated fields, map keys and values, and so the contents of
+Pure: it takes a request and returns a :class:`GuardResult`. For a protobuf message it walks all set
+string fields recursively (nested messages, repeated fields, map keys and values, and so the contents of
 ``google.protobuf.Struct``/``Value``/``ListValue``) down to :data:`MAX_DEPTH` levels; a message
 nested deeper counts as a match of the pattern ``nesting-too-deep``, so depth cannot hide text.
 Results name the pattern, never the matched text. Non-ASCII text is folded before matching
 (compatibility forms, combining marks and invisible characters removed, common Cyrillic/Greek
 look-alikes mapped to Latin). Every pattern runs in time linear in the text.
+
+Other request types (a raw-bytes handler, whose request deserializer is None, or a custom codec) never
+crash it: ``bytes``/``bytearray``/``memoryview`` are checked by their length, and the patterns run over
+their text (UTF-8; bytes that are not UTF-8 are matched over their decodable text only, and the result
+says so: ``unchecked="not-utf8"``); ``str`` is checked as its UTF-8 encoding; anything else passes
+unchecked with ``unchecked="unsupported-type"`` and a reason, for the caller to record.
 
 The guard is a tripwire, not a proof: encodings (base64, leetspeak), other languages and phrasing
 the patterns do not know get through. Agents must still treat payloads as untrusted data.
@@ -24,7 +30,8 @@ from google.protobuf.message import Message
 from agentmesh.config import GuardConfig
 from agentmesh.errors import ConfigError, PayloadBlocked, PayloadTooLarge
 
-__all__ = ["DEFAULT_PATTERNS", "MAX_DEPTH", "GuardResult", "PayloadGuard", "raise_if_blocked"]
+__all__ = ["DEFAULT_PATTERNS", "MAX_DEPTH", "NOT_UTF8", "UNSUPPORTED", "GuardResult", "PayloadGuard",
+           "raise_if_blocked"]
 
 MAX_DEPTH = 64
 TOO_DEEP = "nesting-too-deep"
@@ -105,9 +112,16 @@ class GuardResult:
     flagged: bool
     pattern: str | None  # the NAME of the pattern that matched, never the text
     reason: str
+    #: None when the whole request was checked; else what was not, when nothing matched:
+    #: "not-utf8" (bytes that are not UTF-8 text: the patterns saw only their decodable text) or
+    #: "unsupported-type" (neither protobuf nor bytes nor text: neither size nor patterns checked)
+    unchecked: str | None = None
 
 
 PASSED = GuardResult(False, False, None, "no guarded pattern found")
+NOT_UTF8 = "not-utf8"
+UNSUPPORTED = "unsupported-type"
+_BYTES = (bytes, bytearray, memoryview)
 
 
 class PayloadGuard:
@@ -132,21 +146,58 @@ class PayloadGuard:
         hints = sorted({h for _, _, hs in patterns for h in hs})
         self._any_hint = re.compile("|".join(re.escape(h) for h in hints)) if hints else None
 
-    def check(self, message: Message) -> GuardResult:
-        """Raises :class:`PayloadTooLarge` over the size limit; else names the first pattern found."""
-        size = message.ByteSize()
+    def check(self, message: object) -> GuardResult:
+        """Raises :class:`PayloadTooLarge` over the size limit; else names the first pattern found.
+
+        Any request type is accepted (see the module docstring); a result whose ``unchecked`` is set
+        passed without a full check, and its ``reason`` says why.
+        """
+        if isinstance(message, Message):
+            self._check_size(message.ByteSize())
+            if not self._defaults and not self._custom:
+                return PASSED
+            texts: list[str] = []
+            if not _collect(message, texts, 0):
+                return self._hit(TOO_DEEP)
+            # One pass over all strings; the separator stops any match (\s, \b, ^) spanning two fields.
+            name = self.match(_SEPARATOR.join(texts))
+            return PASSED if name is None else self._hit(name)
+        if isinstance(message, str):
+            self._check_size(len(message.encode("utf-8", "surrogatepass")))
+            name = self.match(message)
+            return PASSED if name is None else self._hit(name)
+        if isinstance(message, _BYTES):
+            return self._check_bytes(bytes(message))
+        kind = type(message).__qualname__
+        return GuardResult(False, False, None,
+                           f"request of type {kind} is neither protobuf nor bytes: size and patterns not checked",
+                           UNSUPPORTED)
+
+    def _check_size(self, size: int) -> None:
         if size > self._cfg.max_request_bytes:
             raise PayloadTooLarge(
                 f"request is {size} bytes, over the limit of {self._cfg.max_request_bytes} bytes"
             )
+
+    def _check_bytes(self, data: bytes) -> GuardResult:
+        """Raw bytes: the size, then the patterns over the text. Bytes that are not UTF-8 (binary, or
+        text with a stray byte) are matched over their decodable runs, so text cannot hide behind one
+        invalid byte; invalid bytes become U+FFFD, which no pattern spans."""
+        self._check_size(len(data))
         if not self._defaults and not self._custom:
             return PASSED
-        texts: list[str] = []
-        if not _collect(message, texts, 0):
-            return self._hit(TOO_DEEP)
-        # One pass over all strings; the separator stops any match (\s, \b, ^) spanning two fields.
-        name = self.match(_SEPARATOR.join(texts))
-        return PASSED if name is None else self._hit(name)
+        try:
+            text, utf8 = data.decode("utf-8"), True
+        except UnicodeDecodeError:
+            text, utf8 = data.decode("utf-8", "replace"), False
+        name = self.match(text)
+        if name is not None:
+            return self._hit(name)
+        if utf8:
+            return PASSED
+        return GuardResult(False, False, None,
+                           f"request is {len(data)} bytes, not UTF-8 text: size checked, "
+                           "patterns only over its decodable text", NOT_UTF8)
 
     def match(self, text: str) -> str | None:
         """The name of the first pattern found in ``text``, or None."""

@@ -42,23 +42,70 @@ def load_app(spec: str) -> type:
 
 
 def registrations(servicer_class: type) -> list[Registration]:
-    """Every generated ``XServicer`` base of the class, with its ``add_XServicer_to_server``."""
+    """Every generated ``XServicer`` base of the class, with its ``add_XServicer_to_server``.
+
+    The full service name comes from the service's descriptor in the sibling ``*_pb2`` module,
+    imported here when the app has not: a ``.proto`` that declares only services (its messages in
+    other files, as in gRPC's interop ``test.proto``) has a ``*_pb2_grpc`` module that imports only
+    the messages' modules. Without an importable ``*_pb2``, the name is what ``add_XServicer_to_server``
+    itself registers.
+    """
     found = []
     for base in servicer_class.__mro__:
         module = sys.modules.get(base.__module__)
         if module is None or not base.__module__.endswith("_pb2_grpc") or not base.__name__.endswith("Servicer"):
             continue
         add = getattr(module, f"add_{base.__name__}_to_server", None)
-        pb2 = sys.modules.get(base.__module__[: -len("_grpc")])
-        if add is None or pb2 is None:
+        if not callable(add):
             continue
-        service = base.__name__[: -len("Servicer")]
-        desc = pb2.DESCRIPTOR.services_by_name.get(service)
-        found.append(Registration(add, desc.full_name if desc is not None else service))
+        found.append(Registration(add, _service_name(base, add)))
     if not found:
         raise ConfigError(f"{servicer_class.__name__} implements no generated gRPC servicer "
                           "(subclass e.g. agentmesh.v1.agent_pb2_grpc.AgentServicer)")
     return found
+
+
+def _service_name(base: type, add: Any) -> str:
+    short = base.__name__[: -len("Servicer")]
+    pb2_name = base.__module__[: -len("_grpc")]
+    pb2 = sys.modules.get(pb2_name)
+    if pb2 is None:
+        try:
+            pb2 = importlib.import_module(pb2_name)  # puts the service's file in the descriptor pool
+        except Exception:  # absent, or not loadable beside the app's modules: the name is found below
+            pb2 = None
+    services = getattr(getattr(pb2, "DESCRIPTOR", None), "services_by_name", None)
+    desc = services.get(short) if services is not None else None
+    if desc is not None:
+        return str(desc.full_name)
+    registered = _registered_services(add, base)
+    return registered[0] if len(registered) == 1 else short
+
+
+class _Recorder:
+    """Stands in for a server to learn which service names ``add_XServicer_to_server`` registers."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        for handler in handlers:
+            name = getattr(handler, "service_name", None)  # grpc.ServiceRpcHandler
+            if callable(name) and isinstance(found := name(), str) and found not in self.names:
+                self.names.append(found)
+
+    def add_registered_method_handlers(self, service_name: str, method_handlers: Any) -> None:
+        if service_name not in self.names:
+            self.names.append(service_name)
+
+
+def _registered_services(add: Any, base: type) -> list[str]:
+    recorder = _Recorder()
+    try:
+        add(base, recorder)  # generated code only reads the servicer's methods: the class will do
+    except Exception:  # a hand-written add function: fall back to the short name
+        return []
+    return recorder.names
 
 
 def instantiate(cls: type, node: Any) -> Any:
