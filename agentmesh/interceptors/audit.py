@@ -2,12 +2,19 @@
 
 Every inner stage raises ``agentmesh.errors.MeshError``; this is the one boundary that records the
 denial on the span and aborts the call with the status from ``interceptors/status.py``.
+
+The status on the span is the one the client sees, whatever ended the call: the chain's refusal, the
+handler's (``abort``/``set_code`` with a ``grpc.StatusCode`` or its integer value), an exception
+(UNKNOWN), or the call ending under its handler: cancelled by its client (CANCELLED) or by its deadline
+(DEADLINE_EXCEEDED). grpc.aio tells a handler neither apart (both cancel its task, or fail its next
+write): the deadline is the one if it had passed by then, within :data:`DEADLINE_SLACK`. A status not
+sent by the call's deadline (whatever the handler did) is DEADLINE_EXCEEDED for its client.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -28,10 +35,18 @@ from agentmesh.errors import (
     TokenError,
     Unavailable,
 )
-from agentmesh.interceptors.base import Body, Stage, StreamBody
+from agentmesh.interceptors.base import Body, Stage
 from agentmesh.interceptors.status import status_of
 
-__all__ = ["AuditStage", "PayloadRecordStage"]
+__all__ = ["DEADLINE_SLACK", "AuditStage", "PayloadRecordStage"]
+
+#: a call that ends under its handler this close to its deadline (seconds) ended by its deadline: the
+#: client's deadline and the server's differ by the time the request took to arrive
+DEADLINE_SLACK = 0.05
+#: what ends a call under its handler: its task cancelled (by grpc.aio, for its client or its deadline),
+#: or a write failing (grpc.aio.InternalError: the call is gone)
+_ENDED = (asyncio.CancelledError, grpc.aio.InternalError)
+_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def _stage_of(err: MeshError) -> A.DenialStage:
@@ -65,10 +80,12 @@ class AuditStage:
     def open(self, details: grpc.HandlerCallDetails) -> CallContext:
         return CallContext(method=details.method, agent=self.agent, metadata=details.invocation_metadata)
 
-    def _start(self, call: CallContext, context: grpc.aio.ServicerContext) -> Span:
+    def _start(self, call: CallContext, context: grpc.aio.ServicerContext, registered: bool = True) -> Span:
         attrs = self._attributes.get(call.method)
         if attrs is None:
-            attrs = self._attributes[call.method] = {**rpc_attributes(call.method), A.AGENT: self.agent}
+            attrs = {**rpc_attributes(call.method), A.AGENT: self.agent}
+            if registered:  # an unregistered method's name is the caller's choice: not kept
+                self._attributes[call.method] = attrs
         span = self._tracer.start_span(call.method, context=extract(call.metadata), kind=SpanKind.SERVER,
                                        attributes=attrs)
         call.span = span
@@ -118,18 +135,34 @@ class AuditStage:
         await context.abort(code, message, trailing_metadata=md)
 
     @staticmethod
+    def _ended(call: CallContext) -> grpc.StatusCode:
+        """The status a client sees of a call that ended under its handler: its deadline, or its cancel."""
+        if call.deadline is not None and time.monotonic() >= call.deadline - DEADLINE_SLACK:
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+        return grpc.StatusCode.CANCELLED
+
+    @staticmethod
     def _code(context: grpc.aio.ServicerContext, call: CallContext, failed: bool) -> grpc.StatusCode:
         if call.status is not None:
             return call.status
-        code = context.code()
+        if call.deadline is not None and time.monotonic() >= call.deadline and not context.done():
+            # a status not sent by the deadline reaches no one: the client's deadline (never later than
+            # ours) has passed too, e.g. when the handler failed on a call it made, bound by that deadline
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+        code = context.code()  # what the handler aborted with or set: a StatusCode, or its integer value
         if isinstance(code, grpc.StatusCode):
             return code
+        if isinstance(code, int):
+            return _BY_VALUE.get(code, grpc.StatusCode.UNKNOWN)
         return grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
 
-    async def unary(self, call: CallContext, context: grpc.aio.ServicerContext, body: Body) -> Any:
+    async def unary(self, call: CallContext, context: grpc.aio.ServicerContext, body: Body, *,
+                    registered: bool = True) -> Any:
+        """Runs ``body`` (the rest of the chain and the handler, any call shape) inside the call's span."""
         started = time.perf_counter()
-        span = self._start(call, context)
+        span = self._start(call, context, registered)
         failed = True
+        ended: grpc.StatusCode | None = None
         try:
             with trace.use_span(span, end_on_exit=False):
                 self._check_sink()
@@ -138,24 +171,11 @@ class AuditStage:
             return result
         except MeshError as e:
             await self._fail(call, span, e, context)
+        except _ENDED:
+            ended = self._ended(call)
+            raise
         finally:
-            self._finish(call, span, self._code(context, call, failed), started)
-
-    async def stream(self, call: CallContext, context: grpc.aio.ServicerContext,
-                     body: StreamBody) -> AsyncIterator[Any]:
-        started = time.perf_counter()
-        span = self._start(call, context)
-        failed = True
-        try:
-            with trace.use_span(span, end_on_exit=False):
-                self._check_sink()
-                async for item in body():
-                    yield item
-            failed = False
-        except MeshError as e:
-            await self._fail(call, span, e, context)
-        finally:
-            self._finish(call, span, self._code(context, call, failed), started)
+            self._finish(call, span, ended if ended is not None else self._code(context, call, failed), started)
 
 
 class PayloadRecordStage(Stage):

@@ -7,11 +7,19 @@ A stage has two hooks:
 
 :class:`ServerChain` is the one grpc.aio interceptor that runs them, inside the outermost step
 (the audit span). Per-call findings live in the contextvar of ``agentmesh.context``.
+
+Every call shape runs as one coroutine inside that step: a handler that streams responses is driven
+with the reader/writer API (each response written with ``context.write``), so its last write, and the
+cancellation a client or a deadline brings, happen inside the span, which records the status the
+client sees. A method the server does not serve goes through the chain too (the certificate, the
+token, the policy, the span) before it is UNIMPLEMENTED: a caller without a valid token learns nothing
+about which methods exist.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect as _inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Protocol
@@ -39,12 +47,12 @@ def _as_async_iter(result: Any) -> AsyncIterator[Any]:
     return gen()
 
 
-def rewrap(
-    handler: grpc.RpcMethodHandler,
-    unary: Callable[[Behavior, Any, grpc.aio.ServicerContext], Awaitable[Any]],
-    stream: Callable[[Behavior, Any, grpc.aio.ServicerContext], AsyncIterator[Any]],
-) -> grpc.RpcMethodHandler:
-    """A handler of the same shape whose behaviour goes through ``unary`` / ``stream``."""
+Run = Callable[[Behavior, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def rewrap(handler: grpc.RpcMethodHandler, unary: Run, stream: Run) -> grpc.RpcMethodHandler:
+    """A handler of the same shape whose behaviour goes through ``unary`` (it returns the response) or,
+    for the shapes that stream responses, ``stream`` (it writes them: see :func:`write_responses`)."""
     if handler.unary_unary is not None:
         inner = handler.unary_unary
 
@@ -59,31 +67,47 @@ def rewrap(
             return await unary(inner, request_iter, context)
 
         return grpc.stream_unary_rpc_method_handler(su, handler.request_deserializer, handler.response_serializer)
+    # a coroutine function (not an async generator): grpc.aio awaits it, and it writes the responses
     if handler.unary_stream is not None:
         inner = handler.unary_stream
 
-        async def us(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            async for item in stream(inner, request, context):
-                yield item
+        async def us(request: Any, context: grpc.aio.ServicerContext) -> None:
+            await stream(inner, request, context)
 
         return grpc.unary_stream_rpc_method_handler(us, handler.request_deserializer, handler.response_serializer)
     inner = handler.stream_stream
 
-    async def ss(request_iter: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        async for item in stream(inner, request_iter, context):
-            yield item
+    async def ss(request_iter: Any, context: grpc.aio.ServicerContext) -> None:
+        await stream(inner, request_iter, context)
 
     return grpc.stream_stream_rpc_method_handler(ss, handler.request_deserializer, handler.response_serializer)
 
 
-async def call_stream(inner: Behavior, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+async def write_responses(inner: Behavior, request: Any, context: grpc.aio.ServicerContext) -> None:
+    """Runs a response-streaming behaviour, writing each response with ``context.write`` (what grpc.aio
+    does for an async generator handler, here in the caller's coroutine, so inside the chain).
+
+    If a write or the handler is interrupted (the call cancelled, its deadline passed), the handler's
+    generator is closed here, in the call's context, rather than whenever it is garbage collected.
+    """
     result = inner(request, context)
     if _inspect.isawaitable(result):  # a handler that writes with context.write() and returns None
         result = await result
         if result is None:
             return
-    async for item in _as_async_iter(result):
-        yield item
+    if not hasattr(result, "__aiter__"):  # a synchronous generator (or any iterable)
+        for item in result:
+            await context.write(item)
+        return
+    try:
+        async for item in result:
+            await context.write(item)
+    except BaseException:
+        close = getattr(result, "aclose", None)
+        if close is not None:
+            with contextlib.suppress(Exception):
+                await close()
+        raise
 
 
 def _cancelled(call: CallContext) -> MeshError | None:
@@ -100,9 +124,16 @@ def _cancelled(call: CallContext) -> MeshError | None:
 
 #: methods served without the chain (mutual TLS still applies): liveness must not need a token
 EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
+#: CANCELLATION_POINT: when a client cancels a call, its request stream ends (as if the client had
+#: finished sending) a moment before grpc.aio cancels the call's task, so a handler that stops at the
+#: end of its requests (the usual bidi loop) returns normally, and would be recorded OK. After a
+#: handler that read a request stream returns, one turn of the event loop lets that cancellation
+#: arrive while the call is still inside the chain (best effort: one delivered later is not seen).
+
+#: the message of the UNIMPLEMENTED status of a method the server does not serve (grpc's own)
+UNREGISTERED_MESSAGE = "Method not found!"
 
 Body = Callable[[], Awaitable[Any]]
-StreamBody = Callable[[], AsyncIterator[Any]]
 
 
 class Stage:
@@ -121,32 +152,44 @@ class Stage:
 
 
 class Around(Protocol):
-    """The outermost step: opens the call context, wraps the rest of the chain and the handler."""
+    """The outermost step: opens the call context, wraps the rest of the chain and the handler.
+
+    ``registered`` is False for a method the server does not serve (its name is the caller's choice:
+    nothing may be kept per such name)."""
 
     agent: str
 
     def open(self, details: grpc.HandlerCallDetails) -> CallContext: ...
 
-    async def unary(self, call: CallContext, context: grpc.aio.ServicerContext, body: Body) -> Any: ...
-
-    def stream(self, call: CallContext, context: grpc.aio.ServicerContext, body: StreamBody) -> AsyncIterator[Any]: ...
+    async def unary(self, call: CallContext, context: grpc.aio.ServicerContext, body: Body, *,
+                    registered: bool = True) -> Any: ...
 
 
 class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """The whole server chain as one grpc.aio interceptor: ``around`` wraps the call, then ``stages``
     run in list order before the handler, and the inspecting stages see every request message.
 
+    A method the server does not serve is answered UNIMPLEMENTED only after ``unregistered`` (the
+    stages that say who is calling and whether it may call: by default the certificate checks, the
+    stages that also guard the exempt methods), inside ``around``: it is refused and audited like any
+    other call, and no request message is read.
+
     The wrapped handler is built once per method and cached; per call, the chain costs one dict
     lookup, one contextvar and the stages' own decisions (not a coroutine layer per stage).
     """
 
-    def __init__(self, around: Around, stages: Sequence[Stage], *, active: ActiveCalls | None = None) -> None:
+    def __init__(self, around: Around, stages: Sequence[Stage], *, active: ActiveCalls | None = None,
+                 unregistered: Sequence[Stage] | None = None) -> None:
         self.around = around
         self.active = active if active is not None else ActiveCalls()
         self.stages = tuple(stages)
         self.inspectors = tuple(s for s in self.stages if s.inspects_requests)
         self.exempt_stages = tuple(s for s in self.stages if s.guards_exempt)
+        self.unregistered_stages = self.exempt_stages if unregistered is None else tuple(unregistered)
         self._wrapped: dict[int, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        # one handler for every method nobody serves, whatever the call's shape (raw bytes, never read)
+        self._unregistered = grpc.stream_stream_rpc_method_handler(self._unregistered_call)
+        self._unregistered_exempt = grpc.stream_stream_rpc_method_handler(self._unregistered_exempt_call)
 
     async def intercept_service(
         self,
@@ -154,12 +197,12 @@ class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
         exempt = handler_call_details.method.startswith(EXEMPT_PREFIXES)
         if exempt and not self.exempt_stages:
             return handler
         _set(self.around.open(handler_call_details))  # same Context for the handler call (grpc.aio)
+        if handler is None:
+            return self._unregistered_exempt if exempt else self._unregistered
         hit = self._wrapped.get(id(handler))
         if hit is not None and hit[0] is handler:
             return hit[1]
@@ -170,6 +213,21 @@ class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             wrapped = rewrap(handler, self._make_unary(streaming), self._make_stream(streaming))
         self._wrapped[id(handler)] = (handler, wrapped)
         return wrapped
+
+    async def _unregistered_call(self, request_iter: Any, context: grpc.aio.ServicerContext) -> None:
+        call = maybe_current_call()
+        assert call is not None
+
+        async def body() -> None:
+            for stage in self.unregistered_stages:
+                await stage.before(call, context)
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, UNREGISTERED_MESSAGE)
+
+        await self.around.unary(call, context, body, registered=False)
+
+    async def _unregistered_exempt_call(self, request_iter: Any, context: grpc.aio.ServicerContext) -> None:
+        await self._exempt_checks(context)
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, UNREGISTERED_MESSAGE)
 
     async def _exempt_checks(self, context: grpc.aio.ServicerContext) -> None:
         call = maybe_current_call()
@@ -185,11 +243,9 @@ class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         await self._exempt_checks(context)
         return await inner(request, context)
 
-    async def _exempt_stream(self, inner: Behavior, request: Any,
-                             context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    async def _exempt_stream(self, inner: Behavior, request: Any, context: grpc.aio.ServicerContext) -> None:
         await self._exempt_checks(context)
-        async for item in call_stream(inner, request, context):
-            yield item
+        await write_responses(inner, request, context)
 
     def _requests(self, call: CallContext, request: Any, streaming: bool) -> Any:
         if not self.inspectors:
@@ -207,7 +263,7 @@ class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         return checked()
 
-    def _make_unary(self, streaming: bool) -> Callable[[Behavior, Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    def _make_unary(self, streaming: bool) -> Run:
         async def run(inner: Behavior, request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = maybe_current_call()
             assert call is not None
@@ -217,7 +273,10 @@ class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     await stage.before(call, context)
                 task = self.active.add(call)
                 try:
-                    return await inner(self._requests(call, request, streaming), context)
+                    result = await inner(self._requests(call, request, streaming), context)
+                    if streaming:  # see CANCELLATION_POINT
+                        await asyncio.sleep(0)
+                    return result
                 except asyncio.CancelledError:
                     if (error := _cancelled(call)) is None:
                         raise  # this call itself was cancelled
@@ -229,20 +288,19 @@ class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         return run
 
-    def _make_stream(
-        self, streaming: bool
-    ) -> Callable[[Behavior, Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
-        async def run(inner: Behavior, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    def _make_stream(self, streaming: bool) -> Run:
+        async def run(inner: Behavior, request: Any, context: grpc.aio.ServicerContext) -> None:
             call = maybe_current_call()
             assert call is not None
 
-            async def body() -> AsyncIterator[Any]:
+            async def body() -> None:
                 for stage in self.stages:
                     await stage.before(call, context)
                 task = self.active.add(call)
                 try:
-                    async for item in call_stream(inner, self._requests(call, request, streaming), context):
-                        yield item
+                    await write_responses(inner, self._requests(call, request, streaming), context)
+                    if streaming:  # see CANCELLATION_POINT
+                        await asyncio.sleep(0)
                 except asyncio.CancelledError:
                     if (error := _cancelled(call)) is None:
                         raise
@@ -250,7 +308,6 @@ class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 finally:
                     self.active.discard(task)
 
-            async for item in self.around.stream(call, context, body):
-                yield item
+            await self.around.unary(call, context, body)
 
         return run

@@ -7,6 +7,9 @@
     5. rate limit     token bucket per (rule, verified principal)
     6. payload guard  size and patterns of every request message
        (with audit.payload_fields, the allow-listed request fields are recorded, redacted, just before it)
+
+A method the server does not serve passes 1-4 (the span, who is calling, whether it may call), then is
+UNIMPLEMENTED: a caller without a valid token, or one the policy refuses, cannot tell which methods exist.
 """
 
 from __future__ import annotations
@@ -46,23 +49,23 @@ def server_chain(
     me: str,
 ) -> list[grpc.aio.ServerInterceptor]:
     record = [PayloadRecordStage(sink)] if sink is not None and sink.payload_fields else []
+    who = [PeerIdentityStage(identities), TokenStage(checks, me=me, snapshot=snapshot), AuthorizationStage(policy)]
     return [ServerChain(AuditStage(agent, sink, required=audit_required), [
-        PeerIdentityStage(identities),
-        TokenStage(checks, me=me, snapshot=snapshot),
-        AuthorizationStage(policy),
+        *who,
         RateLimitStage(limiter),
         *record,  # only with audit.payload_fields: allow-listed request fields, redacted, on the span
         PayloadGuardStage(guard),
-    ], active=active)]
+    ], active=active, unregistered=who)]
 
 
 def identity_chain(agent: str, *, sink: AuditSink | None, identities: PeerIdentityCache,
                    active: ActiveCalls | None = None) -> list[grpc.aio.ServerInterceptor]:
-    """The chain of the control plane: certificate identity only (agents have no token yet)."""
+    """The chain of the control plane: certificate identity only (agents have no token yet); a method it
+    does not serve is UNIMPLEMENTED after the certificate checks, and audited."""
     return [ServerChain(AuditStage(agent, sink), [PeerIdentityStage(identities)], active=active)]
 
 
 def audit_only_chain(agent: str, *, sink: AuditSink | None) -> list[grpc.aio.ServerInterceptor]:
     """The chain of the control plane's join port: its callers have no certificate yet; every
-    attempt (refused ones too) is an audit span."""
+    attempt (refused ones, and those to a method it does not serve, too) is an audit span."""
     return [ServerChain(AuditStage(agent, sink), [])]
