@@ -91,7 +91,10 @@ async def test_rule_names_with_colons_cannot_collide(lim: RedisLimiter) -> None:
 
 
 async def test_last_token_race_has_exactly_one_winner(redis_url: str) -> None:
-    a, b = RedisLimiter(redis_url, (CLIENTS,), timeout=5.0), RedisLimiter(redis_url, (CLIENTS,), timeout=5.0)
+    # a rule that refills one token a minute: on a loaded machine the race must not outlast a refill (5/s refilled
+    # one in 200 ms, and then two winners were right)
+    slow = RateRule("clients", rate=1 / 60, burst=10, roles=("client",))
+    a, b = RedisLimiter(redis_url, (slow,), timeout=5.0), RedisLimiter(redis_url, (slow,), timeout=5.0)
     try:
         for _ in range(9):
             assert await acquire(a)
