@@ -8,6 +8,11 @@ at a known address.
 to generated stubs, follows certificate rotations (a new connection with the new certificate, and
 a token bound to exactly that certificate), and runs the client chain in the stub layer
 (:class:`agentmesh.interceptors.client.ClientSteps`), which costs less than grpc.aio interceptors.
+
+Its multicallables take the arguments grpc.aio's take and return grpc.aio call objects: grpc.aio's
+own when this member's token is at hand, else (its first call, right after a renewal, in the token's
+refresh window) one of :mod:`agentmesh.runtime.calls`, a whole grpc.aio call that starts once the
+token has arrived.
 """
 
 from __future__ import annotations
@@ -15,14 +20,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
 
+from agentmesh.context import maybe_current_call
 from agentmesh.errors import ConfigError, Unavailable
 from agentmesh.identity import validate_agent_name
-from agentmesh.interceptors.client import ClientSteps
+from agentmesh.interceptors.client import ClientSteps, Prepared
+from agentmesh.runtime.calls import (
+    DeferredCall,
+    DeferredStreamStreamCall,
+    DeferredStreamUnaryCall,
+    DeferredUnaryStreamCall,
+    DeferredUnaryUnaryCall,
+)
 from agentmesh.runtime.credentials import AgentIdentity, IdentityFiles
 
 __all__ = ["MeshChannel", "MeshChannels", "secure_channel"]
@@ -156,20 +169,17 @@ class MeshChannel:
         self._channels = channels
         self.name = name
 
-    def _callable(self, kind: str, method: str, kwargs: dict[str, Any]) -> _ChainedCallable:
-        return _ChainedCallable(self._channels, self.name, kind, method, kwargs)
+    def unary_unary(self, method: str, **kwargs: Any) -> _UnaryUnary:
+        return _UnaryUnary(self._channels, self.name, method, kwargs)
 
-    def unary_unary(self, method: str, **kwargs: Any) -> _ChainedCallable:
-        return self._callable("unary_unary", method, kwargs)
+    def unary_stream(self, method: str, **kwargs: Any) -> _UnaryStream:
+        return _UnaryStream(self._channels, self.name, method, kwargs)
 
-    def unary_stream(self, method: str, **kwargs: Any) -> _ChainedCallable:
-        return self._callable("unary_stream", method, kwargs)
+    def stream_unary(self, method: str, **kwargs: Any) -> _StreamUnary:
+        return _StreamUnary(self._channels, self.name, method, kwargs)
 
-    def stream_unary(self, method: str, **kwargs: Any) -> _ChainedCallable:
-        return self._callable("stream_unary", method, kwargs)
-
-    def stream_stream(self, method: str, **kwargs: Any) -> _ChainedCallable:
-        return self._callable("stream_stream", method, kwargs)
+    def stream_stream(self, method: str, **kwargs: Any) -> _StreamStream:
+        return _StreamStream(self._channels, self.name, method, kwargs)
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
         return self._channels.current(self.name)[0].get_state(try_to_connect)
@@ -187,18 +197,19 @@ class MeshChannel:
 
 
 class _ChainedCallable:
-    """A multicallable that runs the client chain, then calls over the current connection."""
+    """A multicallable that runs the client chain, then calls over the current connection; it takes
+    the arguments grpc.aio's multicallable of its shape takes (the subclasses below)."""
 
-    __slots__ = ("_callable", "_channel", "_channels", "_kind", "_kwargs", "_method", "_name")
+    __slots__ = ("_callable", "_channel", "_channels", "_kwargs", "_method", "_name")
+    _kind: str  # the grpc.aio.Channel method making the multicallable of this shape
 
-    def __init__(self, channels: MeshChannels, name: str, kind: str, method: str, kwargs: dict[str, Any]) -> None:
-        self._channels, self._name, self._kind, self._method, self._kwargs = channels, name, kind, method, kwargs
+    def __init__(self, channels: MeshChannels, name: str, method: str, kwargs: dict[str, Any]) -> None:
+        self._channels, self._name, self._method, self._kwargs = channels, name, method, kwargs
         self._channel: grpc.aio.Channel | None = None
         self._callable: Any = None
 
-    def __call__(self, request: Any = None, *, timeout: float | None = None, metadata: Any = None,
-                 credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
-                 compression: grpc.Compression | None = None) -> Any:
+    def _start(self, request: Any, timeout: float | None, metadata: Any, credentials: grpc.CallCredentials | None,
+               wait_for_ready: bool | None, compression: grpc.Compression | None) -> Any:
         ch, steps = self._channels.current(self._name)
         if ch is not self._channel:
             self._callable = getattr(ch, self._kind)(self._method, **self._kwargs)
@@ -208,79 +219,100 @@ class _ChainedCallable:
             return invoke(request, timeout=timeout, metadata=metadata, credentials=credentials,
                           wait_for_ready=wait_for_ready, compression=compression)
         prepared = steps.prepare_now(self._method, metadata, timeout)
-        if prepared is None:  # the token must be fetched first (start-up, right after a rotation)
-            async def start() -> Any:
-                md, t, span = await steps.prepare(self._method, metadata, timeout)
-                return _started(steps, span, lambda: invoke(request, timeout=t, metadata=md, credentials=credentials,
-                                                            wait_for_ready=wait_for_ready, compression=compression))
-
-            return _DeferredCall(asyncio.ensure_future(start()))
+        if prepared is None:  # the token must be fetched first (start-up, right after a rotation, refresh window)
+            return self._deferred(steps, invoke, request, timeout, metadata, credentials, wait_for_ready,
+                                  compression)
         md, t, span = prepared
-        return _started(steps, span, lambda: invoke(request, timeout=t, metadata=md, credentials=credentials,
-                                                    wait_for_ready=wait_for_ready, compression=compression))
+        try:
+            call = invoke(request, timeout=t, metadata=md, credentials=credentials, wait_for_ready=wait_for_ready,
+                          compression=compression)
+        except BaseException:
+            steps.not_started(span)
+            raise
+        steps.end_when_done(call, span)
+        return call
+
+    def _deferred(self, steps: ClientSteps, invoke: Any, request: Any, timeout: float | None, metadata: Any,
+                  credentials: grpc.CallCredentials | None, wait_for_ready: bool | None,
+                  compression: grpc.Compression | None) -> DeferredCall[Prepared]:
+        """A whole grpc.aio call object at once; the real call starts once the token is at hand."""
+        served = maybe_current_call()  # the deadline counts from now: bounded as prepare_now() bounds it
+        if served is not None and served.deadline is not None:
+            left = max(0.0, served.deadline - time.monotonic())
+            timeout = left if timeout is None else min(timeout, left)
+        method, tokens = self._method, steps.tokens
+
+        async def prepare() -> Prepared:
+            if tokens is not None:  # a call given up (cancelled, past its deadline) does not cancel the fetch
+                await _shielded(tokens.token())
+            return await steps.prepare(method, metadata, None)  # (the timeout: what is left when it starts)
+
+        def begin(prepared: Prepared, left: float | None) -> Any:
+            md, _, span = prepared
+            try:
+                call = invoke(request, timeout=left, metadata=md, credentials=credentials,
+                              wait_for_ready=wait_for_ready, compression=compression)
+            except BaseException:
+                steps.not_started(span)
+                raise
+            steps.end_when_done(call, span)
+            return call
+
+        if self._kind == "unary_unary":
+            return DeferredUnaryUnaryCall(prepare, begin, timeout)
+        if self._kind == "unary_stream":
+            return DeferredUnaryStreamCall(prepare, begin, timeout)
+        if self._kind == "stream_unary":
+            return DeferredStreamUnaryCall(prepare, begin, timeout, iterating=request is not None)
+        return DeferredStreamStreamCall(prepare, begin, timeout, iterating=request is not None)
 
 
-def _started(steps: ClientSteps, span: Any, make: Callable[[], Any]) -> Any:
-    try:
-        call = make()
-    except BaseException:
-        steps.not_started(span)
-        raise
-    steps.end_when_done(call, span)
-    return call
+class _UnaryUnary(_ChainedCallable, grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[misc]
+    __slots__ = ()
+    _kind = "unary_unary"
+
+    def __call__(self, request: Any, *, timeout: float | None = None, metadata: Any = None,
+                 credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
+                 compression: grpc.Compression | None = None) -> Any:
+        return self._start(request, timeout, metadata, credentials, wait_for_ready, compression)
 
 
-class _DeferredCall:
-    """A call whose start waits for this member's token: awaitable, iterable and cancellable like a
-    grpc.aio call; the other call methods wait for the real call, then answer from it."""
+class _UnaryStream(_ChainedCallable, grpc.aio.UnaryStreamMultiCallable):  # type: ignore[misc]
+    __slots__ = ()
+    _kind = "unary_stream"
 
-    def __init__(self, starting: asyncio.Future[Any]) -> None:
-        self._starting = starting
+    def __call__(self, request: Any, *, timeout: float | None = None, metadata: Any = None,
+                 credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
+                 compression: grpc.Compression | None = None) -> Any:
+        return self._start(request, timeout, metadata, credentials, wait_for_ready, compression)
 
-    def cancel(self) -> bool:
-        if self._starting.done() and not self._starting.cancelled() and self._starting.exception() is None:
-            return bool(self._starting.result().cancel())
-        return self._starting.cancel()
 
-    def done(self) -> bool:
-        if not self._starting.done():
-            return False
-        if self._starting.cancelled() or self._starting.exception() is not None:
-            return True
-        return bool(self._starting.result().done())
+class _StreamUnary(_ChainedCallable, grpc.aio.StreamUnaryMultiCallable):  # type: ignore[misc]
+    __slots__ = ()
+    _kind = "stream_unary"
 
-    def __await__(self) -> Generator[Any, None, Any]:
-        call = yield from self._starting.__await__()
-        return (yield from call.__await__())
+    def __call__(self, request_iterator: Any = None, timeout: float | None = None, metadata: Any = None,
+                 credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
+                 compression: grpc.Compression | None = None) -> Any:
+        return self._start(request_iterator, timeout, metadata, credentials, wait_for_ready, compression)
 
-    def __aiter__(self) -> AsyncIterator[Any]:
-        return self._iterate()
 
-    async def _iterate(self) -> AsyncIterator[Any]:
-        call = await self._starting
-        async for item in call:
-            yield item
+class _StreamStream(_ChainedCallable, grpc.aio.StreamStreamMultiCallable):  # type: ignore[misc]
+    __slots__ = ()
+    _kind = "stream_stream"
 
-    async def read(self) -> Any:
-        return await (await self._starting).read()
+    def __call__(self, request_iterator: Any = None, timeout: float | None = None, metadata: Any = None,
+                 credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
+                 compression: grpc.Compression | None = None) -> Any:
+        return self._start(request_iterator, timeout, metadata, credentials, wait_for_ready, compression)
 
-    async def write(self, request: Any) -> None:
-        await (await self._starting).write(request)
 
-    async def done_writing(self) -> None:
-        await (await self._starting).done_writing()
+def _retrieved(fetch: asyncio.Future[Any]) -> None:
+    if not fetch.cancelled():
+        fetch.exception()  # (whoever awaited it has it; no "exception was never retrieved" when nobody did)
 
-    async def code(self) -> grpc.StatusCode:
-        return await (await self._starting).code()
 
-    async def details(self) -> str:
-        return str(await (await self._starting).details())
-
-    async def initial_metadata(self) -> Any:
-        return await (await self._starting).initial_metadata()
-
-    async def trailing_metadata(self) -> Any:
-        return await (await self._starting).trailing_metadata()
-
-    async def wait_for_connection(self) -> None:
-        await (await self._starting).wait_for_connection()
+async def _shielded(token: Awaitable[str]) -> None:
+    fetch = asyncio.ensure_future(token)
+    fetch.add_done_callback(_retrieved)
+    await asyncio.shield(fetch)
