@@ -15,6 +15,8 @@ from agentmesh.identity import SpiffeId, validate_agent_name
 from agentmesh.trust import RevocationPolicy
 
 __all__ = [
+    "A2A_DESCRIPTORS",
+    "A2AConfig",
     "AgentConfig",
     "AuditConfig",
     "BridgeConfig",
@@ -29,6 +31,21 @@ __all__ = [
 ]
 
 DEFAULT_DESCRIPTORS = ("agentmesh.v1.agent_pb2",)
+A2A_DESCRIPTORS = ("a2a.types.a2a_pb2",)  # lf.a2a.v1.A2AService, from the a2a-sdk (the `a2a` extra)
+
+
+@dataclass(frozen=True, slots=True)
+class A2AConfig:
+    """An agent that speaks A2A (``agents.<name>.a2a``): its card, and how the mesh keeps its tasks' owners.
+
+    The cards are AgentCard JSON (A2A's field names), checked against the a2a-sdk's AgentCard at load;
+    the mesh fills in ``supportedInterfaces`` and ``securitySchemes`` (what it enforces) and signs them.
+    """
+
+    card: str  # the public agent card, as JSON text
+    extended_card: str | None = None  # served only to authenticated callers (GetExtendedAgentCard)
+    max_tasks: int = 100_000  # task owners remembered per replica (oldest forgotten first: then NOT_FOUND)
+    task_ttl: float = 7 * 86400.0  # s a task's owner is remembered after it was last seen
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +57,7 @@ class AgentConfig:
     roles: tuple[str, ...] = ()
     descriptors: tuple[str, ...] = DEFAULT_DESCRIPTORS  # generated *_pb2 modules of its services
     replicas: tuple[str, ...] = ()  # extra addresses of replicas behind the same name
+    a2a: A2AConfig | None = None  # an A2A agent: app names its a2a-sdk AgentExecutor
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +108,7 @@ class PolicyRule:
     via: tuple[str, ...] = ()  # peers allowed to delegate for this rule; empty = direct calls only
     chain: tuple[str, ...] = ()  # the whole verified delegation chain, oldest first ("*": one hop, "**": any)
     scopes: tuple[str, ...] = ()  # every one must be in the transaction's scope
+    skills: tuple[str, ...] = ()  # A2A SendMessage / SendStreamingMessage: the skill requested is one of these
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +165,7 @@ class BridgeConfig:
     http_parser: Literal["httptools", "h11"] = "httptools"  # h11 bounds request heads (16 KiB)
     max_connections: int = 1024  # concurrent connections/requests; more get 503
     txn_reuse: float = 0.0  # s a client's requests to one route may share a transaction token (0: one each)
+    public_url: str | None = None  # the bridge's URL as clients reach it (agent cards); default https://<listen>
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,9 @@ from typing import Any
 import yaml
 
 from agentmesh.config import (
+    A2A_DESCRIPTORS,
     DEFAULT_DESCRIPTORS,
+    A2AConfig,
     AgentConfig,
     AuditConfig,
     BridgeConfig,
@@ -122,6 +124,17 @@ class _Section:
             raise ConfigError(f"{self.key(unknown[0])}: unknown key")
 
 
+def _public_url(v: str | None, key: str) -> str | None:
+    if v is None:
+        return None
+    from urllib.parse import urlsplit
+
+    u = urlsplit(v)
+    if u.scheme not in ("https", "http") or not u.hostname or u.query or u.fragment:
+        raise ConfigError(f"{key}: expected an absolute http(s) URL without query, got {v!r}")
+    return v.rstrip("/")
+
+
 def _address(v: str, key: str) -> str:
     host, sep, port = v.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -147,17 +160,60 @@ def _agent(name: str, s: _Section, base: Path, identities: Path) -> AgentConfig:
     app = s.text("app")
     if app is not None and (":" not in app or app.startswith(":") or app.endswith(":")):
         raise ConfigError(f"{s.key('app')}: expected module:Class, got {app!r}")
+    a2a = _a2a(s.section("a2a"), base) if s.has("a2a") else None
     cfg = AgentConfig(
         name=name,
         address=_address(s.text("address", required=True), s.key("address")),
         identity_dir=s.path_("identity", base) or identities / name,
         app=app,
         roles=s.strs("roles"),
-        descriptors=s.strs("descriptors", DEFAULT_DESCRIPTORS),
+        descriptors=s.strs("descriptors", A2A_DESCRIPTORS if a2a is not None else DEFAULT_DESCRIPTORS),
         replicas=tuple(_ipv4_address(r, s.key("replicas")) for r in s.strs("replicas")),
+        a2a=a2a,
     )
     s.done()
     return cfg
+
+
+def _a2a(s: _Section, base: Path) -> A2AConfig:
+    """``agents.<name>.a2a``: ``card`` (and ``extended_card``) inline or as a JSON file's path."""
+    cfg = A2AConfig(
+        card=_card(s, "card", base, required=True),  # type: ignore[arg-type]
+        extended_card=_card(s, "extended_card", base),
+        max_tasks=s.integer("max_tasks", 100_000, minimum=1),
+        task_ttl=s.duration("task_ttl", 7 * 86400.0),
+    )
+    s.done()
+    return cfg
+
+
+def _card(s: _Section, k: str, base: Path, *, required: bool = False) -> str | None:
+    import json
+
+    from agentmesh.a2a.sdk import card_from_json
+
+    raw = s.get(k)
+    key = s.key(k)
+    if raw is None:
+        if required:
+            raise ConfigError(f"{key}: required (an AgentCard, inline or the path of its JSON file)")
+        return None
+    if isinstance(raw, dict):
+        text = json.dumps(raw)
+    elif isinstance(raw, str) and raw.strip():
+        path = Path(raw).expanduser()
+        path = path if path.is_absolute() else base / path
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"{key}: cannot read {path}: {e.strerror or e}") from None
+        key = f"{key} ({path})"
+    else:
+        raise ConfigError(f"{key}: expected an AgentCard mapping or the path of its JSON file, got {raw!r}")
+    from google.protobuf import json_format
+
+    card = card_from_json(text, key)
+    return json_format.MessageToJson(card, indent=None, sort_keys=True)
 
 
 def _rule(i: int, s: _Section) -> PolicyRule:
@@ -174,12 +230,37 @@ def _rule(i: int, s: _Section) -> PolicyRule:
         via=s.strs("via"),
         chain=s.strs("chain"),
         scopes=s.strs("scopes"),
+        skills=s.strs("skills"),
     )
     for m in rule.methods:
         if not m.startswith("/") and m != "*":
             raise ConfigError(f"{s.key('methods')}: {m!r} must be a full gRPC method name like /pkg.Service/Method")
     s.done()
     return rule
+
+
+def _check_skills(policy: tuple[PolicyRule, ...], agents: dict[str, AgentConfig]) -> None:
+    """A rule's ``skills`` must be skills of an A2A agent it can reach: a misspelt skill never matches."""
+    import json
+
+    declared: dict[str, set[str]] = {
+        name: {s.get("id", "") for s in json.loads(a.a2a.card).get("skills", [])}
+        | ({s.get("id", "") for s in json.loads(a.a2a.extended_card).get("skills", [])}
+           if a.a2a.extended_card else set())
+        for name, a in agents.items() if a.a2a is not None
+    }
+    for rule in policy:
+        if not rule.skills:
+            continue
+        reach = [n for n in (rule.to or tuple(declared)) if n in declared]
+        if not reach:
+            raise ConfigError(f"policy.{rule.name}.skills: no A2A agent (with an a2a: card) is among "
+                              f"{list(rule.to) or 'the agents'}")
+        known = set().union(*(declared[n] for n in reach))
+        for skill in rule.skills:
+            if skill not in known:
+                raise ConfigError(f"policy.{rule.name}.skills: {skill!r} is not a skill of "
+                                  f"{', '.join(reach)} (their cards declare: {', '.join(sorted(known)) or 'none'})")
 
 
 def _rate_rule(i: int, s: _Section) -> RateRule:
@@ -325,6 +406,7 @@ def parse_config(raw: object, base: Path, source: Path | None = None) -> MeshCon
         http_parser=b.choice("http_parser", ("httptools", "h11"), "httptools"),  # type: ignore[arg-type]
         max_connections=b.integer("max_connections", 1024, minimum=1),
         txn_reuse=b.duration("txn_reuse", 0.0),
+        public_url=_public_url(b.text("public_url"), "bridge.public_url"),
     )
     if "*" in bridge.cors_origins:
         raise ConfigError("bridge.cors_origins: '*' is not allowed; list the origins explicitly")
@@ -351,6 +433,7 @@ def parse_config(raw: object, base: Path, source: Path | None = None) -> MeshCon
     )
     r.done()
 
+    _check_skills(policy, agents)
     cfg = MeshConfig(
         trust_domain=td,
         ca_dir=ca_dir,

@@ -17,7 +17,10 @@ A rule matches when every non-empty field matches the request:
 * ``chain``: the whole verified delegation chain, oldest first, as agent names or SPIFFE IDs, where
   ``*`` stands for exactly one member and ``**`` for any number (``[bridge, "**"]``: everything that
   entered at the bridge). A rule with ``chain`` matches delegated calls only;
-* ``scopes``: every listed scope must be in the transaction's scope (direct calls have none).
+* ``scopes``: every listed scope must be in the transaction's scope (direct calls have none);
+* ``skills``: an A2A SendMessage / SendStreamingMessage that asks for one of these skills
+  (:func:`agentmesh.a2a.skills.requested_skill`); a call that names no skill, or any other method,
+  does not match. A rule whose ``methods`` can never be a send method is refused at load.
 
 A delegation chain longer than ``max_depth`` is denied before any rule is looked at.
 """
@@ -32,7 +35,10 @@ from agentmesh.config import PolicyRule
 from agentmesh.errors import ConfigError
 from agentmesh.identity import SpiffeId, validate_agent_name, validate_trust_domain
 
-__all__ = ["Decision", "PolicyEngine", "PolicyRequest", "compile_method_globs"]
+#: the A2A methods whose requests name a skill (agentmesh.a2a.skills.SEND_METHODS; no a2a-sdk import)
+SKILL_METHODS = frozenset({"/lf.a2a.v1.A2AService/SendMessage", "/lf.a2a.v1.A2AService/SendStreamingMessage"})
+
+__all__ = ["SKILL_METHODS", "Decision", "PolicyEngine", "PolicyRequest", "compile_method_globs"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +52,7 @@ class PolicyRequest:
     roles: tuple[str, ...] = ()  # the effective principal's roles
     chain: tuple[str, ...] = ()  # verified delegation chain (SPIFFE IDs), oldest first, peer last; () = direct
     scope: tuple[str, ...] = ()  # the transaction's scope (delegated calls)
+    skill: str | None = None  # the A2A skill a SendMessage asks for (agentmesh.a2a.skills)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +82,7 @@ class _Compiled:
     via: frozenset[str]  # full SPIFFE IDs
     chain: re.Pattern[str] | None  # over the chain joined by spaces
     scopes: frozenset[str]
+    skills: frozenset[str] = frozenset()
 
     def matches(self, req: PolicyRequest, delegated: bool) -> bool:
         if self.via:
@@ -85,6 +93,8 @@ class _Compiled:
         if self.chain is not None and (not delegated or self.chain.fullmatch(" ".join(req.chain)) is None):
             return False
         if self.scopes and not self.scopes.issubset(req.scope):
+            return False
+        if self.skills and req.skill not in self.skills:
             return False
         if self.to and req.to not in self.to:
             return False
@@ -149,9 +159,10 @@ class PolicyEngine:
     def _describe(self, req: PolicyRequest) -> str:
         roles = ", ".join(req.roles)
         peer = self._short(req.peer)
+        what = f"{req.method} (skill {req.skill})" if req.skill is not None else req.method
         if req.chain:
-            return f"role(s) [{roles}] to call {req.method} on {req.to} via {peer}"
-        return f"role(s) [{roles}] from {peer} to call {req.method} on {req.to}"
+            return f"role(s) [{roles}] to call {what} on {req.to} via {peer}"
+        return f"role(s) [{roles}] from {peer} to call {what} on {req.to}"
 
     def _short(self, spiffe_id: str) -> str:
         """An agent of this trust domain by name, anything else by its full SPIFFE ID."""
@@ -183,17 +194,22 @@ class PolicyEngine:
                     f"policy rule {rule.name}: methods: {m!r} must be a full gRPC method name "
                     "like /pkg.Service/Method"
                 )
+        methods = compile_method_globs(rule.methods)
+        if rule.skills and methods is not None and not any(methods.fullmatch(m) for m in sorted(SKILL_METHODS)):
+            raise ConfigError(f"policy rule {rule.name}: skills: only A2A SendMessage and SendStreamingMessage "
+                              f"ask for a skill, and methods {list(rule.methods)} names neither")
         return _Compiled(
             name=rule.name,
             deny=rule.action == "deny",
             to=frozenset(rule.to),
-            methods=compile_method_globs(rule.methods),
+            methods=methods,
             from_=self._peer_ids(rule, "from", rule.from_),
             roles=frozenset(rule.roles),
             principals=frozenset(rule.principals),
             via=self._peer_ids(rule, "via", rule.via),
             chain=self._chain_pattern(rule),
             scopes=frozenset(rule.scopes),
+            skills=frozenset(rule.skills),
         )
 
     def _chain_pattern(self, rule: PolicyRule) -> re.Pattern[str] | None:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import grpc
 
+from agentmesh.a2a.skills import SEND_METHODS, requested_skill
 from agentmesh.context import CallContext
 from agentmesh.errors import PermissionDenied
 from agentmesh.interceptors.base import Stage
@@ -51,9 +52,10 @@ class AuthorizationStage(Stage):
 
     async def before(self, call: CallContext, context: grpc.aio.ServicerContext) -> None:
         assert call.peer is not None and call.principal is not None, "identity and token stages run first"
+        skill = requested_skill(call.method, getattr(call, "request", None)) if call.method in SEND_METHODS else None
         decision = self.policy.decide(PolicyRequest(
             to=call.agent, method=call.method, peer=call.peer.uri, principal=call.principal,
-            roles=call.roles, chain=call.chain, scope=call.scope,
+            roles=call.roles, chain=call.chain, scope=call.scope, skill=skill,
         ))
         call.rule = decision.rule
         call.decision = "allow" if decision.allowed else "deny"

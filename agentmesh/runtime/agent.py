@@ -6,7 +6,7 @@ import logging
 
 from agentmesh.config import MeshConfig
 from agentmesh.errors import ConfigError
-from agentmesh.runtime.app import instantiate, load_app, registrations
+from agentmesh.runtime.app import load_object, servicer_for
 from agentmesh.runtime.node import MeshNode
 
 __all__ = ["run_agent"]
@@ -19,14 +19,14 @@ async def run_agent(config: MeshConfig, name: str) -> None:
     spec = config.agent(name)
     if spec.app is None:
         raise ConfigError(f"agents.{name}.app: required to run the agent (module:Class)")
-    cls = load_app(spec.app)
+    load_object(spec.app)  # an import error is reported before the node connects
     node = MeshNode(config, name)
     server = None
     try:
         await node.start()
-        servicer = instantiate(cls, node)
+        servicer, regs = servicer_for(spec, node)
         server = node.server()
-        for reg in registrations(cls):
+        for reg in regs:
             server.add(reg.add, servicer, reg.service)
         await server.start(spec.address)
         print(f"agent {name} ({node.spiffe_id}) serving on {spec.address}", flush=True)

@@ -9,9 +9,10 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from agentmesh.config import AgentConfig
 from agentmesh.errors import ConfigError
 
-__all__ = ["Registration", "instantiate", "load_app", "registrations"]
+__all__ = ["Registration", "instantiate", "load_app", "load_object", "registrations", "servicer_for"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +23,14 @@ class Registration:
 
 def load_app(spec: str) -> type:
     """Imports ``module:Class``; errors name what is missing."""
+    obj = load_object(spec)
+    if not inspect.isclass(obj):
+        raise ConfigError(f"app {spec!r}: {spec.partition(':')[2]} is not a class")
+    return obj
+
+
+def load_object(spec: str) -> Any:
+    """Imports ``module:attr`` (any object); errors name what is missing."""
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
         raise ConfigError(f"app {spec!r}: expected module:Class")
@@ -36,9 +45,26 @@ def load_app(spec: str) -> type:
         obj = getattr(obj, part, None)
         if obj is None:
             raise ConfigError(f"app {spec!r}: {module_name} has no attribute {attr!r}")
-    if not inspect.isclass(obj):
-        raise ConfigError(f"app {spec!r}: {attr} is not a class")
     return obj
+
+
+def servicer_for(agent: AgentConfig, node: Any) -> tuple[Any, list[Registration]]:
+    """The servicer of ``agent.app`` and the services to register it for.
+
+    An A2A agent (``a2a:`` in the mesh file) names an a2a-sdk ``AgentExecutor``: it is served through
+    the a2a-sdk's own GrpcHandler (:mod:`agentmesh.a2a.adapter`). Any other app is a servicer class.
+    """
+    if agent.app is None:
+        raise ConfigError(f"agents.{agent.name}.app: required to run the agent (module:Class)")
+    if agent.a2a is not None:
+        from agentmesh.a2a.sdk import require
+
+        adapter = require("agentmesh.a2a.adapter", f"agents.{agent.name}.a2a")
+        executor = adapter.executor_of(load_object(agent.app), agent.name, node)
+        servicer = adapter.a2a_servicer(agent, executor)
+        return servicer, registrations(type(servicer))
+    cls = load_app(agent.app)
+    return instantiate(cls, node), registrations(cls)
 
 
 def registrations(servicer_class: type) -> list[Registration]:
