@@ -24,6 +24,7 @@ class CallContext:
     method: str
     agent: str  # the agent serving the call
     metadata: Any = field(default=(), repr=False)  # invocation metadata as received
+    request: Any = field(default=None, repr=False)  # the request message, when it is one (not a stream)
     peer: PeerIdentity | None = None  # from the verified client certificate, never from metadata
     principal: str | None = None  # effective subject (the original caller when delegated)
     roles: tuple[str, ...] = ()

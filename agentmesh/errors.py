@@ -11,6 +11,7 @@
     │       └── DelegationError                              a transaction token or a hop link fails a check
     ├── PermissionDenied           PERMISSION_DENIED   403   verified caller that no rule allows
     │   └── PayloadBlocked                                   the payload guard refused the content
+    ├── NotFound                   NOT_FOUND           404   absent, or not the caller's (the same answer)
     ├── PayloadTooLarge            INVALID_ARGUMENT    400   request over the configured size
     ├── RateLimited                RESOURCE_EXHAUSTED  429   carries retry_after / limit / remaining
     └── Unavailable                UNAVAILABLE         503   a backend (audit sink, limiter, peer) is down
@@ -31,6 +32,7 @@ __all__ = [
     "ConfigError",
     "DelegationError",
     "MeshError",
+    "NotFound",
     "PKIError",
     "PayloadBlocked",
     "PayloadTooLarge",
@@ -130,6 +132,13 @@ class PermissionDenied(MeshError):
 
 class PayloadBlocked(PermissionDenied):
     """The payload guard found a blocked pattern in the request."""
+
+
+class NotFound(MeshError):
+    """What the caller names does not exist, or is not the caller's: one answer for both, so that
+    existence does not leak (e.g. another principal's A2A task: :mod:`agentmesh.a2a.ownership`)."""
+
+    grpc_code = grpc.StatusCode.NOT_FOUND
 
 
 class PayloadTooLarge(MeshError):

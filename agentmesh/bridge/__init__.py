@@ -7,7 +7,11 @@ agents' policies decide (rules with ``via: [bridge]``).
 ::
 
     app.py         create_app: routes, middleware, lifespan
-    gateway.py     one HTTP request -> one gRPC call (auth, route, transcode, call, answer)
+    gateway.py     one HTTP request -> one gRPC call (auth, route, transcode, call, answer); the call path
+                   both REST and JSON-RPC take
+    jsonrpc.py     A2A's JSON-RPC 2.0 binding at each A2A agent's base URL (SSE for its streams)
+    a2a_errors.py  A2A's error shapes: the REST envelope with google.rpc.ErrorInfo, JSON-RPC error objects
+    cards.py       A2A discovery: agent cards (signed by the control plane, cached) and the mesh JWKS
     edge.py        pure edge decisions: raw path, bearer token, deadline, forwarded headers
     routes.py      operations from the protobuf descriptors (default + google.api.http routes)
     template.py    google.api.http path templates

@@ -5,7 +5,9 @@
     EdgeMiddleware         server span (continues traceparent), access log, request id, path guard
     StrictCORSMiddleware   explicit origins only; refused preflights get no CORS headers
     routes                 /healthz /readyz /openapi.json /docs /static  GET /v1/agents
+                           /.well-known/{agent-card,jwks}.json  GET /v1/agents/*/.well-known/agent-card.json
                            /v1/agents/** -> Gateway (auth, route, transcode, call as the caller)
+                           POST /v1/agents/{a2a agent} -> JsonRpc (A2A's JSON-RPC binding, same call path)
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
 from agentmesh import __version__
+from agentmesh.bridge.cards import card_routes
 from agentmesh.bridge.errors import HttpError
 from agentmesh.bridge.gateway import Gateway
 from agentmesh.bridge.health import Readiness
+from agentmesh.bridge.jsonrpc import JsonRpc
 from agentmesh.bridge.middleware import EdgeMiddleware, StrictCORSMiddleware
 from agentmesh.bridge.openapi import openapi_document
 from agentmesh.bridge.routes import Catalog
@@ -100,7 +104,9 @@ def create_app(config: MeshConfig, *, node: MeshNode | None = None) -> Starlette
             Route("/openapi.json", openapi_json, methods=["GET"]),
             Route("/docs", docs, methods=["GET"]),
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
+            *card_routes(config, lambda: gateway.node),  # A2A discovery: before the /v1/agents mount
             Route("/v1/agents", gateway.list_agents, methods=["GET"]),
+            Route("/v1/agents/{agent}", JsonRpc(gateway).handle, methods=["POST"]),  # A2A's JSON-RPC binding
             Mount("/v1/agents", agents),
         ],
         middleware=[

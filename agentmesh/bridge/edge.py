@@ -7,7 +7,11 @@
   (SPIFFE, certificate-bound) tokens are refused at the edge, and transaction tokens (``txntoken+jwt``)
   are no access tokens at all;
 * :func:`parse_timeout`: ``grpc-timeout`` / ``X-Request-Timeout`` into a capped deadline;
-* :func:`forwarded_metadata`: the only client headers that become gRPC metadata (an allow-list).
+* :func:`forwarded_metadata`: the only client headers that become gRPC metadata (an allow-list);
+* :func:`returned_headers`: the only agent response metadata that becomes HTTP response headers.
+
+A2A's service parameters (``A2A-Version``, ``A2A-Extensions``) travel both ways, for every agent: they
+are plain printable ASCII values (checked), and an agent that does not speak A2A ignores them.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from agentmesh.metadata import bearer
 from agentmesh.tokens import TokenVerifier, VerifiedToken
 
 __all__ = [
+    "A2A_SERVICE_PARAMETERS",
     "FORWARDED_HEADERS",
     "WWW_AUTH_INVALID",
     "WWW_AUTH_MISSING",
@@ -34,10 +39,13 @@ __all__ = [
     "parse_timeout",
     "path_segments",
     "request_id",
+    "returned_headers",
 ]
 
+#: A2A service parameters: gRPC metadata key -> HTTP header, forwarded to the agent and back
+A2A_SERVICE_PARAMETERS = {"a2a-version": "A2A-Version", "a2a-extensions": "A2A-Extensions"}
 #: client headers forwarded to the agent as gRPC metadata; nothing else a client sends is
-FORWARDED_HEADERS = ("x-request-id",)
+FORWARDED_HEADERS = ("x-request-id", *A2A_SERVICE_PARAMETERS)
 WWW_AUTH_MISSING = 'Bearer realm="agentmesh"'
 WWW_AUTH_INVALID = 'Bearer error="invalid_token"'
 
@@ -45,6 +53,8 @@ _ENCODED_SEPARATOR = re.compile(rb"%(?:2[fFeE]|5[cC]|00)")
 _GRPC_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+#: a service parameter value: printable ASCII (what gRPC metadata carries), trimmed, at most 1 KiB
+_PARAMETER = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,1022}[\x21-\x7e])?")
 
 
 def path_segments(raw_path: bytes) -> list[str]:
@@ -124,6 +134,17 @@ def forwarded_metadata(headers: Iterable[tuple[str, str]], request_id: str) -> l
     out = [("x-request-id", request_id)]
     for key, value in headers:
         k = key.lower()
-        if k in FORWARDED_HEADERS and k != "x-request-id" and _REQUEST_ID.fullmatch(value):
-            out.append((k, value))
+        if k in A2A_SERVICE_PARAMETERS and _PARAMETER.fullmatch(value.strip()):
+            out.append((k, value.strip()))
     return out
+
+
+def returned_headers(metadata: Iterable[tuple[str, str | bytes]]) -> dict[str, str]:
+    """The HTTP response headers of an agent's response metadata: the A2A service parameters only
+    (repeated keys joined with ``", "``); binary and malformed values are dropped."""
+    values: dict[str, list[str]] = {}
+    for key, value in metadata:
+        header = A2A_SERVICE_PARAMETERS.get(key.lower())
+        if header is not None and isinstance(value, str) and _PARAMETER.fullmatch(value.strip()):
+            values.setdefault(header, []).append(value.strip())
+    return {header: ", ".join(v) for header, v in values.items()}

@@ -41,7 +41,7 @@ from agentmesh.interceptors.status import (
     refusal_reason,
 )
 
-__all__ = ["MESH_RETRY_AFTER", "HttpError", "error_body", "from_call_error", "from_rpc_error",
+__all__ = ["A2A_DOMAIN", "MESH_RETRY_AFTER", "HttpError", "error_body", "from_call_error", "from_rpc_error",
            "refuses_bridge_identity"]
 
 log = logging.getLogger("agentmesh.bridge")
@@ -58,6 +58,8 @@ _HIDDEN = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.Sta
 #: trailing metadata of a rate-limited call -> the HTTP header carrying it
 _RATE_HEADERS = {RATELIMIT_LIMIT: "RateLimit-Limit", RATELIMIT_REMAINING: "RateLimit-Remaining",
                  RATELIMIT_RESET: "RateLimit-Reset", RETRY_AFTER: "Retry-After"}
+#: the ErrorInfo domain of A2A's errors: their reason is passed on even when the message is hidden
+A2A_DOMAIN = "a2a-protocol.org"
 #: seconds a client is asked to wait when the bridge's own mesh membership failed (Retry-After)
 MESH_RETRY_AFTER = 10
 class HttpError(Exception):
@@ -123,7 +125,9 @@ def from_rpc_error(err: grpc.aio.AioRpcError, agent: str, timeout: float) -> Htt
         return _mesh_failure(f"the bridge's own mesh identity was refused by {agent}: {err.details()}; "
                              "retry later")
     if code in _HIDDEN:
-        return HttpError(code, f"agent {agent!r} failed to handle the request")
+        return HttpError(code, f"agent {agent!r} failed to handle the request", details=[
+            d for d in _public_details(err)
+            if d.get("@type", "").endswith("/google.rpc.ErrorInfo") and d.get("domain") == A2A_DOMAIN])
     if code == grpc.StatusCode.UNAVAILABLE:
         return HttpError(code, f"agent {agent!r} is unavailable")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:

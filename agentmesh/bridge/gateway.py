@@ -4,14 +4,19 @@ The caller's token is verified here, then exchanged at the control plane (the me
 Token Service) for a transaction token: the caller's own token goes no further than the bridge. The
 call goes through the bridge node's client chain (its own bound token, the transaction token and its
 first hop link, traceparent, deadline) inside :func:`delegating`; the agent's policy decides. Only
-:data:`agentmesh.bridge.edge.FORWARDED_HEADERS` reach the agent as metadata.
+:data:`agentmesh.bridge.edge.FORWARDED_HEADERS` reach the agent as metadata, and only A2A's service
+parameters come back as response headers.
+
+Two bindings share :meth:`Gateway.call`: the REST routes here (the default route and every
+``google.api.http`` rule), and A2A's JSON-RPC binding (:mod:`agentmesh.bridge.jsonrpc`). Errors of A2A
+operations take A2A's shapes (:mod:`agentmesh.bridge.a2a_errors`); every other route keeps the bridge's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,10 +26,19 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive
 
-from agentmesh.bridge.edge import WWW_AUTH_INVALID, authenticate, forwarded_metadata, parse_timeout, path_segments
+from agentmesh.a2a.sdk import A2A_SERVICE
+from agentmesh.bridge.a2a_errors import rest_body
+from agentmesh.bridge.edge import (
+    WWW_AUTH_INVALID,
+    authenticate,
+    forwarded_metadata,
+    parse_timeout,
+    path_segments,
+    returned_headers,
+)
 from agentmesh.bridge.errors import HttpError, from_call_error
 from agentmesh.bridge.routes import Catalog, Match, Operation
-from agentmesh.bridge.streaming import GrpcStreamResponse, disconnected, first_message, stream_format
+from agentmesh.bridge.streaming import GrpcStreamResponse, StreamFormat, disconnected, first_message, stream_format
 from agentmesh.bridge.transactions import Transactions
 from agentmesh.bridge.transcode import EMPTY, build_request, parse_json, to_json
 from agentmesh.config import MeshConfig
@@ -36,10 +50,30 @@ from agentmesh.runtime.node import MeshNode
 from agentmesh.tokens import VerifiedToken
 from agentmesh.tokens.txn import scope_of
 
-__all__ = ["Gateway", "Settings"]
+__all__ = ["Gateway", "Reply", "Settings", "is_a2a"]
+
+A2A_SUBSCRIBE = f"/{A2A_SERVICE}/SubscribeToTask"
 
 _READY = grpc.ChannelConnectivity.READY
 _SETTLED = frozenset({_READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE, grpc.ChannelConnectivity.SHUTDOWN})
+
+
+def is_a2a(op: Operation) -> bool:
+    """Whether ``op`` is a method of A2A (``lf.a2a.v1.A2AService``): its errors take A2A's shapes."""
+    return op.info.service == A2A_SERVICE
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """An agent's answer: one ``message``, or a ``stream`` whose ``first`` read is under way; with the
+    response headers the agent sent back (:func:`agentmesh.bridge.edge.returned_headers`)."""
+
+    op: Operation
+    timeout: float
+    headers: dict[str, str]
+    message: Message | None = None
+    stream: Any = None
+    first: asyncio.Future[Any] | None = None
 
 
 @dataclass(slots=True)
@@ -82,43 +116,96 @@ class Gateway:
         self._callables.clear()
         self._transactions.clear()
 
-    # ------------------------------------------------------------------ the agent routes
+    # ------------------------------------------------------------------ the agent routes (REST)
     async def handle(self, request: Request) -> Response:
         try:
             return await self._handle(request)
         except HttpError as e:
+            if self._a2a_path(request):
+                return _json(rest_body(e), e.status, e.headers)
             return e.response()
 
     async def _handle(self, request: Request) -> Response:
-        _, raw_token = self._authenticate(request)
-        raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
-        match = self.catalog.match(request.method, path_segments(raw_path))
+        _, raw_token = self.authenticate(request)
+        match = self._match(request)
         op = match.op
         request.state.route = f"{op.agent} {op.method}"
-        b = self.config.bridge
-        timeout = parse_timeout(request.headers.get("grpc-timeout"), request.headers.get("x-request-timeout"),
-                                default=b.default_timeout, maximum=b.max_timeout)
+        timeout = self.timeout(request)
         body = await self._body(request, match)
         message = build_request(op.info.input(), match.rule, body, match.params, request.query_params.multi_items())
+        reply = await self.call(request, raw_token, op, message, timeout)
+        encode = _encoder(match)
+        if reply.message is not None:
+            return Response(encode(reply.message), headers=reply.headers, media_type="application/json")
+        fmt = stream_format(request.headers.get("accept"))
+        error = (lambda e: fmt.error_record(rest_body(e))) if is_a2a(op) else None
+        return self.stream_response(reply, fmt, encode, error)
+
+    def _match(self, request: Request) -> Match:
+        raw_path = request.scope.get("raw_path") or request.scope["path"].encode()
+        segments = path_segments(raw_path)
+        return self._a2a_subscribe(request.method, segments) or self.catalog.match(request.method, segments)
+
+    def _a2a_subscribe(self, verb: str, segments: list[str]) -> Match | None:
+        """A2A's ``POST /tasks/{id}:subscribe``: the a2a-sdk's REST client subscribes with POST (its server
+        takes GET and POST) while the proto's rule says GET; both are served."""
+        if verb != "POST" or len(segments) < 4 or not segments[-1].endswith(":subscribe"):
+            return None
+        for op in self.catalog.operations(segments[2]):
+            if op.method == A2A_SUBSCRIBE:
+                for rule in op.rules:
+                    params = rule.template.match(segments[3:])
+                    if params is not None:
+                        return Match(op, rule, params)
+        return None
+
+    def _a2a_path(self, request: Request) -> bool:
+        """Whether a request's path names an A2A operation (its errors then take A2A's shape)."""
+        try:
+            return is_a2a(self._match(request).op)
+        except HttpError:
+            return False
+
+    # ------------------------------------------------------------------ the one call path of both bindings
+    def timeout(self, request: Request) -> float:
+        b = self.config.bridge
+        return parse_timeout(request.headers.get("grpc-timeout"), request.headers.get("x-request-timeout"),
+                             default=b.default_timeout, maximum=b.max_timeout)
+
+    async def call(self, request: Request, raw_token: str, op: Operation, message: Message,
+                   timeout: float) -> Reply:
+        """Calls ``op`` with ``message`` as the caller of ``raw_token`` (already verified): the transaction
+        token, the bridge node's client chain, the forwarded headers, the deadline. A unary call is
+        cancelled if the client goes away; a stream is returned once its first message is in (or after
+        ``first_wait``). Raises :class:`HttpError` for every failure before the reply (or first message)."""
+        request.state.route = f"{op.agent} {op.method}"
         metadata = forwarded_metadata(request.headers.items(), request.state.request_id)
         channel, call = self._callable(op)
         await self._connected(op.agent, channel, timeout)
-        encode = _encoder(match)
         txn = await self._exchange(raw_token, op, request)
         with delegating(txn.token):  # the client chain reads it when the call is created
             grpc_call = call(message, timeout=timeout, metadata=metadata, wait_for_ready=False)
         try:
             if not op.streaming:
                 reply = await _unless_disconnected(grpc_call, request.receive)
-                return Response(encode(reply), media_type="application/json")
+                returned = [*(await grpc_call.initial_metadata() or ()), *(await grpc_call.trailing_metadata() or ())]
+                return Reply(op, timeout, returned_headers(returned), message=reply)
             first = await first_message(grpc_call, self.settings.first_wait)
         except (grpc.aio.AioRpcError, MeshError) as e:
             grpc_call.cancel()
             raise from_call_error(e, op.agent, timeout) or e from None
-        return GrpcStreamResponse(grpc_call, first, stream_format(request.headers.get("accept")), encode,
-                                  agent=op.agent, timeout=timeout, keepalive=self.settings.keepalive)
+        # the agent's headers came with (or before) its first message; a stream still quiet sends none
+        headers = returned_headers(await grpc_call.initial_metadata() or ()) if first.done() else {}
+        return Reply(op, timeout, headers, stream=grpc_call, first=first)
 
-    def _authenticate(self, request: Request) -> tuple[VerifiedToken, str]:
+    def stream_response(self, reply: Reply, fmt: StreamFormat, encode: Callable[[Message], bytes],
+                        error: Callable[[HttpError], bytes] | None = None) -> GrpcStreamResponse:
+        assert reply.stream is not None and reply.first is not None
+        return GrpcStreamResponse(reply.stream, reply.first, fmt, encode, agent=reply.op.agent,
+                                  timeout=reply.timeout, keepalive=self.settings.keepalive,
+                                  headers=reply.headers, error=error)
+
+    def authenticate(self, request: Request) -> tuple[VerifiedToken, str]:
         token, raw = authenticate(request.headers.get("authorization"), self.node.verifier)
         request.state.principal = principal_of(token, self.config.tokens.issuer)
         return token, raw
@@ -141,6 +228,10 @@ class Gateway:
     async def _body(self, request: Request, match: Match) -> Any:
         if match.rule is not None and not match.rule.body:
             return EMPTY
+        return parse_json(await self.read_json(request))
+
+    async def read_json(self, request: Request) -> bytes:
+        """The raw body of a JSON request: 415 unless JSON (UTF-8), 413 over ``bridge.max_body``."""
         ctype = request.headers.get("content-type")
         if ctype is not None:
             mime, _, params = ctype.partition(";")
@@ -154,7 +245,7 @@ class Gateway:
         if ctype is None and data:
             raise HttpError(grpc.StatusCode.INVALID_ARGUMENT, "Content-Type: application/json is required",
                             status=415)
-        return parse_json(data)
+        return data
 
     def _callable(self, op: Operation) -> tuple[grpc.aio.Channel, Callable[..., Any]]:
         """The cached multicallable of ``op`` on the current channel to its agent."""
@@ -185,7 +276,7 @@ class Gateway:
     # ------------------------------------------------------------------ GET /v1/agents
     async def list_agents(self, request: Request) -> Response:
         try:
-            token, _ = self._authenticate(request)
+            token, _ = self.authenticate(request)
         except HttpError as e:
             return e.response()
         bridge = str(self.node.spiffe_id)
@@ -227,8 +318,8 @@ def _encoder(match: Match) -> Callable[[Message], bytes]:
     return lambda message: to_json(message, response_body)
 
 
-def _json(doc: Any, status: int = 200) -> Response:
-    return Response(json.dumps(doc, separators=(",", ":")).encode(), status_code=status,
+def _json(doc: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(json.dumps(doc, separators=(",", ":")).encode(), status_code=status, headers=headers,
                     media_type="application/json")
 
 

@@ -143,14 +143,21 @@ class Catalog:
             if verb == "POST":
                 return _checked(Match(op, None))
             allowed.add("POST")
+        found: Match | None = None
         for op in ops.values():
             for rule in op.rules:
                 params = rule.template.match(rest)
                 if params is None:
                     continue
-                if rule.verb == verb:
-                    return _checked(Match(op, rule, params))
-                allowed.add(rule.verb)
+                if rule.verb != verb:
+                    allowed.add(rule.verb)
+                elif found is None or (rule.template.verb is not None and found.rule is not None
+                                       and found.rule.template.verb is None):
+                    # a template with a ":verb" is the more specific: "/tasks/{id=*}:subscribe" wins over
+                    # "/tasks/{id=*}", whose "*" would also take "x:subscribe"
+                    found = Match(op, rule, params)
+        if found is not None:
+            return _checked(found)
         if allowed:
             raise HttpError(grpc.StatusCode.UNIMPLEMENTED, f"method {verb} not allowed here", status=405,
                             headers={"Allow": ", ".join(sorted(allowed))})

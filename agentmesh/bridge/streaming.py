@@ -20,7 +20,7 @@ from google.protobuf.message import Message
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from agentmesh.bridge.errors import from_call_error
+from agentmesh.bridge.errors import HttpError, from_call_error
 from agentmesh.errors import MeshError
 
 __all__ = ["NDJSON", "SSE", "GrpcStreamResponse", "StreamFormat", "disconnected", "first_message", "stream_format"]
@@ -35,8 +35,13 @@ class StreamFormat:
         return b"data: " + body + b"\n\n" if self is SSE else body + b"\n"
 
     def error(self, body: dict[str, Any]) -> bytes:
-        data = json.dumps(body).encode()
-        return b"event: error\ndata: " + data + b"\n\n" if self is SSE else json.dumps({"error": body}).encode() + b"\n"
+        """The bridge's own error record: ``event: error`` with the body, or ``{"error": body}``."""
+        return self.error_record(body if self is SSE else {"error": body})
+
+    def error_record(self, record: dict[str, Any]) -> bytes:
+        """An error record exactly as given (``event: error`` in SSE, a line in NDJSON)."""
+        data = json.dumps(record).encode()
+        return b"event: error\ndata: " + data + b"\n\n" if self is SSE else data + b"\n"
 
 
 NDJSON = StreamFormat("application/x-ndjson", keepalive=False)
@@ -64,8 +69,11 @@ class GrpcStreamResponse(Response):
     """An ASGI response that relays a unary-stream call (``first`` is its pending first read)."""
 
     def __init__(self, call: Any, first: asyncio.Future[Any], fmt: StreamFormat, encode: Callable[[Message], bytes],
-                 *, agent: str, timeout: float, keepalive: float, headers: dict[str, str] | None = None) -> None:
+                 *, agent: str, timeout: float, keepalive: float, headers: dict[str, str] | None = None,
+                 error: Callable[[HttpError], bytes] | None = None) -> None:
+        """``error`` renders a failure after the first message (default: :meth:`StreamFormat.error`)."""
         self.call, self.first, self.fmt, self.encode = call, first, fmt, encode
+        self.render_error = error or (lambda e: fmt.error(e.body()))
         self.agent, self.timeout, self.keepalive = agent, timeout, keepalive
         self.status_code = 200
         self.media_type = fmt.media_type
@@ -101,7 +109,7 @@ class GrpcStreamResponse(Response):
             except (grpc.aio.AioRpcError, MeshError) as e:
                 error = from_call_error(e, self.agent, self.timeout)
                 assert error is not None
-                await send({"type": "http.response.body", "body": self.fmt.error(error.body()), "more_body": True})
+                await send({"type": "http.response.body", "body": self.render_error(error), "more_body": True})
                 break
             if message is grpc.aio.EOF:
                 break

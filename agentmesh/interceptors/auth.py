@@ -52,7 +52,7 @@ class AuthorizationStage(Stage):
 
     async def before(self, call: CallContext, context: grpc.aio.ServicerContext) -> None:
         assert call.peer is not None and call.principal is not None, "identity and token stages run first"
-        skill = requested_skill(call.method, getattr(call, "request", None)) if call.method in SEND_METHODS else None
+        skill = requested_skill(call.method, call.request) if call.method in SEND_METHODS else None
         decision = self.policy.decide(PolicyRequest(
             to=call.agent, method=call.method, peer=call.peer.uri, principal=call.principal,
             roles=call.roles, chain=call.chain, scope=call.scope, skill=skill,

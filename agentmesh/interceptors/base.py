@@ -1,9 +1,16 @@
 """The server chain's machinery: wrap a method handler once, for all four call shapes.
 
-A stage has two hooks:
+A stage has three hooks:
 
-* ``before(call, context)`` runs once per call before the handler (identity, token, policy, limit);
-* ``inspect(call, request)`` runs on every request message (the payload guard).
+* ``before(call, context)`` runs once per call before the handler (identity, token, policy, limit); a
+  call whose request is one message (unary-unary, unary-stream) has it in ``call.request`` by then;
+* ``inspect(call, request)`` runs on every request message (the payload guard);
+* ``respond(call, response)`` runs on every response (the unary result, each streamed item), for the
+  methods the stage ``reviews`` (A2A task ownership), and returns the response to send.
+
+Which stages run for a method is decided once, when its handler is wrapped: ``applies_to(method)`` and
+``reviews(method)``. A stage that does not apply to a method costs it nothing per call; a method no
+stage reviews pays for the hook an empty loop per call and an ``is None`` test per streamed response.
 
 :class:`ServerChain` is the one grpc.aio interceptor that runs them, inside the outermost step
 (the audit span). Per-call findings live in the contextvar of ``agentmesh.context``.
@@ -22,7 +29,7 @@ import asyncio
 import contextlib
 import inspect as _inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import grpc
 
@@ -83,9 +90,15 @@ def rewrap(handler: grpc.RpcMethodHandler, unary: Run, stream: Run) -> grpc.RpcM
     return grpc.stream_stream_rpc_method_handler(ss, handler.request_deserializer, handler.response_serializer)
 
 
-async def write_responses(inner: Behavior, request: Any, context: grpc.aio.ServicerContext) -> None:
+Respond = Callable[[Any], Awaitable[Any]]
+
+
+async def write_responses(inner: Behavior, request: Any, context: grpc.aio.ServicerContext,
+                          respond: Respond | None = None) -> None:
     """Runs a response-streaming behaviour, writing each response with ``context.write`` (what grpc.aio
-    does for an async generator handler, here in the caller's coroutine, so inside the chain).
+    does for an async generator handler, here in the caller's coroutine, so inside the chain); with
+    ``respond``, what it returns for each response is written instead. Responses a handler writes itself
+    (``context.write``) are not reviewed: a reviewing stage must not rely on seeing them.
 
     If a write or the handler is interrupted (the call cancelled, its deadline passed), the handler's
     generator is closed here, in the call's context, rather than whenever it is garbage collected.
@@ -97,11 +110,11 @@ async def write_responses(inner: Behavior, request: Any, context: grpc.aio.Servi
             return
     if not hasattr(result, "__aiter__"):  # a synchronous generator (or any iterable)
         for item in result:
-            await context.write(item)
+            await context.write(item if respond is None else await respond(item))
         return
     try:
         async for item in result:
-            await context.write(item)
+            await context.write(item if respond is None else await respond(item))
     except BaseException:
         close = getattr(result, "aclose", None)
         if close is not None:
@@ -144,11 +157,37 @@ class Stage:
     #: set by stages that also guard the exempt methods (health): the peer's certificate checks
     guards_exempt = False
 
+    def applies_to(self, method: str) -> bool:
+        """Whether the stage runs for ``method`` at all (asked once per method, when it is wrapped)."""
+        return True
+
+    def reviews(self, method: str) -> bool:
+        """Whether ``respond`` sees the responses of ``method`` (asked once per method, when it is wrapped)."""
+        return False
+
     async def before(self, call: CallContext, context: grpc.aio.ServicerContext) -> None:
         """Per-call check; raise an ``agentmesh.errors.MeshError`` to refuse the call."""
 
     def inspect(self, call: CallContext, request: Any) -> None:
         """Per-message check; raise an ``agentmesh.errors.MeshError`` to refuse the call."""
+
+    async def respond(self, call: CallContext, response: Any) -> Any:
+        """Per-response review (methods it ``reviews``): the response to send; raise an
+        ``agentmesh.errors.MeshError`` to end the call instead."""
+        return response
+
+
+class _Plan(NamedTuple):
+    """The stages of one method: those that run, those that inspect requests, those that review responses."""
+
+    stages: tuple[Stage, ...]
+    inspectors: tuple[Stage, ...]
+    reviewers: tuple[Stage, ...]
+
+    @classmethod
+    def of(cls, stages: Sequence[Stage], method: str) -> _Plan:
+        mine = tuple(s for s in stages if s.applies_to(method))
+        return cls(mine, tuple(s for s in mine if s.inspects_requests), tuple(s for s in mine if s.reviews(method)))
 
 
 class Around(Protocol):
@@ -174,8 +213,9 @@ class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     stages that also guard the exempt methods), inside ``around``: it is refused and audited like any
     other call, and no request message is read.
 
-    The wrapped handler is built once per method and cached; per call, the chain costs one dict
-    lookup, one contextvar and the stages' own decisions (not a coroutine layer per stage).
+    The wrapped handler is built once per method and cached, with the stages that apply to the method
+    and those that review its responses; per call, the chain costs one dict lookup, one contextvar, one
+    attribute (``call.request``) and the stages' own decisions (not a coroutine layer per stage).
     """
 
     def __init__(self, around: Around, stages: Sequence[Stage], *, active: ActiveCalls | None = None,
@@ -183,10 +223,10 @@ class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self.around = around
         self.active = active if active is not None else ActiveCalls()
         self.stages = tuple(stages)
-        self.inspectors = tuple(s for s in self.stages if s.inspects_requests)
         self.exempt_stages = tuple(s for s in self.stages if s.guards_exempt)
         self.unregistered_stages = self.exempt_stages if unregistered is None else tuple(unregistered)
-        self._wrapped: dict[int, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        # by method name (registered methods only, as the audit stage's attributes), with its handler
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
         # one handler for every method nobody serves, whatever the call's shape (raw bytes, never read)
         self._unregistered = grpc.stream_stream_rpc_method_handler(self._unregistered_call)
         self._unregistered_exempt = grpc.stream_stream_rpc_method_handler(self._unregistered_exempt_call)
@@ -203,15 +243,17 @@ class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         _set(self.around.open(handler_call_details))  # same Context for the handler call (grpc.aio)
         if handler is None:
             return self._unregistered_exempt if exempt else self._unregistered
-        hit = self._wrapped.get(id(handler))
+        method = handler_call_details.method
+        hit = self._wrapped.get(method)
         if hit is not None and hit[0] is handler:
             return hit[1]
         if exempt:  # health: the certificate checks (a revoked peer gets nothing), no token, no span
             wrapped = rewrap(handler, self._exempt_unary, self._exempt_stream)
         else:
             streaming = handler.stream_unary is not None or handler.stream_stream is not None
-            wrapped = rewrap(handler, self._make_unary(streaming), self._make_stream(streaming))
-        self._wrapped[id(handler)] = (handler, wrapped)
+            plan = _Plan.of(self.stages, method)
+            wrapped = rewrap(handler, self._make_unary(streaming, plan), self._make_stream(streaming, plan))
+        self._wrapped[method] = (handler, wrapped)
         return wrapped
 
     async def _unregistered_call(self, request_iter: Any, context: grpc.aio.ServicerContext) -> None:
@@ -247,35 +289,42 @@ class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         await self._exempt_checks(context)
         await write_responses(inner, request, context)
 
-    def _requests(self, call: CallContext, request: Any, streaming: bool) -> Any:
-        if not self.inspectors:
+    @staticmethod
+    def _requests(call: CallContext, request: Any, streaming: bool, inspectors: tuple[Stage, ...]) -> Any:
+        if not inspectors:
             return request
         if not streaming:
-            for stage in self.inspectors:
+            for stage in inspectors:
                 stage.inspect(call, request)
             return request
 
         async def checked() -> AsyncIterator[Any]:
             async for message in _as_async_iter(request):
-                for stage in self.inspectors:
+                for stage in inspectors:
                     stage.inspect(call, message)
                 yield message
 
         return checked()
 
-    def _make_unary(self, streaming: bool) -> Run:
+    def _make_unary(self, streaming: bool, plan: _Plan) -> Run:
+        stages, inspectors, reviewers = plan
+
         async def run(inner: Behavior, request: Any, context: grpc.aio.ServicerContext) -> Any:
             call = maybe_current_call()
             assert call is not None
 
             async def body() -> Any:
-                for stage in self.stages:
+                if not streaming:
+                    call.request = request
+                for stage in stages:
                     await stage.before(call, context)
                 task = self.active.add(call)
                 try:
-                    result = await inner(self._requests(call, request, streaming), context)
+                    result = await inner(self._requests(call, request, streaming, inspectors), context)
                     if streaming:  # see CANCELLATION_POINT
                         await asyncio.sleep(0)
+                    for stage in reviewers:
+                        result = await stage.respond(call, result)
                     return result
                 except asyncio.CancelledError:
                     if (error := _cancelled(call)) is None:
@@ -288,17 +337,29 @@ class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         return run
 
-    def _make_stream(self, streaming: bool) -> Run:
+    def _make_stream(self, streaming: bool, plan: _Plan) -> Run:
+        stages, inspectors, reviewers = plan
+
         async def run(inner: Behavior, request: Any, context: grpc.aio.ServicerContext) -> None:
             call = maybe_current_call()
             assert call is not None
+            respond: Respond | None = None
+            if reviewers:  # only for the methods a stage reviews
+
+                async def respond(item: Any) -> Any:
+                    for stage in reviewers:
+                        item = await stage.respond(call, item)
+                    return item
 
             async def body() -> None:
-                for stage in self.stages:
+                if not streaming:
+                    call.request = request
+                for stage in stages:
                     await stage.before(call, context)
                 task = self.active.add(call)
                 try:
-                    await write_responses(inner, self._requests(call, request, streaming), context)
+                    await write_responses(inner, self._requests(call, request, streaming, inspectors), context,
+                                          respond)
                     if streaming:  # see CANCELLATION_POINT
                         await asyncio.sleep(0)
                 except asyncio.CancelledError:

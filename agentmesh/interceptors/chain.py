@@ -7,6 +7,13 @@
     5. rate limit     token bucket per (rule, verified principal)
     6. payload guard  size and patterns of every request message
        (with audit.payload_fields, the allow-listed request fields are recorded, redacted, just before it)
+    7. task owner     A2A (lf.a2a.v1.A2AService) only: a task named by another principal is NOT_FOUND; the
+                      tasks a response reveals are recorded as the caller's; ListTasks shows the caller's own
+
+Stages 1-5 and 7 decide before the handler, in this order; the guard (6) reads each request message as
+the handler receives it, so after every ``before``. The task-owner stage goes last: a caller that is
+refused or rate limited never reaches the task-owner store. It also reviews the responses of the A2A
+methods that reveal tasks; no other method has a response step (decided once per method).
 
 A method the server does not serve passes 1-4 (the span, who is calling, whether it may call), then is
 UNIMPLEMENTED: a caller without a valid token, or one the policy refuses, cannot tell which methods exist.
@@ -18,6 +25,7 @@ from collections.abc import Callable
 
 import grpc
 
+from agentmesh.a2a.ownership import MemoryTaskOwners, TaskOwners
 from agentmesh.audit import AuditSink
 from agentmesh.guard import PayloadGuard
 from agentmesh.interceptors.active import ActiveCalls
@@ -26,6 +34,7 @@ from agentmesh.interceptors.auth import AuthorizationStage, TokenStage
 from agentmesh.interceptors.base import ServerChain
 from agentmesh.interceptors.identity import PeerIdentityCache, PeerIdentityStage
 from agentmesh.interceptors.limits import PayloadGuardStage, RateLimitStage
+from agentmesh.interceptors.tasks import TaskOwnershipStage
 from agentmesh.policy import PolicyEngine
 from agentmesh.ratelimit import RateLimiter
 from agentmesh.tokens.delegation import Checks
@@ -47,7 +56,9 @@ def server_chain(
     guard: PayloadGuard,
     active: ActiveCalls | None = None,
     me: str,
+    tasks: TaskOwners | None = None,
 ) -> list[grpc.aio.ServerInterceptor]:
+    """The whole chain; ``tasks`` keeps the owners of A2A tasks (default: in memory, A2AConfig's bounds)."""
     record = [PayloadRecordStage(sink)] if sink is not None and sink.payload_fields else []
     who = [PeerIdentityStage(identities), TokenStage(checks, me=me, snapshot=snapshot), AuthorizationStage(policy)]
     return [ServerChain(AuditStage(agent, sink, required=audit_required), [
@@ -55,6 +66,7 @@ def server_chain(
         RateLimitStage(limiter),
         *record,  # only with audit.payload_fields: allow-listed request fields, redacted, on the span
         PayloadGuardStage(guard),
+        TaskOwnershipStage(tasks if tasks is not None else MemoryTaskOwners()),
     ], active=active, unregistered=who)]
 
 

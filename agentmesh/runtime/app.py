@@ -60,8 +60,12 @@ def servicer_for(agent: AgentConfig, node: Any) -> tuple[Any, list[Registration]
         from agentmesh.a2a.sdk import require
 
         adapter = require("agentmesh.a2a.adapter", f"agents.{agent.name}.a2a")
+        from agentmesh.a2a.cards import mesh_card
+
         executor = adapter.executor_of(load_object(agent.app), agent.name, node)
-        servicer = adapter.a2a_servicer(agent, executor)
+        extended = mesh_card(node.config, agent.name, extended=True) if agent.a2a.extended_card else None
+        servicer = adapter.a2a_servicer(agent, executor, card=mesh_card(node.config, agent.name),
+                                        extended_card=extended)
         return servicer, registrations(type(servicer))
     cls = load_app(agent.app)
     return instantiate(cls, node), registrations(cls)

@@ -195,6 +195,17 @@ class MeshChannel:
     async def channel_ready(self) -> None:
         await self._channels.current(self.name)[0].channel_ready()
 
+    async def close(self, grace: float | None = None) -> None:
+        """Ends this view only: the connections belong to the node (shared by every stub, renewed with its
+        certificate, closed by ``node.close()``). Clients that close the channel they were given when they
+        are done (the a2a-sdk's transports, ``async with``) leave the node's other calls running."""
+
+    async def __aenter__(self) -> MeshChannel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
 
 class _ChainedCallable:
     """A multicallable that runs the client chain, then calls over the current connection; it takes

@@ -21,7 +21,9 @@ from collections.abc import AsyncIterator, Sequence
 
 import grpc
 from cryptography import x509
+from google.protobuf import json_format
 
+from agentmesh.a2a.cards import jwks_url, mesh_card, sign_card
 from agentmesh.audit import AuditSink, build_audit
 from agentmesh.audit import attributes as A
 from agentmesh.clock import Clock
@@ -80,7 +82,8 @@ def sign_csr(config: MeshConfig, ca: CertificateAuthority, name: str, csr: bytes
 
 
 class TokenService(control_pb2_grpc.TokenServiceServicer):
-    """Members' own tokens, and the mesh's Transaction Token Service (:mod:`agentmesh.tokens.txn`)."""
+    """Members' own tokens, the mesh's Transaction Token Service (:mod:`agentmesh.tokens.txn`), and signed A2A
+    agent cards (:mod:`agentmesh.a2a.cards`)."""
 
     def __init__(self, config: MeshConfig, authority: TokenAuthority, *, clock: Clock = time.time,
                  checks: Checks | None = None, trust: TrustState | None = None) -> None:
@@ -134,6 +137,25 @@ class TokenService(control_pb2_grpc.TokenServiceServicer):
         if call.span is not None:
             call.span.set_attributes({A.TXN: txn, A.ENDUSER_ID: str(granted.claims["sub"])})
         return control_pb2.TransactionToken(token=token, txn=txn, expires_at=int(granted.expires_at))
+
+    async def SignAgentCard(self, request: control_pb2.AgentCardRequest,
+                            context: grpc.aio.ServicerContext) -> control_pb2.SignedAgentCard:
+        """The card the mesh states for ``request.agent`` (:func:`agentmesh.a2a.cards.mesh_card`, from this
+        config: nobody gets an arbitrary card signed), signed with the token key. The bridge serves the cards
+        (an extended card only to authenticated callers), so only the bridge may ask."""
+        call = current_call()
+        peer = call.peer
+        assert peer is not None, "the control chain verifies the peer first"
+        if peer.name != self.config.bridge.name:
+            raise PermissionDenied(f"{peer.name or 'this peer'} may not have agent cards signed "
+                                   f"(only the bridge, {self.config.bridge.name}, may)")
+        if call.span is not None:
+            call.span.set_attributes({"agentmesh.a2a.card.agent": request.agent,
+                                      "agentmesh.a2a.card.extended": request.extended})
+        a = self.authority
+        card = sign_card(mesh_card(self.config, request.agent, extended=request.extended), a.key,
+                         algorithm=a.algorithm, kid=a.kid, jku=jwks_url(self.config))
+        return control_pb2.SignedAgentCard(card_json=json_format.MessageToJson(card), kid=a.kid)
 
 
 class IdentityService(control_pb2_grpc.IdentityServiceServicer):

@@ -30,6 +30,7 @@ import grpc
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from agentmesh.a2a.ownership import TaskOwners, build_task_owners
 from agentmesh.audit import AuditSink, build_audit
 from agentmesh.clock import Clock
 from agentmesh.config import MeshConfig
@@ -95,6 +96,7 @@ class MeshNode:
         self.policy = PolicyEngine(config.policy, config.trust_domain, max_depth=config.tokens.max_delegation_depth)
         self.limiter = limiter if limiter is not None else build_limiter(config.rate_limits)
         self.guard = PayloadGuard(config.guard)
+        self._task_owners: TaskOwners | None = None  # A2A task owners (built with the first server)
         # by certificate thumbprint and trust bundle: the identity snapshot its channel was made with
         self._controls: dict[str, tuple[grpc.aio.Channel, AgentTokenSource]] = {}
         self.channels = MeshChannels(self.identity, self._target, steps=self._client_steps, options=CHANNEL_OPTIONS,
@@ -196,10 +198,15 @@ class MeshNode:
 
     def server(self, **kw: Any) -> MeshServer:
         """An mTLS server with the whole server chain, for this node's identity."""
+        if self._task_owners is None:  # one store per node: its servers share the owners of its A2A tasks
+            agent = self.config.agents.get(self.name)
+            self._task_owners = build_task_owners(self.config.rate_limits, agent.a2a if agent else None,
+                                                  agent=self.name, clock=self.clock)
         chain = server_chain(self.name, sink=self.sink, audit_required=self.config.audit.required,
                              identities=self.identities, checks=self.checks,
                              snapshot=lambda: self.trust.snapshot, policy=self.policy,
-                             limiter=self.limiter, guard=self.guard, active=self.active, me=str(self.spiffe_id))
+                             limiter=self.limiter, guard=self.guard, active=self.active, me=str(self.spiffe_id),
+                             tasks=self._task_owners)
         kw.setdefault("max_connection_age", self.config.max_connection_age)
         kw.setdefault("grace", self.config.grace_period)
         return MeshServer(self.identity, interceptors=chain, **kw)
@@ -355,4 +362,6 @@ class MeshNode:
             await channel.close()
         self._controls.clear()
         await self.limiter.aclose()
+        if self._task_owners is not None:
+            await self._task_owners.aclose()
         self.sink.shutdown(timeout=5)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61gentmesh/v1/control.proto\x12\x0c\x61gentmesh.v1\"(\n\x11\x41gentTokenRequest\x12\x13\n\x0bttl_seconds\x18\x01 \x01(\r\"/\n\nAgentToken\x12\r\n\x05token\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\"\xfb\x01\n\x17TransactionTokenRequest\x12\x15\n\rsubject_token\x18\x01 \x01(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12\r\n\x05route\x18\x03 \x01(\t\x12R\n\x0frequest_context\x18\x04 \x03(\x0b\x32\x39.agentmesh.v1.TransactionTokenRequest.RequestContextEntry\x12\x11\n\ttxn_token\x18\x05 \x01(\t\x12\r\n\x05links\x18\x06 \x01(\t\x1a\x35\n\x13RequestContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"B\n\x10TransactionToken\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0b\n\x03txn\x18\x02 \x01(\t\x12\x12\n\nexpires_at\x18\x03 \x01(\x03\",\n\x19\x43\x65rtificateSigningRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\"O\n\x0eIssuedIdentity\x12\x16\n\x0e\x63\x65rt_chain_pem\x18\x01 \x01(\x0c\x12\x12\n\nbundle_pem\x18\x02 \x01(\x0c\x12\x11\n\tnot_after\x18\x03 \x01(\x03\"2\n\x0bJoinRequest\x12\x12\n\njoin_token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\"\x13\n\x11WatchTrustRequest\"\xdd\x01\n\x0cTrustContent\x12\x0f\n\x07\x63rl_pem\x18\x01 \x01(\x0c\x12\x13\n\x0bissuers_pem\x18\x02 \x01(\x0c\x12\x12\n\nbundle_pem\x18\x03 \x01(\x0c\x12\x13\n\x0brevoked_jti\x18\x04 \x03(\t\x12\x17\n\x0frevoked_members\x18\x05 \x03(\t\x12\x11\n\tjwks_json\x18\x06 \x01(\t\x12\x0e\n\x06issuer\x18\x07 \x01(\t\x12\x12\n\ngeneration\x18\x08 \x01(\x04\x12\x18\n\x10\x63ross_signed_pem\x18\t \x01(\x0c\x12\x14\n\x0cissued_at_ms\x18\n \x01(\x03\"E\n\x0bTrustUpdate\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x12\n\nsigner_pem\x18\x03 \x01(\x0c\x32\xbf\x01\n\x0cTokenService\x12L\n\x0fIssueAgentToken\x12\x1f.agentmesh.v1.AgentTokenRequest\x1a\x18.agentmesh.v1.AgentToken\x12\x61\n\x18\x45xchangeTransactionToken\x12%.agentmesh.v1.TransactionTokenRequest\x1a\x1e.agentmesh.v1.TransactionToken2\xad\x01\n\x0fIdentityService\x12N\n\x05Renew\x12\'.agentmesh.v1.CertificateSigningRequest\x1a\x1c.agentmesh.v1.IssuedIdentity\x12J\n\nWatchTrust\x12\x1f.agentmesh.v1.WatchTrustRequest\x1a\x19.agentmesh.v1.TrustUpdate0\x01\x32N\n\x0bJoinService\x12?\n\x04Join\x12\x19.agentmesh.v1.JoinRequest\x1a\x1c.agentmesh.v1.IssuedIdentityb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61gentmesh/v1/control.proto\x12\x0c\x61gentmesh.v1\"(\n\x11\x41gentTokenRequest\x12\x13\n\x0bttl_seconds\x18\x01 \x01(\r\"/\n\nAgentToken\x12\r\n\x05token\x18\x01 \x01(\t\x12\x12\n\nexpires_at\x18\x02 \x01(\x03\"\xfb\x01\n\x17TransactionTokenRequest\x12\x15\n\rsubject_token\x18\x01 \x01(\t\x12\r\n\x05scope\x18\x02 \x01(\t\x12\r\n\x05route\x18\x03 \x01(\t\x12R\n\x0frequest_context\x18\x04 \x03(\x0b\x32\x39.agentmesh.v1.TransactionTokenRequest.RequestContextEntry\x12\x11\n\ttxn_token\x18\x05 \x01(\t\x12\r\n\x05links\x18\x06 \x01(\t\x1a\x35\n\x13RequestContextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"B\n\x10TransactionToken\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0b\n\x03txn\x18\x02 \x01(\t\x12\x12\n\nexpires_at\x18\x03 \x01(\x03\"3\n\x10\x41gentCardRequest\x12\r\n\x05\x61gent\x18\x01 \x01(\t\x12\x10\n\x08\x65xtended\x18\x02 \x01(\x08\"1\n\x0fSignedAgentCard\x12\x11\n\tcard_json\x18\x01 \x01(\t\x12\x0b\n\x03kid\x18\x02 \x01(\t\",\n\x19\x43\x65rtificateSigningRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\"O\n\x0eIssuedIdentity\x12\x16\n\x0e\x63\x65rt_chain_pem\x18\x01 \x01(\x0c\x12\x12\n\nbundle_pem\x18\x02 \x01(\x0c\x12\x11\n\tnot_after\x18\x03 \x01(\x03\"2\n\x0bJoinRequest\x12\x12\n\njoin_token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\x0c\"\x13\n\x11WatchTrustRequest\"\xdd\x01\n\x0cTrustContent\x12\x0f\n\x07\x63rl_pem\x18\x01 \x01(\x0c\x12\x13\n\x0bissuers_pem\x18\x02 \x01(\x0c\x12\x12\n\nbundle_pem\x18\x03 \x01(\x0c\x12\x13\n\x0brevoked_jti\x18\x04 \x03(\t\x12\x17\n\x0frevoked_members\x18\x05 \x03(\t\x12\x11\n\tjwks_json\x18\x06 \x01(\t\x12\x0e\n\x06issuer\x18\x07 \x01(\t\x12\x12\n\ngeneration\x18\x08 \x01(\x04\x12\x18\n\x10\x63ross_signed_pem\x18\t \x01(\x0c\x12\x14\n\x0cissued_at_ms\x18\n \x01(\x03\"E\n\x0bTrustUpdate\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x12\n\nsigner_pem\x18\x03 \x01(\x0c\x32\x8f\x02\n\x0cTokenService\x12L\n\x0fIssueAgentToken\x12\x1f.agentmesh.v1.AgentTokenRequest\x1a\x18.agentmesh.v1.AgentToken\x12\x61\n\x18\x45xchangeTransactionToken\x12%.agentmesh.v1.TransactionTokenRequest\x1a\x1e.agentmesh.v1.TransactionToken\x12N\n\rSignAgentCard\x12\x1e.agentmesh.v1.AgentCardRequest\x1a\x1d.agentmesh.v1.SignedAgentCard2\xad\x01\n\x0fIdentityService\x12N\n\x05Renew\x12\'.agentmesh.v1.CertificateSigningRequest\x1a\x1c.agentmesh.v1.IssuedIdentity\x12J\n\nWatchTrust\x12\x1f.agentmesh.v1.WatchTrustRequest\x1a\x19.agentmesh.v1.TrustUpdate0\x01\x32N\n\x0bJoinService\x12?\n\x04Join\x12\x19.agentmesh.v1.JoinRequest\x1a\x1c.agentmesh.v1.IssuedIdentityb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,22 +43,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRANSACTIONTOKENREQUEST_REQUESTCONTEXTENTRY']._serialized_end=387
   _globals['_TRANSACTIONTOKEN']._serialized_start=389
   _globals['_TRANSACTIONTOKEN']._serialized_end=455
-  _globals['_CERTIFICATESIGNINGREQUEST']._serialized_start=457
-  _globals['_CERTIFICATESIGNINGREQUEST']._serialized_end=501
-  _globals['_ISSUEDIDENTITY']._serialized_start=503
-  _globals['_ISSUEDIDENTITY']._serialized_end=582
-  _globals['_JOINREQUEST']._serialized_start=584
-  _globals['_JOINREQUEST']._serialized_end=634
-  _globals['_WATCHTRUSTREQUEST']._serialized_start=636
-  _globals['_WATCHTRUSTREQUEST']._serialized_end=655
-  _globals['_TRUSTCONTENT']._serialized_start=658
-  _globals['_TRUSTCONTENT']._serialized_end=879
-  _globals['_TRUSTUPDATE']._serialized_start=881
-  _globals['_TRUSTUPDATE']._serialized_end=950
-  _globals['_TOKENSERVICE']._serialized_start=953
-  _globals['_TOKENSERVICE']._serialized_end=1144
-  _globals['_IDENTITYSERVICE']._serialized_start=1147
-  _globals['_IDENTITYSERVICE']._serialized_end=1320
-  _globals['_JOINSERVICE']._serialized_start=1322
-  _globals['_JOINSERVICE']._serialized_end=1400
+  _globals['_AGENTCARDREQUEST']._serialized_start=457
+  _globals['_AGENTCARDREQUEST']._serialized_end=508
+  _globals['_SIGNEDAGENTCARD']._serialized_start=510
+  _globals['_SIGNEDAGENTCARD']._serialized_end=559
+  _globals['_CERTIFICATESIGNINGREQUEST']._serialized_start=561
+  _globals['_CERTIFICATESIGNINGREQUEST']._serialized_end=605
+  _globals['_ISSUEDIDENTITY']._serialized_start=607
+  _globals['_ISSUEDIDENTITY']._serialized_end=686
+  _globals['_JOINREQUEST']._serialized_start=688
+  _globals['_JOINREQUEST']._serialized_end=738
+  _globals['_WATCHTRUSTREQUEST']._serialized_start=740
+  _globals['_WATCHTRUSTREQUEST']._serialized_end=759
+  _globals['_TRUSTCONTENT']._serialized_start=762
+  _globals['_TRUSTCONTENT']._serialized_end=983
+  _globals['_TRUSTUPDATE']._serialized_start=985
+  _globals['_TRUSTUPDATE']._serialized_end=1054
+  _globals['_TOKENSERVICE']._serialized_start=1057
+  _globals['_TOKENSERVICE']._serialized_end=1328
+  _globals['_IDENTITYSERVICE']._serialized_start=1331
+  _globals['_IDENTITYSERVICE']._serialized_end=1504
+  _globals['_JOINSERVICE']._serialized_start=1506
+  _globals['_JOINSERVICE']._serialized_end=1584
 # @@protoc_insertion_point(module_scope)

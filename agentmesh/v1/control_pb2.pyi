@@ -161,6 +161,60 @@ class TransactionToken(_message.Message):
 Global___TransactionToken: _TypeAlias = TransactionToken  # noqa: Y015
 
 @_typing.final
+class AgentCardRequest(_message.Message):
+    """An A2A agent card (agents.<name>.a2a) as the mesh states it: the configured card with the interfaces,
+    security schemes and requirements the mesh enforces filled in (agentmesh.a2a.cards.mesh_card), built by
+    the control plane from its own config and signed with the mesh token key (A2A section 8.4: a JWS over
+    the RFC 8785 canonical form; protected header kid, alg, typ JOSE, jku = the bridge's JWKS URL).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    EXTENDED_FIELD_NUMBER: _builtins.int
+    agent: _builtins.str
+    """The agent's name in the mesh config; it must have an `a2a:` block."""
+    extended: _builtins.bool
+    """The extended card (agents.<name>.a2a.extended_card), for authenticated callers only."""
+    def __init__(
+        self,
+        *,
+        agent: _builtins.str = ...,
+        extended: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "extended", b"extended"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AgentCardRequest: _TypeAlias = AgentCardRequest  # noqa: Y015
+
+@_typing.final
+class SignedAgentCard(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CARD_JSON_FIELD_NUMBER: _builtins.int
+    KID_FIELD_NUMBER: _builtins.int
+    card_json: _builtins.str
+    """The signed AgentCard, as A2A JSON (its `signatures` hold the mesh's signature)."""
+    kid: _builtins.str
+    """The key id of the signature: the card is stale once the mesh JWKS no longer holds it."""
+    def __init__(
+        self,
+        *,
+        card_json: _builtins.str = ...,
+        kid: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["card_json", b"card_json", "kid", b"kid"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignedAgentCard: _TypeAlias = SignedAgentCard  # noqa: Y015
+
+@_typing.final
 class CertificateSigningRequest(_message.Message):
     """---------------------------------------------------------------- identity lifecycle"""
 

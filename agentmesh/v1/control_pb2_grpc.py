@@ -44,6 +44,11 @@ class TokenServiceStub:
                 request_serializer=agentmesh_dot_v1_dot_control__pb2.TransactionTokenRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_v1_dot_control__pb2.TransactionToken.FromString,
                 _registered_method=True)
+        self.SignAgentCard = channel.unary_unary(
+                '/agentmesh.v1.TokenService/SignAgentCard',
+                request_serializer=agentmesh_dot_v1_dot_control__pb2.AgentCardRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_v1_dot_control__pb2.SignedAgentCard.FromString,
+                _registered_method=True)
 
 
 class TokenServiceServicer:
@@ -64,6 +69,14 @@ class TokenServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SignAgentCard(self, request, context):
+        """A signed agent card, built from the control plane's config; only the bridge may ask (it serves
+        the cards at its well-known URLs). Others: PERMISSION_DENIED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TokenServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -76,6 +89,11 @@ def add_TokenServiceServicer_to_server(servicer, server):
                     servicer.ExchangeTransactionToken,
                     request_deserializer=agentmesh_dot_v1_dot_control__pb2.TransactionTokenRequest.FromString,
                     response_serializer=agentmesh_dot_v1_dot_control__pb2.TransactionToken.SerializeToString,
+            ),
+            'SignAgentCard': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignAgentCard,
+                    request_deserializer=agentmesh_dot_v1_dot_control__pb2.AgentCardRequest.FromString,
+                    response_serializer=agentmesh_dot_v1_dot_control__pb2.SignedAgentCard.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -132,6 +150,33 @@ class TokenService:
             '/agentmesh.v1.TokenService/ExchangeTransactionToken',
             agentmesh_dot_v1_dot_control__pb2.TransactionTokenRequest.SerializeToString,
             agentmesh_dot_v1_dot_control__pb2.TransactionToken.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignAgentCard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.v1.TokenService/SignAgentCard',
+            agentmesh_dot_v1_dot_control__pb2.AgentCardRequest.SerializeToString,
+            agentmesh_dot_v1_dot_control__pb2.SignedAgentCard.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,10 @@ class TokenServiceStub:
     """
     ExchangeTransactionToken: _grpc.UnaryUnaryMultiCallable[_control_pb2.TransactionTokenRequest, _control_pb2.TransactionToken]
     """The Transaction Token Service: req_wl is the caller's verified certificate identity."""
+    SignAgentCard: _grpc.UnaryUnaryMultiCallable[_control_pb2.AgentCardRequest, _control_pb2.SignedAgentCard]
+    """A signed agent card, built from the control plane's config; only the bridge may ask (it serves
+    the cards at its well-known URLs). Others: PERMISSION_DENIED.
+    """
 
 @_typing.type_check_only
 class TokenServiceAsyncStub(TokenServiceStub):
@@ -50,6 +54,10 @@ class TokenServiceAsyncStub(TokenServiceStub):
     """
     ExchangeTransactionToken: _aio.UnaryUnaryMultiCallable[_control_pb2.TransactionTokenRequest, _control_pb2.TransactionToken]  # type: ignore[assignment]
     """The Transaction Token Service: req_wl is the caller's verified certificate identity."""
+    SignAgentCard: _aio.UnaryUnaryMultiCallable[_control_pb2.AgentCardRequest, _control_pb2.SignedAgentCard]  # type: ignore[assignment]
+    """A signed agent card, built from the control plane's config; only the bridge may ask (it serves
+    the cards at its well-known URLs). Others: PERMISSION_DENIED.
+    """
 
 class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -69,6 +77,16 @@ class TokenServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.TransactionToken, _abc.Awaitable[_control_pb2.TransactionToken]]:
         """The Transaction Token Service: req_wl is the caller's verified certificate identity."""
+
+    @_abc_1.abstractmethod
+    def SignAgentCard(
+        self,
+        request: _control_pb2.AgentCardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.SignedAgentCard, _abc.Awaitable[_control_pb2.SignedAgentCard]]:
+        """A signed agent card, built from the control plane's config; only the bridge may ask (it serves
+        the cards at its well-known URLs). Others: PERMISSION_DENIED.
+        """
 
 def add_TokenServiceServicer_to_server(servicer: TokenServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

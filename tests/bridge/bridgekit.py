@@ -132,6 +132,89 @@ class ProbeServicer:
         return empty_pb2.Empty()
 
 
+A2A_SERVICE = "lf.a2a.v1.A2AService"
+A2A_MODULE = "a2a.types.a2a_pb2"
+EXAMPLE_CARD = Path(__file__).parents[2] / "examples" / "a2a" / "card.json"
+
+
+class _Registry:
+    """Stands in for a grpc server to catch the method handlers a generated ``add_*_to_server`` registers."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Any] = {}
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        self.handlers.update(handlers)
+
+
+class A2AAgent:
+    """The STOCK a2a-sdk gRPC server (``GrpcHandler`` + ``DefaultRequestHandler``, examples/a2a's executor
+    and card) behind the mesh. One shim around its method handlers, none in it: the a2a-sdk 1.3.0 server
+    sends no response metadata, so the shim records what metadata arrived and answers the extensions it
+    was asked for as activated (``a2a-extensions`` in the initial metadata), as an extension-aware agent
+    does; everything else is the SDK's."""
+
+    def __init__(self) -> None:
+        from a2a.server.request_handlers import DefaultRequestHandler, GrpcHandler
+        from a2a.server.tasks import InMemoryTaskStore
+
+        from agentmesh.a2a.sdk import card_from_json
+        from examples.a2a.travel import executor
+
+        class A2A(GrpcHandler):  # type: ignore[misc]
+            pass
+
+        card = card_from_json(EXAMPLE_CARD.read_text(), str(EXAMPLE_CARD))
+        self.servicer = A2A(DefaultRequestHandler(executor, InMemoryTaskStore(), card))
+        self.metadata: list[dict[str, str]] = []  # per call, secrets masked
+        #: a streaming call ended: for a task still working, only its client going away ends it
+        self.stream_ended = asyncio.Event()
+
+    def add_to_server(self, servicer: Any, server: Any) -> None:
+        from a2a.types import a2a_pb2_grpc
+
+        registry = _Registry()
+        a2a_pb2_grpc.add_A2AServiceServicer_to_server(servicer, registry)
+        handlers = {name: self._activating(h) for name, h in registry.handlers.items()}
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(A2A_SERVICE, handlers),))
+        server.add_registered_method_handlers(A2A_SERVICE, handlers)
+
+    def _activated(self, context: grpc.aio.ServicerContext) -> tuple[tuple[str, str], ...]:
+        md = [(k, v) for k, v in context.invocation_metadata() or () if isinstance(v, str)]
+        self.metadata.append({k: ("<present>" if k in SECRET_KEYS else v) for k, v in md})
+        asked = [v for k, v in md if k == "a2a-extensions"]
+        return (("a2a-extensions", ", ".join(asked)),) if asked else ()
+
+    def _activating(self, handler: Any) -> Any:
+        opts = {"request_deserializer": handler.request_deserializer,
+                "response_serializer": handler.response_serializer}
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                activated = self._activated(context)
+                if activated:
+                    await context.send_initial_metadata(activated)
+                return await inner(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary, **opts)
+        inner_stream = handler.unary_stream
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]
+            activated = self._activated(context)
+            if activated:
+                await context.send_initial_metadata(activated)
+            # grpc's done callback: the SDK's handler ends quietly when its call is cancelled
+            context.add_done_callback(lambda _: self.stream_ended.set())
+            async for item in inner_stream(request, context):
+                yield item
+
+        return grpc.unary_stream_rpc_method_handler(stream, **opts)
+
+
 @dataclass
 class BridgeMesh:
     root: Path
@@ -143,6 +226,7 @@ class BridgeMesh:
     nodes: dict[str, MeshNode] = field(default_factory=dict)
     probes: dict[str, ProbeServicer] = field(default_factory=dict)
     servers: dict[str, MeshServer] = field(default_factory=dict)
+    a2a: dict[str, A2AAgent] = field(default_factory=dict)
 
     @property
     def bundle(self) -> Path:
@@ -182,8 +266,10 @@ async def serve_app(app: Starlette, config: MeshConfig, **kw: Any) -> AsyncItera
 
 @contextlib.asynccontextmanager
 async def running_bridge(root: Path, agents: dict[str, dict[str, Any]], *, serve: Sequence[str],
-                         leaf_ttl: float = 86400.0, **sections: Any) -> AsyncIterator[BridgeMesh]:
-    """A mesh of ``agents`` (those in ``serve`` running Agent + Probe) and the bridge in front of it."""
+                         leaf_ttl: float = 86400.0, a2a: Sequence[str] = (),
+                         **sections: Any) -> AsyncIterator[BridgeMesh]:
+    """A mesh of ``agents`` (those in ``serve`` running Agent + Probe, those in ``a2a`` the stock a2a-sdk
+    server: :class:`A2AAgent`) and the bridge in front of it."""
     _, probe_grpc = probe_modules()
     path = write_mesh(root, agents, leaf_ttl=leaf_ttl, **sections)
     ca = CertificateAuthority.load(root / "ca")
@@ -205,12 +291,20 @@ async def running_bridge(root: Path, agents: dict[str, dict[str, Any]], *, serve
             probe = probes[name] = ProbeServicer(name)
             server.add(probe_grpc.add_ProbeServicer_to_server, probe, "bridgetest.v1.Probe")
             await server.start(node.address)
+        a2a_agents: dict[str, A2AAgent] = {}
+        for name in a2a:
+            node = nodes[name] = MeshNode(config, name, check_every=0)
+            await node.start(timeout=10)
+            server = servers[name] = node.server(grace=0.2)
+            agent = a2a_agents[name] = A2AAgent()
+            server.add(agent.add_to_server, agent.servicer, A2A_SERVICE)
+            await server.start(node.address)
         bridge = nodes["bridge"] = MeshNode(config, "bridge", check_every=0)
         await bridge.start(timeout=10)
         app = create_app(config, node=bridge)
         async with serve_app(app, config) as url, httpx.AsyncClient(
                 base_url=url, verify=tls_context(config.identity_dir("bridge") / "bundle.pem"), timeout=10) as client:
-            yield BridgeMesh(root, config, authority, url, client, app, nodes, probes, servers)
+            yield BridgeMesh(root, config, authority, url, client, app, nodes, probes, servers, a2a_agents)
     finally:
         for server in servers.values():
             await server.stop(0)
@@ -220,5 +314,5 @@ async def running_bridge(root: Path, agents: dict[str, dict[str, Any]], *, serve
         control_sink.shutdown(2)
 
 
-__all__ = ["AGENT_MODULE", "PROBE_MODULE", "BridgeMesh", "ProbeServicer", "generate_probe",
-           "running_bridge", "serve_app", "tls_context"]
+__all__ = ["A2A_MODULE", "A2A_SERVICE", "AGENT_MODULE", "PROBE_MODULE", "A2AAgent", "BridgeMesh", "ProbeServicer",
+           "generate_probe", "running_bridge", "serve_app", "tls_context"]

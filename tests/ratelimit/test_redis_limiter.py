@@ -24,13 +24,6 @@ async def acquire(lim: RedisLimiter, principal: str = "alice") -> bool:
 
 
 @pytest.fixture
-async def raw(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 async def lim(redis_url: str) -> AsyncIterator[RedisLimiter]:
     limiter = RedisLimiter(redis_url, (CLIENTS,))
     yield limiter
