@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PROTOS := $(wildcard protos/agentmesh/v1/*.proto)
 MESH_DIR ?= examples/workflow/.mesh
 
-.PHONY: install proto certs demo test check bench clean
+.PHONY: install proto certs demo test check bench fuzz clean
 
 install: $(STAMP)
 
@@ -40,6 +40,15 @@ test: $(STAMP)
 check: $(STAMP)
 	$(BIN)/ruff check agentmesh tests examples benchmarks
 	$(BIN)/mypy agentmesh
+
+# Coverage-guided fuzzing (atheris/libFuzzer) of the token parser and the bridge's JSON depth check,
+# FUZZ_SECONDS per target; corpus and crash inputs go to .mesh/fuzz/.
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	@$(BIN)/python -c 'import atheris' 2>/dev/null || $(BIN)/python -m pip install -q atheris >/dev/null 2>&1 || \
+	  { echo "make fuzz: atheris cannot be installed on this machine (no wheel for it here and no clang/libFuzzer to build one); the targets are in fuzz/ (try: $(BIN)/python fuzz/fuzz_tokens.py --replay)"; exit 1; }
+	$(BIN)/python fuzz/fuzz_tokens.py -max_total_time=$(FUZZ_SECONDS)
+	$(BIN)/python fuzz/fuzz_json_depth.py -max_total_time=$(FUZZ_SECONDS)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'

@@ -1,21 +1,32 @@
 """The mesh config as validated, frozen data (read from a file by :mod:`agentmesh.configfile`).
 
-Live objects (verifiers, limiters, exporters) are built from these values elsewhere.
+Each dataclass checks itself in ``__post_init__``, so a config built in code is checked exactly as one
+read from a file; :class:`MeshConfig` also checks that every name a rule mentions exists (agents,
+members, the methods of the agents' descriptors, A2A skills), suggesting the nearest valid one.
+Live objects (verifiers, limiters, exporters) are built from these values elsewhere, without checking
+them again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import difflib
+import functools
+import ipaddress
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 from agentmesh.errors import ConfigError
-from agentmesh.identity import SpiffeId, validate_agent_name
+from agentmesh.identity import SpiffeId, validate_agent_name, validate_trust_domain
 from agentmesh.trust import RevocationPolicy
 
 __all__ = [
     "A2A_DESCRIPTORS",
+    "SKILL_METHODS",
     "A2AConfig",
     "AgentConfig",
     "AuditConfig",
@@ -28,10 +39,70 @@ __all__ = [
     "RateLimitConfig",
     "RateRule",
     "TokensConfig",
+    "check_references",
+    "compile_method_globs",
+    "did_you_mean",
+    "host_port",
 ]
 
 DEFAULT_DESCRIPTORS = ("agentmesh.v1.agent_pb2",)
 A2A_DESCRIPTORS = ("a2a.types.a2a_pb2",)  # lf.a2a.v1.A2AService, from the a2a-sdk (the `a2a` extra)
+AUDIT_EXPORTERS = ("none", "console", "jsonl", "otlp")
+#: the A2A methods whose requests name a skill (agentmesh.a2a.skills.SEND_METHODS; no a2a-sdk import)
+SKILL_METHODS = frozenset({"/lf.a2a.v1.A2AService/SendMessage", "/lf.a2a.v1.A2AService/SendStreamingMessage"})
+
+
+# ----------------------------------------------------------------------------- checks of single values
+
+
+def did_you_mean(value: str, valid: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` for the valid value nearest ``value``, or ``""`` when none is near."""
+    near = difflib.get_close_matches(value, sorted(valid), n=1)
+    return f" (did you mean {near[0]!r}?)" if near else ""
+
+
+def compile_method_globs(globs: Sequence[str]) -> re.Pattern[str] | None:
+    """One regex matching any of ``globs`` (``*`` matches any run of characters), or None for "any"."""
+    if not globs or "*" in globs:
+        return None
+    alts = ("(?:" + ".*".join(re.escape(part) for part in g.split("*")) + ")" for g in globs)
+    return re.compile("|".join(alts))
+
+
+def host_port(v: str, key: str) -> str:
+    """``host:port`` (a port from 0 to 65535), else a ConfigError naming ``key``."""
+    host, sep, port = v.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{key}: expected host:port, got {v!r}")
+    return v
+
+
+def _method_names(where: str, methods: tuple[str, ...]) -> None:
+    for m in methods:
+        if not m.startswith("/") and m != "*":
+            raise ConfigError(f"{where}: {m!r} must be a full gRPC method name like /pkg.Service/Method")
+
+
+def _agent_names(where: str, names: tuple[str, ...]) -> None:
+    for name in names:
+        try:
+            validate_agent_name(name)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e.message}") from None
+
+
+def _peers(where: str, items: tuple[str, ...], *, wildcards: bool = False) -> None:
+    """Agent names or SPIFFE IDs (and, in a chain, ``*`` for one member and ``**`` for any number)."""
+    for item in items:
+        if wildcards and item in ("*", "**"):
+            continue
+        try:
+            if item.startswith("spiffe://"):
+                SpiffeId.parse(item)
+            else:
+                validate_agent_name(item)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: {e.message}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +116,7 @@ class A2AConfig:
     card: str  # the public agent card, as JSON text
     extended_card: str | None = None  # served only to authenticated callers (GetExtendedAgentCard)
     max_tasks: int = 100_000  # task owners remembered per replica (oldest forgotten first: then NOT_FOUND)
+    max_tasks_per_principal: int = 1000  # one principal's owners beyond this forget its own oldest, not others'
     task_ttl: float = 7 * 86400.0  # s a task's owner is remembered after it was last seen
 
 
@@ -59,6 +131,21 @@ class AgentConfig:
     replicas: tuple[str, ...] = ()  # extra addresses of replicas behind the same name
     a2a: A2AConfig | None = None  # an A2A agent: app names its a2a-sdk AgentExecutor
 
+    def __post_init__(self) -> None:
+        where = f"agents.{self.name}"
+        _agent_names(where, (self.name,))
+        host_port(self.address, f"{where}.address")
+        app = self.app
+        if app is not None and (":" not in app or app.startswith(":") or app.endswith(":")):
+            raise ConfigError(f"{where}.app: expected module:Class, got {app!r}")
+        for r in self.replicas:
+            try:
+                ipaddress.IPv4Address(host_port(r, f"{where}.replicas").rpartition(":")[0])
+            except ValueError:
+                raise ConfigError(f"{where}.replicas: replicas are IPv4 host:port; for a DNS name with several "
+                                  "addresses, put it in 'address' (calls are balanced round-robin over its "
+                                  "records)") from None
+
 
 @dataclass(frozen=True, slots=True)
 class ExternalIssuer:
@@ -69,6 +156,10 @@ class ExternalIssuer:
     jwks_url: str | None = None
     audience: str | None = None  # defaults to the mesh audience
     roles_claim: str = "roles"
+
+    def __post_init__(self) -> None:
+        if (self.jwks_file is None) == (self.jwks_url is None):
+            raise ConfigError(f"tokens.issuers ({self.issuer}): exactly one of jwks_file or jwks_url is required")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +179,8 @@ class TokensConfig:
     revocation_refresh: float = 5.0
 
     def __post_init__(self) -> None:
+        if any(alg.lower() == "none" for alg in self.algorithms):
+            raise ConfigError("tokens.algorithms: 'none' is never accepted")
         for key in ("txn_ttl", "link_ttl"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"tokens.{key}: must be positive")
@@ -110,6 +203,24 @@ class PolicyRule:
     scopes: tuple[str, ...] = ()  # every one must be in the transaction's scope
     skills: tuple[str, ...] = ()  # A2A SendMessage / SendStreamingMessage: the skill requested is one of these
 
+    def __post_init__(self) -> None:
+        """What a rule means on its own; the names it mentions are checked by :class:`MeshConfig`."""
+        where = f"policy rule {self.name}"
+        if self.action not in ("allow", "deny"):
+            raise ConfigError(f"{where}: action: expected one of allow, deny, got {self.action!r}")
+        _agent_names(f"{where}: to", self.to)
+        _method_names(f"{where}: methods", self.methods)
+        _peers(f"{where}: from", self.from_)
+        _peers(f"{where}: via", self.via)
+        _peers(f"{where}: chain", self.chain, wildcards=True)
+        if self.scopes and not (self.via or self.chain) and self.action == "allow":
+            raise ConfigError(f"{where}: scopes: only delegated calls carry a scope, and an allow "
+                              "rule without via or chain matches direct calls only; add via or chain")
+        methods = compile_method_globs(self.methods)
+        if self.skills and methods is not None and not any(methods.fullmatch(m) for m in sorted(SKILL_METHODS)):
+            raise ConfigError(f"{where}: skills: only A2A SendMessage and SendStreamingMessage "
+                              f"ask for a skill, and methods {list(self.methods)} names neither")
+
 
 @dataclass(frozen=True, slots=True)
 class RateRule:
@@ -121,6 +232,16 @@ class RateRule:
     principals: tuple[str, ...] = ()
     to: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        """What a rule means on its own; the agents and methods it names are checked by :class:`MeshConfig`."""
+        where = f"rate limit rule {self.name}"
+        if isinstance(self.rate, bool) or not (self.rate > 0 and math.isfinite(self.rate)):
+            raise ConfigError(f"{where}: rate: must be a positive number, got {self.rate!r}")
+        if isinstance(self.burst, bool) or not isinstance(self.burst, int) or self.burst < 1:
+            raise ConfigError(f"{where}: burst: must be an integer >= 1, got {self.burst!r}")
+        _method_names(f"{where}: match.methods", self.methods)
+        _agent_names(f"{where}: match.to", self.to)
+
 
 @dataclass(frozen=True, slots=True)
 class RateLimitConfig:
@@ -129,6 +250,17 @@ class RateLimitConfig:
     rules: tuple[RateRule, ...] = ()
     max_buckets: int = 100_000
     idle_ttl: float = 600.0
+
+    def __post_init__(self) -> None:
+        if self.backend != "memory" and not self.backend.startswith(("redis://", "rediss://", "unix://")):
+            raise ConfigError(f"rate_limits.backend: expected 'memory' or a redis:// URL, got {self.backend!r}")
+        if self.failure_mode not in ("open", "closed"):
+            raise ConfigError(f"rate_limits.failure_mode: expected one of open, closed, got {self.failure_mode!r}")
+        seen: set[str] = set()
+        for r in self.rules:  # a rule's name keys its buckets
+            if r.name in seen:
+                raise ConfigError(f"rate_limits.rules: duplicate rule name {r.name!r}")
+            seen.add(r.name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +273,14 @@ class AuditConfig:
     queue_size: int = 4096
     service_name: str = "agentmesh"
 
+    def __post_init__(self) -> None:
+        for exp in self.exporters:
+            if exp not in AUDIT_EXPORTERS:
+                raise ConfigError(f"audit.exporters: unknown exporter {exp!r}"
+                                  f"{did_you_mean(exp, AUDIT_EXPORTERS) or ' (' + ', '.join(AUDIT_EXPORTERS) + ')'}")
+        if "otlp" in self.exporters and not self.otlp_endpoint:
+            raise ConfigError("audit.otlp_endpoint: required when the otlp exporter is enabled")
+
 
 @dataclass(frozen=True, slots=True)
 class GuardConfig:
@@ -148,6 +288,10 @@ class GuardConfig:
     default_patterns: bool = True
     patterns: tuple[str, ...] = ()
     action: Literal["block", "flag"] = "block"
+
+    def __post_init__(self) -> None:
+        if self.action not in ("block", "flag"):
+            raise ConfigError(f"guard.action: expected one of block, flag, got {self.action!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +306,15 @@ class BridgeConfig:
     max_body: int = 1024 * 1024
     max_timeout: float = 60.0
     default_timeout: float = 30.0
-    http_parser: Literal["httptools", "h11"] = "httptools"  # h11 bounds request heads (16 KiB)
+    http_parser: Literal["httptools", "h11"] = "httptools"  # both bounded by max_head (agentmesh.bridge.protocol)
     max_connections: int = 1024  # concurrent connections/requests; more get 503
+    # phases of a connection (agentmesh.bridge.protocol): each bounded, a connection over a cap closed at once
+    handshake_timeout: float = 10.0  # s to complete the TLS handshake
+    idle_timeout: float = 5.0  # s without a byte before a request (new or keep-alive connection)
+    head_timeout: float = 10.0  # s from a request's first byte to the end of its head
+    max_head: int = 32 * 1024  # bytes of a request head (both parsers); more: 431 / 400
+    body_timeout: float = 30.0  # s from the end of the head to the end of the body
+    max_pending_per_ip: int = 64  # connections per client address that have had no response yet
     txn_reuse: float = 0.0  # s a client's requests to one route may share a transaction token (0: one each)
     public_url: str | None = None  # the bridge's URL as clients reach it (agent cards); default https://<listen>
 
@@ -177,6 +328,14 @@ class ControlConfig:
     join_address: str | None = None
     cert_ttl: float = 86400.0  # lifetime of the certificates the control plane issues (join, renewal)
     connect_timeout: float = 30.0  # how long a starting member waits for the control plane's trust data
+
+    def __post_init__(self) -> None:
+        _agent_names("control.name", (self.name,))
+        host_port(self.address, "control.address")
+        if self.join_address is not None:
+            host_port(self.join_address, "control.join_address")
+        if self.cert_ttl < 2:
+            raise ConfigError("control.cert_ttl: must be at least 2s")
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +356,20 @@ class MeshConfig:
     grace_period: float = 10.0
     source: Path | None = None
 
+    def __post_init__(self) -> None:
+        try:
+            validate_trust_domain(self.trust_domain)
+        except ConfigError as e:
+            raise ConfigError(f"trust_domain: {e.message}") from None
+        for name, agent in self.agents.items():
+            if agent.name != name:
+                raise ConfigError(f"agents.{name}: holds the config of agent {agent.name!r}")
+        names = [r.name for r in self.policy]
+        for name in names:
+            if names.count(name) > 1:
+                raise ConfigError(f"policy: rule names must be unique ({name!r} is used {names.count(name)} times)")
+        check_references(self)
+
     def spiffe_id(self, name: str) -> SpiffeId:
         return SpiffeId.for_agent(self.trust_domain, name)
 
@@ -216,3 +389,104 @@ class MeshConfig:
         if name == self.control.name and self.control.identity_dir:
             return self.control.identity_dir
         return self.identities_dir / validate_agent_name(name)
+
+
+# ----------------------------------------------------------------------------- checks across sections
+
+
+def check_references(cfg: MeshConfig) -> None:
+    """Every name a rule mentions exists: a misspelt agent, member, method or skill would make the rule
+    never match, silently disabling the control it expresses (a deny that denies nothing, a limit that
+    limits nothing). Called by :class:`MeshConfig` itself, so configs built in code are checked too."""
+    members = {*cfg.agents, cfg.bridge.name, cfg.control.name}
+    for rule in cfg.policy:
+        where = f"policy rule {rule.name}"
+        _targets(f"{where}: to", rule.to, cfg)
+        for key, items in (("from", rule.from_), ("via", rule.via), ("chain", rule.chain)):
+            for item in items:
+                if item not in ("*", "**"):
+                    _member(f"{where}: {key}", item, members, cfg.trust_domain)
+        _methods(f"{where}: methods", rule.methods, rule.to, cfg)
+    _skills(cfg)
+    for rr in cfg.rate_limits.rules:
+        where = f"rate limit rule {rr.name}"
+        _targets(f"{where}: match.to", rr.to, cfg)
+        _methods(f"{where}: match.methods", rr.methods, rr.to, cfg)
+
+
+def _nearest(value: str, valid: Iterable[str]) -> str:
+    valid = sorted(valid)
+    return did_you_mean(value, valid) or f" (known: {', '.join(valid) or 'none'})"
+
+
+def _targets(where: str, names: tuple[str, ...], cfg: MeshConfig) -> None:
+    """Rules are applied by the agents called (bridge and control decide no calls by rule)."""
+    for name in names:
+        if name not in cfg.agents:
+            raise ConfigError(f"{where}: {name!r} is not an agent of this mesh{_nearest(name, cfg.agents)}")
+
+
+def _member(where: str, item: str, members: set[str], trust_domain: str) -> None:
+    """An agent, the bridge or the control plane, by name or SPIFFE ID; IDs of other trust domains pass."""
+    name = item
+    if item.startswith("spiffe://"):
+        sid = SpiffeId.parse(item)
+        if sid.trust_domain != trust_domain:
+            return
+        if sid.agent_name is None:
+            raise ConfigError(f"{where}: {item!r} is not the SPIFFE ID of a member "
+                              f"(members are spiffe://{trust_domain}/agent/<name>)")
+        name = sid.agent_name
+    if name not in members:
+        raise ConfigError(f"{where}: {item!r} is not a member of this mesh{_nearest(name, members)}")
+
+
+@functools.lru_cache(maxsize=64)
+def _methods_of(descriptors: tuple[str, ...]) -> frozenset[str]:
+    from agentmesh.runtime.descriptors import methods_of
+
+    return frozenset(methods_of(descriptors))
+
+
+def _methods(where: str, methods: tuple[str, ...], to: tuple[str, ...], cfg: MeshConfig) -> None:
+    """Each method, or glob, names at least one method of the agents the rule applies to."""
+    if not methods or "*" in methods:
+        return
+    targets = sorted(to or cfg.agents)
+    known: set[str] = set()
+    for name in targets:
+        try:
+            known |= _methods_of(tuple(cfg.agents[name].descriptors))
+        except ConfigError as e:
+            raise ConfigError(f"agents.{name}.{e.message}") from None
+    of = ", ".join(targets) if to else "any agent"
+    for m in methods:
+        if "*" in m:
+            rx = compile_method_globs((m,))
+            if rx is not None and not any(rx.fullmatch(k) for k in known):
+                raise ConfigError(f"{where}: {m!r} matches no method of {of}{_nearest(m, known)}")
+        elif m not in known:
+            raise ConfigError(f"{where}: {m!r} is not a method of {of}{_nearest(m, known)}")
+
+
+def _skills(cfg: MeshConfig) -> None:
+    """A rule's ``skills`` must be skills of an A2A agent it can reach: a misspelt skill never matches."""
+    declared: dict[str, set[str]] = {
+        name: {s.get("id", "") for s in json.loads(a.a2a.card).get("skills", [])}
+        | ({s.get("id", "") for s in json.loads(a.a2a.extended_card).get("skills", [])}
+           if a.a2a.extended_card else set())
+        for name, a in cfg.agents.items() if a.a2a is not None
+    }
+    for rule in cfg.policy:
+        if not rule.skills:
+            continue
+        where = f"policy rule {rule.name}: skills"
+        reach = [n for n in (rule.to or tuple(declared)) if n in declared]
+        if not reach:
+            raise ConfigError(f"{where}: no A2A agent (with an a2a: card) is among {list(rule.to) or 'the agents'}")
+        known = set().union(*(declared[n] for n in reach))
+        for skill in rule.skills:
+            if skill not in known:
+                raise ConfigError(f"{where}: {skill!r} is not a skill of {', '.join(reach)}"
+                                  f"{did_you_mean(skill, known)} (their cards declare: "
+                                  f"{', '.join(sorted(known)) or 'none'})")

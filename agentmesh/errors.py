@@ -13,6 +13,7 @@
     │   └── PayloadBlocked                                   the payload guard refused the content
     ├── NotFound                   NOT_FOUND           404   absent, or not the caller's (the same answer)
     ├── PayloadTooLarge            INVALID_ARGUMENT    400   request over the configured size
+    │   └── PayloadTooCostly                                 inspecting it would exceed the guard's work budget
     ├── RateLimited                RESOURCE_EXHAUSTED  429   carries retry_after / limit / remaining
     └── Unavailable                UNAVAILABLE         503   a backend (audit sink, limiter, peer) is down
 
@@ -35,6 +36,7 @@ __all__ = [
     "NotFound",
     "PKIError",
     "PayloadBlocked",
+    "PayloadTooCostly",
     "PayloadTooLarge",
     "PeerIdentityError",
     "PermissionDenied",
@@ -145,6 +147,12 @@ class PayloadTooLarge(MeshError):
     """The request is larger than the configured limit."""
 
     grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class PayloadTooCostly(PayloadTooLarge):
+    """Inspecting the request would exceed the payload guard's work budget (text that Unicode folding
+    expands many times, too many messages or pattern candidates). INVALID_ARGUMENT like its parent: the
+    cost is a property of the request, so a retry cannot succeed (RESOURCE_EXHAUSTED would invite one)."""
 
 
 class RateLimited(MeshError):

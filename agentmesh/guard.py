@@ -6,7 +6,12 @@ string fields recursively (nested messages, repeated fields, map keys and values
 nested deeper counts as a match of the pattern ``nesting-too-deep``, so depth cannot hide text.
 Results name the pattern, never the matched text. Non-ASCII text is folded before matching
 (compatibility forms, combining marks and invisible characters removed, common Cyrillic/Greek
-look-alikes mapped to Latin). Every pattern runs in time linear in the text.
+look-alikes mapped to Latin). The shipped patterns are matched anchored: each occurrence of one of
+their anchor words (``hints``) is one attempt (see ``_RULES``), not every position of the text.
+
+The work is bounded: folding, scanning, candidates and the message walk are paid from a budget of
+``WORK_PER_BYTE`` units per byte of ``guard.max_request_bytes``; a request that would exceed it raises
+:class:`PayloadTooCostly` before more work is done (``benchmarks/guard.py`` measures the worst cases).
 
 Other request types (a raw-bytes handler, whose request deserializer is None, or a custom codec) never
 crash it: ``bytes``/``bytearray``/``memoryview`` are checked by their length, and the patterns run over
@@ -20,6 +25,7 @@ the patterns do not know get through. Agents must still treat payloads as untrus
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -28,7 +34,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from agentmesh.config import GuardConfig
-from agentmesh.errors import ConfigError, PayloadBlocked, PayloadTooLarge
+from agentmesh.errors import ConfigError, PayloadBlocked, PayloadTooCostly, PayloadTooLarge
 
 __all__ = ["DEFAULT_PATTERNS", "MAX_DEPTH", "NOT_UTF8", "UNSUPPORTED", "GuardResult", "PayloadGuard",
            "raise_if_blocked"]
@@ -36,7 +42,9 @@ __all__ = ["DEFAULT_PATTERNS", "MAX_DEPTH", "NOT_UTF8", "UNSUPPORTED", "GuardRes
 MAX_DEPTH = 64
 TOO_DEEP = "nesting-too-deep"
 
-_ANY = r"(?:all\s+|any\s+|the\s+|your\s+|of\s+|my\s+|these\s+|those\s+)*"
+# possessive (*+): filler words never need giving back (no target word is one), and sre runs a long
+# "all all all ..." run ~5x faster without the backtracking states
+_ANY = r"(?:(?:all|any|the|your|of|my|these|those)\s+)*+"
 _FORGET = ("ignore", "disregard", "forget", "override", "bypass", "skip")
 _SHOW = ("reveal", "print", "show", "output", "repeat", "leak", "display", "dump", "expose", "tell",
          "give", "send")
@@ -48,7 +56,7 @@ _VERB_SHOW = r"(?:reveal|print|show|output|repeat|leak|display|dump|expose|tell\
 class _Pattern:
     name: str  # what results and errors carry
     regex: str  # lowercase: matched against the lowercased text, which is faster than re.IGNORECASE
-    hints: tuple[str, ...]  # lowercase words, one of which any match contains (a cheap prefilter)
+    hints: tuple[str, ...]  # the anchors of its rules (see _RULES): literals, one of which any match contains
 
 
 #: The shipped prompt-injection patterns, used when ``guard.default_patterns`` is true.
@@ -84,26 +92,181 @@ DEFAULT_PATTERNS: tuple[_Pattern, ...] = (
         r"\b(?:begin|end)\s+(?:system|developer)\s+(?:prompt|message|instructions)\b"
         r"|<\|\s*(?:im_start|im_end|system|endoftext)\s*\|>|\[/?inst\]|<<\s*/?sys\s*>>"
         r"|^[ \t]*#{2,}[ \t]*(?:system|new[ \t]+instructions)[ \t]*:",  # [ \t], not \s: no scan across lines
-        ("begin", "end", "<|", "inst]", "sys", "##"),
+        ("begin", "end", "<|", "[inst]", "[/inst]", "<<", "##"),
     ),
 )
 
 # Latin look-alikes from Cyrillic and Greek that survive NFKC (a small, common subset of Unicode's
 # confusables), mapped to the Latin letter they imitate.
-_CONFUSABLES = str.maketrans(
-    "аеорсухіјѕԁһӏԛѵԝаАЕОРСХІЈЅКМНТВαοιρνυτκεχ",
-    "aeopcyxijsdhlqvwaaeopcxijskmhtbaoipvutkex",
-)
+_LOOKALIKE_FROM = "аеорсухіјѕԁһӏԛѵԝаАЕОРСХІЈЅКМНТВαοιρνυτκεχ"
+_CONFUSABLES = str.maketrans(_LOOKALIKE_FROM, "aeopcyxijsdhlqvwaaeopcxijskmhtbaoipvutkex")
+_HAS_LOOKALIKE = re.compile(f"[{_LOOKALIKE_FROM}]")
 _SEPARATOR = "\n\x00\n"
+# whitespace that NFKC leaves non-ASCII (it folds U+00A0, U+2000-U+200A, U+3000 to a space itself)
+_OTHER_SPACE = re.compile("[\x85\u1680\u2028\u2029]")
 _DROPPED = frozenset({"Mn", "Me", "Cf"})  # combining marks, format characters (zero-width, invisible)
 
+# The guard's work budget, in units of about one character of text handled: every ASCII character
+# scanned costs 1, every character NFKD makes of non-ASCII text 2 (it is then filtered, recomposed,
+# lowercased and scanned), every pattern candidate (an occurrence of an anchor word) and every message
+# walked 64 (a Python step each), every string 8. A request may spend WORK_PER_BYTE units per byte of
+# ``guard.max_request_bytes``; past that it is refused with PayloadTooCostly before more work is done.
+# Measured by ``benchmarks/guard.py``: the worst 1 MiB request of each kind stays under 100 ms.
+WORK_PER_BYTE = 4
+_CANDIDATE_COST = 64
+_MESSAGE_COST = 64
+_STRING_COST = 8
+_FOLD_COST = 2
+_CHUNK = 4096  # characters normalised at a time: U+FDFA makes 18 of one, so at most ~74k per step
 
-def _fold(text: str) -> str:
+
+class _Budget:
+    __slots__ = ("left",)
+
+    def __init__(self, units: int) -> None:
+        self.left = units
+
+    def spend(self, units: int) -> None:
+        self.left -= units
+        if self.left < 0:
+            raise PayloadTooCostly("request is too costly to inspect: the payload guard's work budget is "
+                                   "exhausted (text that Unicode folding expands many times, or too many "
+                                   "messages or pattern candidates)")
+
+
+@functools.cache
+def _mark_tables() -> tuple[re.Pattern[str], dict[int, None]]:
+    """Combining marks and format characters: a character class of those in the BMP (which ``re``
+    tests in constant time) and a translate table of the few beyond it. Built once (~50 ms)."""
+    bmp: list[tuple[int, int]] = []
+    astral: dict[int, None] = {}
+    for block in (range(0x80, 0x30000), range(0xE0000, 0xE1000)):  # no marks elsewhere
+        for cp in block:
+            if unicodedata.category(chr(cp)) in _DROPPED:
+                if cp > 0xFFFF:
+                    astral[cp] = None
+                elif bmp and bmp[-1][1] == cp - 1:
+                    bmp[-1] = (bmp[-1][0], cp)
+                else:
+                    bmp.append((cp, cp))
+    cls = "".join(re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in bmp)
+    return re.compile(f"[{cls}]+"), astral
+
+
+def _fold(text: str, budget: _Budget) -> str:
     """Non-ASCII text as the patterns should see it: compatibility forms folded (fullwidth, ligatures),
-    combining marks and invisible format characters dropped, Latin look-alikes mapped to Latin."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    kept = "".join(ch for ch in decomposed if unicodedata.category(ch) not in _DROPPED)
-    return unicodedata.normalize("NFKC", kept).translate(_CONFUSABLES)
+    combining marks and invisible format characters dropped, Latin look-alikes mapped to Latin.
+
+    Linear with a small constant: normalised in chunks, each paid for before the next, so an input that
+    expands many times (U+FDFA: 18 characters) exhausts the budget after a bounded amount of work."""
+    parts = []
+    for i in range(0, len(text), _CHUNK):
+        part = unicodedata.normalize("NFKD", text[i:i + _CHUNK])
+        budget.spend(_FOLD_COST * len(part))
+        parts.append(part)
+    marks, astral = _mark_tables()
+    kept = marks.sub("", "".join(parts))
+    if astral and max(kept, default="\0") > "\uffff":
+        kept = kept.translate(astral)
+    folded = unicodedata.normalize("NFKC", kept)
+    return folded.translate(_CONFUSABLES) if _HAS_LOOKALIKE.search(folded) else folded
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    """Where a default pattern can match: at each occurrence of ``anchor`` (a literal), ``forward`` must
+    match from the anchor on and ``backward`` (if any) must match the text before it, read backwards.
+    ``run``: the anchor is a run of this character, tried once per run (at its start, or for "<<" at
+    its last two characters), so a long run is one candidate, not many."""
+
+    anchor: str
+    forward: re.Pattern[str]
+    backward: re.Pattern[str] | None = None
+    run: str | None = None
+
+
+def _rules(forward: str, anchors: tuple[str, ...]) -> tuple[_Rule, ...]:
+    rx = re.compile(forward)
+    return tuple(_Rule(a, rx) for a in anchors)
+
+
+_JAILBREAK_AFTER_NOW = r"now\s+(?:dan\b|in\s+developer\s+mode|an?\s+unrestricted|jailbroken|unfiltered)"
+#: pattern name -> the anchored rules that together match exactly what its regex matches
+_RULES: dict[str, tuple[_Rule, ...]] = {
+    "ignore-previous-instructions": _rules(
+        rf"(?<!\w){_VERB_FORGET}\s+{_ANY}(?:previous|prior|above|earlier|preceding|original)\s+"
+        r"(?:instructions?|directions?|prompts?|rules|messages|context)", _FORGET),
+    "disregard-system-prompt": _rules(rf"(?<!\w){_VERB_FORGET}\s+{_ANY}system\s+(?:prompt|message|instructions?)",
+                                      _FORGET),
+    "jailbreak-persona": (
+        _Rule("now", re.compile(_JAILBREAK_AFTER_NOW), re.compile(r"\s+era\s+uoy(?!\w)")),  # you are now ...
+        _Rule("now", re.compile(r"now\b"), re.compile(r"\s+gnihtyna\s+od(?!\w)")),  # do anything now
+        _Rule("developer", re.compile(r"(?<!\w)developer\s+mode\s+enabled\b")),
+    ),
+    "reveal-system-prompt": _rules(
+        rf"(?<!\w){_VERB_SHOW}\s+(?:me\s+)?{_ANY}(?:system\s+prompt|hidden\s+instructions|initial\s+instructions"
+        r"|original\s+instructions|system\s+message)", _SHOW),
+    "secret-exfiltration": _rules(
+        rf"(?<!\w){_VERB_SHOW}\s+(?:me\s+)?{_ANY}(?:api\s+|secret\s+|private\s+|access\s+)?"
+        r"(?:keys?|secrets?|credentials|passwords?|tokens)\b", _SHOW),
+    "role-injection-marker": (
+        *_rules(r"(?<!\w)(?:begin|end)\s+(?:system|developer)\s+(?:prompt|message|instructions)\b", ("begin", "end")),
+        _Rule("<|", re.compile(r"<\|\s*(?:im_start|im_end|system|endoftext)\s*\|>")),
+        _Rule("[inst]", re.compile(r"\[inst\]")),
+        _Rule("[/inst]", re.compile(r"\[/inst\]")),
+        _Rule("<<", re.compile(r"<<\s*/?sys\s*>>"), run="<"),
+        _Rule("##", re.compile(r"#{2,}[ \t]*(?:system|new[ \t]+instructions)[ \t]*:"),
+              re.compile(r"[ \t]*(?:\n|\Z)"), run="#"),
+    ),
+}
+_RUNS = {"<": re.compile("<+"), "#": re.compile("#+")}
+
+
+#: (anchor, run, ((pattern index, rule), ...)): each anchor is searched once for all the rules it starts
+_AnchorTable = tuple[tuple[str, str | None, tuple[tuple[int, _Rule], ...]], ...]
+
+
+def _anchor_table(names: tuple[str, ...]) -> _AnchorTable:
+    by_anchor: dict[str, list[tuple[int, _Rule]]] = {}
+    for index, name in enumerate(names):
+        for rule in _RULES[name]:
+            by_anchor.setdefault(rule.anchor, []).append((index, rule))
+    return tuple((anchor, rules[0][1].run, tuple(rules)) for anchor, rules in by_anchor.items())
+
+
+def _first_pattern(lower: str, table: _AnchorTable, budget: _Budget) -> int | None:
+    """The index of the first pattern (in list order) that matches ``lower``, or None: one anchored
+    attempt per rule at each occurrence of its anchor, each occurrence paid for."""
+    best: int | None = None
+    reverse: str | None = None
+    n = len(lower)
+    for anchor, run, rules in table:
+        i = lower.find(anchor)
+        while i >= 0:
+            budget.spend(_CANDIDATE_COST)
+            at = i
+            if run is None:
+                nxt = i + len(anchor)
+            else:  # a run of "<" or "#" is one candidate
+                nxt = _RUNS[run].match(lower, i).end()  # type: ignore[union-attr]
+                if run == "<":
+                    at = nxt - 2
+            for index, rule in rules:
+                if best is not None and index >= best:
+                    break
+                if rule.forward.match(lower, at) is None:
+                    continue
+                if rule.backward is not None:
+                    if reverse is None:
+                        reverse = lower[::-1]
+                    if rule.backward.match(reverse, n - at) is None:
+                        continue
+                best = index
+                break
+            if best == 0:
+                return 0
+            i = lower.find(anchor, nxt)
+    return best
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,37 +293,37 @@ class PayloadGuard:
     def __init__(self, cfg: GuardConfig) -> None:
         self._cfg = cfg
         self._block = cfg.action == "block"
-        # (name, compiled lowercase regex, prefilter hints), run on the lowercased text.
-        patterns: list[tuple[str, re.Pattern[str], tuple[str, ...]]] = []
+        self._units = WORK_PER_BYTE * cfg.max_request_bytes
         # (name, compiled regex), run case-insensitively on the text as sent (after normalisation).
         self._custom: list[tuple[str, re.Pattern[str]]] = []
-        if cfg.default_patterns:
-            patterns += [(p.name, re.compile(p.regex, re.MULTILINE), p.hints) for p in DEFAULT_PATTERNS]
+        # the default patterns' names, in order, and their rules by anchor, run on the lowercased text
+        self._defaults = tuple(p.name for p in DEFAULT_PATTERNS) if cfg.default_patterns else ()
+        self._anchors = _anchor_table(self._defaults)
         for i, rx in enumerate(cfg.patterns):
             try:
                 self._custom.append((f"custom-{i}", re.compile(rx, re.IGNORECASE | re.MULTILINE)))
             except re.error as e:
                 raise ConfigError(f"guard.patterns[{i}]: invalid regular expression {rx!r}: {e}") from None
-        self._defaults = tuple(patterns)
-        # one search for any hint first: benign text (the common case) skips the per-pattern loop
-        hints = sorted({h for _, _, hs in patterns for h in hs})
-        self._any_hint = re.compile("|".join(re.escape(h) for h in hints)) if hints else None
+        if self._defaults or self._custom:
+            _mark_tables()  # built once, at start-up rather than on the first non-ASCII request
 
     def check(self, message: object) -> GuardResult:
         """Raises :class:`PayloadTooLarge` over the size limit; else names the first pattern found.
 
         Any request type is accepted (see the module docstring); a result whose ``unchecked`` is set
-        passed without a full check, and its ``reason`` says why.
+        passed without a full check, and its ``reason`` says why. Raises :class:`PayloadTooCostly`
+        when checking it would exceed the work budget (see ``WORK_PER_BYTE``).
         """
         if isinstance(message, Message):
             self._check_size(message.ByteSize())
             if not self._defaults and not self._custom:
                 return PASSED
             texts: list[str] = []
-            if not _collect(message, texts, 0):
+            budget = _Budget(self._units)
+            if not _collect(message, texts, 0, budget):
                 return self._hit(TOO_DEEP)
             # One pass over all strings; the separator stops any match (\s, \b, ^) spanning two fields.
-            name = self.match(_SEPARATOR.join(texts))
+            name = self._match(_SEPARATOR.join(texts), budget)
             return PASSED if name is None else self._hit(name)
         if isinstance(message, str):
             self._check_size(len(message.encode("utf-8", "surrogatepass")))
@@ -200,18 +363,26 @@ class PayloadGuard:
                            "patterns only over its decodable text", NOT_UTF8)
 
     def match(self, text: str) -> str | None:
-        """The name of the first pattern found in ``text``, or None."""
+        """The name of the first pattern found in ``text``, or None; raises :class:`PayloadTooCostly`
+        past the work budget."""
+        return self._match(text, _Budget(self._units))
+
+    def _match(self, text: str, budget: _Budget) -> str | None:
         if not text:
             return None
-        if not text.isascii():
-            text = _fold(text)
+        if text.isascii():
+            budget.spend(len(text))
+        else:
+            text = _fold(text, budget)
         if self._defaults:
             lower = text.lower()
-            if self._any_hint is not None and self._any_hint.search(lower) is None:
-                return self._match_custom(text)
-            for name, rx, hints in self._defaults:
-                if any(h in lower for h in hints) and rx.search(lower) is not None:
-                    return name
+            if not lower.isascii():
+                # The default patterns match ASCII only: every other character becomes "?" (not a space,
+                # not a word character), so the anchors are searched in compact 1-byte text.
+                lower = _OTHER_SPACE.sub(" ", lower).encode("ascii", "replace").decode("ascii")
+            index = _first_pattern(lower, self._anchors, budget)
+            if index is not None:
+                return self._defaults[index]
         return self._match_custom(text)
 
     def _match_custom(self, text: str) -> str | None:
@@ -255,30 +426,36 @@ def _kind(fd: FieldDescriptor) -> tuple[int, bool, int]:
     return k
 
 
-def _collect(message: Message, out: list[str], depth: int) -> bool:
-    """Appends every set string of ``message`` (map keys too); False when nested over MAX_DEPTH."""
+def _collect(message: Message, out: list[str], depth: int, budget: _Budget) -> bool:
+    """Appends every set string of ``message`` (map keys too); False when nested over MAX_DEPTH.
+    Every message walked and every string collected is paid for (a huge Struct exhausts the budget)."""
     if depth > MAX_DEPTH:
         return False
+    budget.spend(_MESSAGE_COST)
     for fd, value in message.ListFields():
         kind, str_keys, vkind = _kind(fd)
         if kind == _STRING:
+            budget.spend(_STRING_COST)
             out.append(value)
         elif kind == _STRINGS:
+            budget.spend(_STRING_COST * len(value))
             out.extend(value)
         elif kind == _MESSAGE:
-            if not _collect(value, out, depth + 1):
+            if not _collect(value, out, depth + 1, budget):
                 return False
         elif kind == _MESSAGES:
             for item in value:
-                if not _collect(item, out, depth + 1):
+                if not _collect(item, out, depth + 1, budget):
                     return False
         elif kind == _MAP:
             if str_keys:
+                budget.spend(_STRING_COST * len(value))
                 out.extend(value)
             if vkind == _STRING:
+                budget.spend(_STRING_COST * len(value))
                 out.extend(value.values())
             elif vkind == _MESSAGE:
                 for item in value.values():
-                    if not _collect(item, out, depth + 1):
+                    if not _collect(item, out, depth + 1, budget):
                         return False
     return True

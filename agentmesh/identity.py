@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -17,6 +18,8 @@ __all__ = [
     "PeerIdentity",
     "SpiffeId",
     "cert_thumbprint",
+    "check_key_strength",
+    "check_server_identity",
     "peer_identity_from_cert",
     "peer_identity_from_pem",
     "validate_agent_name",
@@ -101,6 +104,29 @@ def cert_thumbprint(cert: x509.Certificate) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).rstrip(b"=").decode()
 
 
+_STRONG_CURVES = (ec.SECP256R1, ec.SECP384R1)
+MIN_RSA_BITS = 2048  # the CA issues EC P-256 only; a CSR may bring P-256 or P-384 (pki/csr.py)
+
+
+def check_key_strength(cert: x509.Certificate) -> None:
+    """Refuses a certificate whose key is weak or of a kind the mesh does not issue: EC P-256/P-384 and
+    Ed25519 pass (RSA of at least 2048 bits too, should a CA ever issue RSA)."""
+    try:
+        key = cert.public_key()
+    except ValueError:  # an unsupported or malformed key
+        raise PeerIdentityError("peer certificate has an unsupported public key") from None
+    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, _STRONG_CURVES):
+        return
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size >= MIN_RSA_BITS:
+        return
+    kind = f"EC {key.curve.name}" if isinstance(key, ec.EllipticCurvePublicKey) else \
+        f"RSA-{key.key_size}" if isinstance(key, rsa.RSAPublicKey) else type(key).__name__
+    raise PeerIdentityError(f"peer certificate key is too weak or not allowed ({kind}); "
+                            f"use EC P-256, P-384 or Ed25519")
+
+
 @dataclass(frozen=True, slots=True)
 class PeerIdentity:
     """Who is on the other end of a verified mTLS connection."""
@@ -131,7 +157,8 @@ def peer_identity_from_cert(cert: x509.Certificate, trust_domain: str, now: floa
     """Checks a peer leaf that TLS already chain-verified, the SPIFFE X509-SVID way.
 
     Refuses: not exactly one URI SAN, a URI SAN that is not a SPIFFE ID of ``trust_domain``, a CA
-    certificate used as a leaf, a leaf without the clientAuth EKU, and a leaf outside its validity.
+    certificate used as a leaf, a leaf without the clientAuth EKU, a weak key (:func:`check_key_strength`),
+    and a leaf outside its validity.
     """
     try:
         bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
@@ -145,6 +172,18 @@ def peer_identity_from_cert(cert: x509.Certificate, trust_domain: str, now: floa
         raise PeerIdentityError("peer certificate has no extended key usage") from None
     if ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
         raise PeerIdentityError("peer certificate is not valid for client authentication")
+    check_key_strength(cert)
+    sid = _spiffe_id(cert, trust_domain)
+    nb = cert.not_valid_before_utc.timestamp()
+    na = cert.not_valid_after_utc.timestamp()
+    if now < nb or now > na:
+        raise PeerIdentityError("peer certificate is outside its validity period")
+    return PeerIdentity(sid, cert.serial_number, cert_thumbprint(cert), na)
+
+
+
+def _spiffe_id(cert: x509.Certificate, trust_domain: str) -> SpiffeId:
+    """The one SPIFFE ID (URI SAN) of a certificate, of ``trust_domain``."""
     try:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
@@ -158,9 +197,15 @@ def peer_identity_from_cert(cert: x509.Certificate, trust_domain: str, now: floa
         raise PeerIdentityError("peer certificate URI SAN is not a SPIFFE ID") from None
     if sid.trust_domain != trust_domain:
         raise PeerIdentityError(f"peer belongs to trust domain {sid.trust_domain!r}, not {trust_domain!r}")
-    nb = cert.not_valid_before_utc.timestamp()
-    na = cert.not_valid_after_utc.timestamp()
-    if now < nb or now > na:
-        raise PeerIdentityError("peer certificate is outside its validity period")
-    return PeerIdentity(sid, cert.serial_number, cert_thumbprint(cert), na)
+    return sid
 
+
+def check_server_identity(cert: x509.Certificate, name: str, trust_domain: str) -> SpiffeId:
+    """Checks that a server leaf (TLS verified its chain and its DNS name) is the agent ``name`` that was
+    dialled: its one SPIFFE ID must be ``spiffe://<trust_domain>/agent/<name>``, its key strong. A DNS SAN
+    alone is not enough (a member may carry extra DNS names)."""
+    sid = _spiffe_id(cert, trust_domain)
+    if sid.agent_name != name:
+        raise PeerIdentityError(f"the server dialled as agent {name} presents {sid}, not agent {name}")
+    check_key_strength(cert)
+    return sid

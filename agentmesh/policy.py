@@ -22,7 +22,9 @@ A rule matches when every non-empty field matches the request:
   (:func:`agentmesh.a2a.skills.requested_skill`); a call that names no skill, or any other method,
   does not match. A rule whose ``methods`` can never be a send method is refused at load.
 
-A delegation chain longer than ``max_depth`` is denied before any rule is looked at.
+A delegation chain longer than ``max_depth`` is denied before any rule is looked at. The rules come
+checked (:class:`agentmesh.config.PolicyRule` checks itself, :class:`agentmesh.config.MeshConfig` the
+names it mentions); the engine only compiles them.
 """
 
 from __future__ import annotations
@@ -31,12 +33,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from agentmesh.config import PolicyRule
-from agentmesh.errors import ConfigError
-from agentmesh.identity import SpiffeId, validate_agent_name, validate_trust_domain
-
-#: the A2A methods whose requests name a skill (agentmesh.a2a.skills.SEND_METHODS; no a2a-sdk import)
-SKILL_METHODS = frozenset({"/lf.a2a.v1.A2AService/SendMessage", "/lf.a2a.v1.A2AService/SendStreamingMessage"})
+from agentmesh.config import SKILL_METHODS, PolicyRule, compile_method_globs
 
 __all__ = ["SKILL_METHODS", "Decision", "PolicyEngine", "PolicyRequest", "compile_method_globs"]
 
@@ -60,14 +57,6 @@ class Decision:
     allowed: bool
     rule: str | None  # the deciding rule, None for default deny and the depth limit
     reason: str  # safe to show the caller: names the method and what was missing
-
-
-def compile_method_globs(globs: Sequence[str]) -> re.Pattern[str] | None:
-    """One regex matching any of ``globs`` (``*`` matches any run of characters), or None for "any"."""
-    if not globs or "*" in globs:
-        return None
-    alts = ("(?:" + ".*".join(re.escape(part) for part in g.split("*")) + ")" for g in globs)
-    return re.compile("|".join(alts))
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +107,7 @@ class PolicyEngine:
         max_depth: int = 4,
         cache_size: int = 4096,
     ) -> None:
-        self._td = validate_trust_domain(trust_domain)
+        self._td = trust_domain
         self._agent_prefix = f"spiffe://{self._td}/agent/"
         self._max_depth = max_depth
         compiled = [self._compile(r) for r in rules]
@@ -172,41 +161,20 @@ class PolicyEngine:
                 return name
         return spiffe_id
 
-    def _peer_ids(self, rule: PolicyRule, key: str, values: tuple[str, ...]) -> frozenset[str]:
-        out = set()
-        for v in values:
-            try:
-                if v.startswith("spiffe://"):
-                    out.add(str(SpiffeId.parse(v)))
-                else:
-                    out.add(self._agent_prefix + validate_agent_name(v))
-            except ConfigError as e:
-                raise ConfigError(f"policy rule {rule.name}: {key}: {e.message}") from None
-        return frozenset(out)
+    def _peer_id(self, item: str) -> str:
+        """An agent name as the full SPIFFE ID of that agent of this trust domain; a SPIFFE ID as is."""
+        return item if item.startswith("spiffe://") else self._agent_prefix + item
 
     def _compile(self, rule: PolicyRule) -> _Compiled:
-        if rule.scopes and not (rule.via or rule.chain) and rule.action == "allow":
-            raise ConfigError(f"policy rule {rule.name}: scopes: only delegated calls carry a scope, and an allow "
-                              "rule without via or chain matches direct calls only; add via or chain")
-        for m in rule.methods:
-            if m != "*" and not m.startswith("/"):
-                raise ConfigError(
-                    f"policy rule {rule.name}: methods: {m!r} must be a full gRPC method name "
-                    "like /pkg.Service/Method"
-                )
-        methods = compile_method_globs(rule.methods)
-        if rule.skills and methods is not None and not any(methods.fullmatch(m) for m in sorted(SKILL_METHODS)):
-            raise ConfigError(f"policy rule {rule.name}: skills: only A2A SendMessage and SendStreamingMessage "
-                              f"ask for a skill, and methods {list(rule.methods)} names neither")
         return _Compiled(
             name=rule.name,
             deny=rule.action == "deny",
             to=frozenset(rule.to),
-            methods=methods,
-            from_=self._peer_ids(rule, "from", rule.from_),
+            methods=compile_method_globs(rule.methods),
+            from_=frozenset(map(self._peer_id, rule.from_)),
             roles=frozenset(rule.roles),
             principals=frozenset(rule.principals),
-            via=self._peer_ids(rule, "via", rule.via),
+            via=frozenset(map(self._peer_id, rule.via)),
             chain=self._chain_pattern(rule),
             scopes=frozenset(rule.scopes),
             skills=frozenset(rule.skills),
@@ -223,6 +191,5 @@ class PolicyEngine:
             elif item == "*":
                 parts.append(r"\S+(?: |$)")
             else:
-                (sid,) = self._peer_ids(rule, "chain", (item,))
-                parts.append(re.escape(sid) + "(?: |$)")
+                parts.append(re.escape(self._peer_id(item)) + "(?: |$)")
         return re.compile("".join(parts))

@@ -43,6 +43,7 @@ __all__ = [
     "TrustSnapshot",
     "check_certificate",
     "check_member",
+    "check_mtls_peer",
     "check_order",
     "check_peer",
     "revoked_members",
@@ -237,11 +238,17 @@ def staleness(snapshot: TrustSnapshot | None, now: float, policy: RevocationPoli
 def check_certificate(cert: x509.Certificate, issuers: Sequence[x509.Certificate], trust_domain: str,
                       now: float, *, roots: Sequence[x509.Certificate] = (),
                       presented: Sequence[x509.Certificate] = ()) -> PeerIdentity:
-    """The identity of a member certificate that did not come through a TLS handshake (a hop link's
-    signer): issued by one of ``issuers`` (the verified issuing intermediates of a snapshot) or by an
-    issuing CA it ``presented`` that one of ``roots`` signed (as in a TLS handshake: a member renewed by
-    a newly rotated intermediate before the trust data named it), its authority key id naming that
-    issuer's key; then the same SVID checks as an mTLS peer's."""
+    """The identity of a member certificate: issued by one of ``issuers`` (the verified issuing
+    intermediates of a snapshot) or by an issuing CA it ``presented`` that one of ``roots`` signed (as in a
+    TLS handshake: a member renewed by a newly rotated intermediate before the trust data named it); then
+    the same SVID checks as an mTLS peer's.
+
+    "Issued by" means all of: the issuer's subject is the leaf's issuer name, the issuer is a CA within
+    its validity, its key signed the leaf, and the leaf's authority key identifier names that key (the
+    issuer's subject key identifier). So a leaf signed by any other certificate that a chain builder would
+    accept (a CA:TRUE leaf that reuses its issuer's subject, say: "self-issued", it does not count against
+    the intermediate's path length) is refused even when TLS verified its chain. For an mTLS peer pass
+    the chain it presented as ``presented`` and the trust bundle's roots as ``roots``."""
     for issuer in (*issuers, *_issuers_under(roots, presented, now)):
         if issuer.subject != cert.issuer or not _is_ca(issuer, now):
             continue
@@ -249,15 +256,39 @@ def check_certificate(cert: x509.Certificate, issuers: Sequence[x509.Certificate
             cert.verify_directly_issued_by(issuer)
         except (ValueError, TypeError, InvalidSignature):
             continue
-        try:
-            aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
-            ski = x509.SubjectKeyIdentifier.from_public_key(issuer.public_key()).digest
-        except x509.ExtensionNotFound:
-            aki = ski = None
-        if aki is not None and aki != ski:
+        if _authority_key_id(cert) != _subject_key_id(issuer):
             continue
         return peer_identity_from_cert(cert, trust_domain, now)
     raise PeerIdentityError("certificate is not issued by an issuing CA of this mesh")
+
+
+def check_mtls_peer(leaf_pem: bytes, chain_pems: Sequence[bytes], snapshot: TrustSnapshot, trust_domain: str,
+                    now: float) -> PeerIdentity:
+    """:func:`check_certificate` of an mTLS peer as a gRPC server sees it (the auth context's
+    ``x509_pem_cert`` and ``x509_pem_cert_chain``): issued by an issuing CA of ``snapshot``, or by one the peer
+    presented that a root of the snapshot's bundle signed. TLS verified the chain; this refuses a chain TLS
+    accepts but the mesh never builds (a leaf signed by anything but an issuing CA)."""
+    try:
+        leaf = x509.load_pem_x509_certificate(leaf_pem)
+        presented = x509.load_pem_x509_certificates(b"".join(chain_pems)) if chain_pems else []
+        roots = x509.load_pem_x509_certificates(snapshot.bundle) if snapshot.bundle.strip() else []
+    except ValueError:
+        raise PeerIdentityError("peer certificate chain could not be parsed") from None
+    return check_certificate(leaf, snapshot.issuers, trust_domain, now, roots=roots, presented=presented)
+
+
+def _authority_key_id(cert: x509.Certificate) -> bytes | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _subject_key_id(cert: x509.Certificate) -> bytes:
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        return x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
 
 
 def check_member(snapshot: TrustSnapshot | None, name: str | None) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 from benchmarks import report
 from benchmarks.delegation import run_delegation
 from benchmarks.echo import http_body
+from benchmarks.guard import print_guard, run_guard
 from benchmarks.httpload import HttpLoad, HttpTarget
 from benchmarks.joincost import run_join
 from benchmarks.loadgen import GrpcTarget, LoadGenerator, LoadgenSpec, RoundResult
@@ -463,6 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rotation": None,
         "lifecycle": None,
         "delegation": None,
+        "guard": None,
     }
     try:
         if not a.rotate and not a.no_micro:
@@ -470,6 +472,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             log("micro-benchmarks ...")
             doc["micro"] = _phase("micro-benchmarks",
                                   lambda: run_micro(mesh, workdir, preset.micro_seconds, preset.ca_seconds))
+        if preset.name in ("full", "quick") and not a.rotate and not a.no_micro:
+            log("payload guard: the worst 1 MiB requests ...")
+            doc["guard"] = _phase("guard", lambda: run_guard(log=log))
         if preset.name in ("full", "quick") and not a.rotate and not a.no_delegation:
             log("delegation: a 3-hop chain delegated and not, in-process ...")
             doc["delegation"] = _phase("delegation", lambda: run_delegation(workdir, mode=preset.name, log=log))
@@ -493,6 +498,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     doc["targets"] = report.compute_targets(ratios, doc["micro"], doc["rotation"], doc["lifecycle"], doc["delegation"])
     doc["duration_s"] = round(time.perf_counter() - started, 1)
     report.print_report(doc)
+    if doc["guard"]:
+        print_guard(doc["guard"])
     json_path = a.out / "latest.json"
     report.write_json(doc, json_path)
     log(f"wrote {json_path}")

@@ -9,6 +9,7 @@ does not exist (NOT_FOUND, its message): existence does not leak.
 The decisions are pure (plain values in, a decision out; no I/O, no a2a-sdk import)::
 
     named_tasks(method, request)      the tasks a request names (every A2AService method is in RULES)
+    task_key(tenant, task_id)         the store's key: a task id within its tenant
     revealed_task(response)           the task a response reveals (SendMessage, SendStreamingMessage)
     decide(principal, owner, named)   "allow" | "not-found"
     own_page(response, principal, owners)   a ListTasks page with the caller's tasks only
@@ -73,6 +74,7 @@ __all__ = [
     "not_found",
     "own_page",
     "revealed_task",
+    "task_key",
 ]
 
 log = logging.getLogger(__name__)
@@ -157,6 +159,13 @@ def revealed_task(response: Any) -> str | None:
     return None
 
 
+def task_key(tenant: str, task_id: str) -> str:
+    """The store's key of a task: its id within its tenant (A2A ``tenant``; task ids need only be unique
+    within one, and replicas may make them independently). Length-prefixed, so no tenant can spell
+    another's key."""
+    return f"{len(tenant)}:{tenant}/{task_id}"
+
+
 def decide(principal: str | None, owner: str | None, named: Named) -> Decision:
     """May ``principal`` touch the task ``named``, whose recorded owner is ``owner`` (None: unknown)?"""
     if principal is None:
@@ -197,30 +206,43 @@ class TaskOwners(Protocol):
 
 
 class MemoryTaskOwners:
-    """Owners in this process: the ``max_tasks`` most recently touched, each until ``ttl`` s idle."""
+    """Owners in this process: the ``max_tasks`` most recently touched, each until ``ttl`` s idle, and at
+    most ``per_principal`` per principal (beyond it a principal's own least recently touched task is
+    forgotten, so one principal creating tasks cannot push everyone else's owners out)."""
 
-    def __init__(self, *, max_tasks: int = 100_000, ttl: float = 7 * 86400.0, clock: Clock = time.monotonic) -> None:
-        if max_tasks < 1 or ttl <= 0:
-            raise ConfigError("a2a: max_tasks must be at least 1 and task_ttl positive")
+    def __init__(self, *, max_tasks: int = 100_000, ttl: float = 7 * 86400.0, per_principal: int = 1000,
+                 clock: Clock = time.monotonic) -> None:
+        if max_tasks < 1 or ttl <= 0 or per_principal < 1:
+            raise ConfigError("a2a: max_tasks and max_tasks_per_principal must be at least 1, task_ttl positive")
         self.max_tasks = max_tasks
         self.ttl = ttl
+        self.per_principal = per_principal
         self.clock = clock
         self._owners: OrderedDict[str, tuple[str, float]] = OrderedDict()  # least recently touched first
+        self._mine: dict[str, OrderedDict[str, None]] = {}  # each principal's tasks, least recently touched first
 
     def __len__(self) -> int:
         return len(self._owners)
 
-    def _get(self, task_id: str, principal: str | None, now: float) -> str | None:
-        hit = self._owners.get(task_id)
+    def _drop(self, task: str) -> None:
+        owner, _ = self._owners.pop(task)
+        mine = self._mine[owner]
+        del mine[task]
+        if not mine:
+            del self._mine[owner]
+
+    def _get(self, task: str, principal: str | None, now: float) -> str | None:
+        hit = self._owners.get(task)
         if hit is None:
             return None
         owner, seen = hit
         if now - seen >= self.ttl:
-            del self._owners[task_id]
+            self._drop(task)
             return None
         if owner == principal:
-            self._owners[task_id] = (owner, now)
-            self._owners.move_to_end(task_id)
+            self._owners[task] = (owner, now)
+            self._owners.move_to_end(task)
+            self._mine[owner].move_to_end(task)
         return owner
 
     async def owners(self, task_ids: Sequence[str], principal: str | None) -> list[str | None]:
@@ -233,15 +255,20 @@ class MemoryTaskOwners:
         if owner is not None:
             return owner
         self._owners[task_id] = (principal, now)
+        mine = self._mine.setdefault(principal, OrderedDict())
+        mine[task_id] = None
+        if len(mine) > self.per_principal:
+            self._drop(next(iter(mine)))
         while self._owners:  # the idle ones first (the oldest touched are first), then beyond max_tasks
             oldest, (_, seen) = next(iter(self._owners.items()))
             if len(self._owners) <= self.max_tasks and now - seen < self.ttl:
                 break
-            del self._owners[oldest]
+            self._drop(oldest)
         return principal
 
     async def aclose(self) -> None:
         self._owners.clear()
+        self._mine.clear()
 
 
 _REDIS_ERRORS = (RedisError, OSError, TimeoutError, ValueError, TypeError)
@@ -327,5 +354,6 @@ def build_task_owners(limits: RateLimitConfig, a2a: A2AConfig | None, *, agent: 
     ``a2a`` None (an agent serving A2A without an ``a2a:`` block) takes A2AConfig's defaults."""
     defaults = A2AConfig(card="") if a2a is None else a2a
     if limits.backend == "memory":
-        return MemoryTaskOwners(max_tasks=defaults.max_tasks, ttl=defaults.task_ttl, clock=clock)
+        return MemoryTaskOwners(max_tasks=defaults.max_tasks, ttl=defaults.task_ttl,
+                                per_principal=defaults.max_tasks_per_principal, clock=clock)
     return RedisTaskOwners(limits.backend, agent, ttl=defaults.task_ttl)

@@ -10,13 +10,14 @@ One JSONL line per span (the input of ``agentmesh audit show``; a stable schema)
 
 Attributes and event attributes pass through :func:`agentmesh.audit.redact.safe_attributes`. The
 exporters read the ended spans of fastspan.py directly, in the queue's export thread.
-The file is opened ``O_APPEND`` (created ``0600``) and every batch of whole lines is written with
+The file is opened ``O_APPEND`` (created ``0600``, or tightened to it) and every batch of whole lines is written with
 one ``os.write``, so several processes can append to the same log without interleaving lines.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -79,11 +80,16 @@ class JsonlExporter:
         self.path = path
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self._fd: int | None = os.open(
-                path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600
-            )
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as e:
             raise ConfigError(f"audit.jsonl_path: cannot open {path} for appending ({e.strerror})") from None
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):  # (not a device such as /dev/stdout)
+                os.fchmod(fd, 0o600)  # also tightens a log that existed with wider permissions
+        except OSError as e:
+            os.close(fd)
+            raise ConfigError(f"audit.jsonl_path: cannot make {path} private (mode 0600: {e.strerror})") from None
+        self._fd: int | None = fd
 
     def export(self, spans: Sequence[FastSpan]) -> SpanExportResult:
         fd = self._fd

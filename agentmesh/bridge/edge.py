@@ -46,6 +46,8 @@ __all__ = [
 A2A_SERVICE_PARAMETERS = {"a2a-version": "A2A-Version", "a2a-extensions": "A2A-Extensions"}
 #: client headers forwarded to the agent as gRPC metadata; nothing else a client sends is
 FORWARDED_HEADERS = ("x-request-id", *A2A_SERVICE_PARAMETERS)
+#: the A2A service parameters of one request, all values together (bytes): beyond, 431
+MAX_SERVICE_PARAMETERS = 4096
 WWW_AUTH_MISSING = 'Bearer realm="agentmesh"'
 WWW_AUTH_INVALID = 'Bearer error="invalid_token"'
 
@@ -132,9 +134,14 @@ def forwarded_metadata(headers: Iterable[tuple[str, str]], request_id: str) -> l
     client sends are dropped here (the client chain drops identity headers a second time).
     """
     out = [("x-request-id", request_id)]
+    size = 0
     for key, value in headers:
         k = key.lower()
         if k in A2A_SERVICE_PARAMETERS and _PARAMETER.fullmatch(value.strip()):
+            size += len(k) + len(value.strip())
+            if size > MAX_SERVICE_PARAMETERS:  # many 1 KiB headers would overrun the agent's metadata limit
+                raise HttpError(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"A2A service parameters over {MAX_SERVICE_PARAMETERS} bytes", status=431)
             out.append((k, value.strip()))
     return out
 

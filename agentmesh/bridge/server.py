@@ -1,5 +1,8 @@
 """Serving the bridge with uvicorn: HTTPS by default, uvloop + httptools when installed.
 
+Every phase of a connection (TLS handshake, idle, request head, body) has a deadline and the
+connections are capped in all and per client address (:mod:`agentmesh.bridge.protocol`, below the app).
+
 The HTTPS certificate is ``bridge.tls_cert``/``bridge.tls_key`` when configured, else the bridge's
 mesh identity (``cert.pem``/``key.pem``); a renewed pair reaches new connections without a restart,
 in every worker (:mod:`agentmesh.bridge.tlsreload`). Plain HTTP needs ``insecure_http``
@@ -20,6 +23,7 @@ from typing import Any
 from starlette.applications import Starlette
 
 from agentmesh.bridge.app import create_app
+from agentmesh.bridge.protocol import BridgeHttp, BridgeLoop, ConnectionLimits
 from agentmesh.bridge.tlsreload import ReloadingContextFactory, uvicorn_reloads
 from agentmesh.config import MeshConfig
 from agentmesh.configfile import load_config
@@ -60,17 +64,22 @@ def uvicorn_options(config: MeshConfig, *, listen: str | None = None, insecure_h
     """The uvicorn settings for this config (no I/O beyond checking that the TLS files exist)."""
     if workers < 1:
         raise ConfigError(f"--workers: expected a number >= 1, got {workers}")
-    host, port = split_listen(listen or config.bridge.listen)
+    b = config.bridge
+    host, port = split_listen(listen or b.listen)
+    parser = "h11" if b.http_parser == "h11" or not importlib.util.find_spec("httptools") else "httptools"
+    limits = ConnectionLimits(head_timeout=b.head_timeout, max_head=b.max_head, body_timeout=b.body_timeout,
+                              idle_timeout=b.idle_timeout, max_connections=b.max_connections,
+                              max_pending_per_ip=b.max_pending_per_ip)
     opts: dict[str, Any] = {
         "host": host, "port": port, "workers": workers, "access_log": False, "log_level": "info",
         "lifespan": "on", "proxy_headers": False, "server_header": False, "timeout_graceful_shutdown": 10,
-        "loop": "uvloop" if importlib.util.find_spec("uvloop") else "auto",
-        "limit_concurrency": config.bridge.max_connections,
+        # every phase of a connection is bounded there (uvicorn's limit_concurrency is not used: it counts
+        # the idle and half-sent connections it never closes, and answers 503 only after reading a head)
+        "http": BridgeHttp(limits, parser),  # type: ignore[arg-type]
+        "h11_max_incomplete_event_size": b.max_head,
+        "timeout_keep_alive": b.idle_timeout,
+        "loop": BridgeLoop(b.handshake_timeout, uvloop=importlib.util.find_spec("uvloop") is not None),
     }
-    if config.bridge.http_parser == "h11" or not importlib.util.find_spec("httptools"):
-        opts.update(http="h11", h11_max_incomplete_event_size=16 * 1024)
-    else:
-        opts["http"] = "httptools"  # about twice the throughput; bound request heads in front of it
     if not insecure_http and config.bridge.tls:
         cert, key = _tls_files(config)
         opts.update(ssl_certfile=str(cert), ssl_keyfile=str(key))

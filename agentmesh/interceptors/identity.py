@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grpc
 
@@ -13,6 +13,7 @@ from agentmesh.errors import PeerIdentityError
 from agentmesh.identity import PeerIdentity, peer_identity_from_pem
 from agentmesh.interceptors.base import Stage
 from agentmesh.runtime.truststate import TrustState
+from agentmesh.trust import check_mtls_peer
 
 __all__ = ["PeerIdentityCache", "PeerIdentityStage"]
 
@@ -30,13 +31,15 @@ class PeerIdentityCache:
         self.clock = clock
         self._cache: OrderedDict[bytes, PeerIdentity] = OrderedDict()
 
-    def identify(self, pem: bytes | None) -> PeerIdentity:
+    def identify(self, pem: bytes | None, chain: Sequence[bytes] = ()) -> PeerIdentity:
         if not pem:
             raise PeerIdentityError("no verified client certificate (mutual TLS is required)")
         now = self.clock()
         peer = self._cache.get(pem)
         if peer is None:
-            peer = peer_identity_from_pem(pem, self.trust_domain, now)
+            snapshot = self.trust.snapshot if self.trust is not None else None
+            peer = check_mtls_peer(pem, chain, snapshot, self.trust_domain, now) if snapshot is not None \
+                else peer_identity_from_pem(pem, self.trust_domain, now)
             if self.trust is not None:
                 self.trust.check_peer(peer, known=False)
             self._cache[pem] = peer
@@ -51,11 +54,12 @@ class PeerIdentityCache:
         return peer
 
 
-def peer_pem(context: grpc.aio.ServicerContext) -> bytes | None:
-    """The client leaf certificate TLS verified, from the auth context (never from metadata)."""
+def peer_pem(context: grpc.aio.ServicerContext) -> tuple[bytes | None, Sequence[bytes]]:
+    """The client leaf certificate TLS verified and the chain it presented, from the auth context (never
+    from metadata)."""
     auth = context.auth_context()
     pems = auth.get("x509_pem_cert")
-    return pems[0] if pems else None
+    return (pems[0] if pems else None), tuple(auth.get("x509_pem_cert_chain", ()))
 
 
 
@@ -67,4 +71,4 @@ class PeerIdentityStage(Stage):
         self.cache = cache
 
     async def before(self, call: CallContext, context: grpc.aio.ServicerContext) -> None:
-        call.peer = self.cache.identify(peer_pem(context))
+        call.peer = self.cache.identify(*peer_pem(context))

@@ -26,6 +26,7 @@ from agentmesh.a2a.ownership import (
     not_found,
     own_page,
     revealed_task,
+    task_key,
 )
 from agentmesh.context import CallContext
 from agentmesh.errors import NotFound, PermissionDenied
@@ -42,6 +43,11 @@ def _sdk_details(message: str) -> tuple[tuple[str, str | bytes], ...]:
     detail = status_pb2.Status(code=code_pb2.NOT_FOUND, message=message)
     detail.details.add().Pack(error_details_pb2.ErrorInfo(reason=TASK_NOT_FOUND_REASON, domain=A2A_ERROR_DOMAIN))
     return tuple(rpc_status.to_status(detail).trailing_metadata)
+
+
+def _tenant(call: CallContext) -> str:
+    """The A2A tenant the request names ("" for none): owners are kept per tenant."""
+    return str(getattr(call.request, "tenant", "") or "")
 
 
 class TaskOwnershipStage(Stage):
@@ -64,20 +70,23 @@ class TaskOwnershipStage(Stage):
         named = named_tasks(name, call.request)
         if not named:
             return
-        owners = await self.owners.owners([n.task_id for n in named], call.principal)
+        tenant = _tenant(call)
+        owners = await self.owners.owners([task_key(tenant, n.task_id) for n in named], call.principal)
         for n, owner in zip(named, owners, strict=True):
             if decide(call.principal, owner, n) != "allow":
                 raise self._refuse(call, context, n)
 
     async def respond(self, call: CallContext, response: Any) -> Any:
         if method_name(call.method) == "ListTasks":
-            owners = await self.owners.owners([t.id for t in response.tasks], call.principal)
+            tenant = _tenant(call)
+            owners = await self.owners.owners([task_key(tenant, t.id) for t in response.tasks], call.principal)
             return own_page(response, call.principal, owners)
         task_id = revealed_task(response)
         if task_id is None:
             return response
         named = Named(task_id)
-        owner = await self.owners.claim(task_id, call.principal) if call.principal is not None else None
+        key = task_key(_tenant(call), task_id)
+        owner = await self.owners.claim(key, call.principal) if call.principal is not None else None
         if decide(call.principal, owner, named) != "allow":
             raise self._refuse(call, None, named)
         return response

@@ -14,9 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from agentmesh.config import RateRule
-from agentmesh.errors import ConfigError, RateLimited
-from agentmesh.policy import compile_method_globs
+from agentmesh.config import RateRule, compile_method_globs
+from agentmesh.errors import RateLimited
 
 __all__ = ["UNLIMITED", "RateDecision", "RateLimiter", "RuleSet", "rate_limited_error"]
 
@@ -64,22 +63,17 @@ class _Matcher:
 
 
 class RuleSet:
-    """Rate rules, validated and compiled once; :meth:`select` finds the rule for a call."""
+    """Rate rules compiled once; :meth:`select` finds the rule for a call.
+
+    The rules come checked (:class:`agentmesh.config.RateRule` checks itself, :class:`RateLimitConfig`
+    that names are unique, :class:`MeshConfig` the agents and methods they name).
+    """
 
     def __init__(self, rules: Sequence[RateRule]) -> None:
-        seen: set[str] = set()
-        matchers = []
-        for r in rules:
-            if r.name in seen:
-                raise ConfigError(f"rate_limits.rules: duplicate rule name {r.name!r}")
-            seen.add(r.name)
-            if not (r.rate > 0 and math.isfinite(r.rate)):
-                raise ConfigError(f"rate limit rule {r.name}: rate must be a positive number, got {r.rate!r}")
-            if r.burst < 1:
-                raise ConfigError(f"rate limit rule {r.name}: burst must be >= 1, got {r.burst!r}")
-            matchers.append(_Matcher(r, compile_method_globs(r.methods), frozenset(r.roles),
-                                     frozenset(r.principals), frozenset(r.to)))
-        self._matchers = tuple(matchers)
+        self._matchers = tuple(
+            _Matcher(r, compile_method_globs(r.methods), frozenset(r.roles), frozenset(r.principals), frozenset(r.to))
+            for r in rules
+        )
 
     @property
     def rules(self) -> tuple[RateRule, ...]:

@@ -1,8 +1,13 @@
 """Dialing agents by name over mutual TLS, verifying that the server is the agent we meant.
 
 The server's certificate must chain to the mesh bundle and carry the agent name as a DNS SAN
-(checked through ``grpc.ssl_target_name_override``), so a mesh member cannot pose as another one
-at a known address.
+(checked through ``grpc.ssl_target_name_override``), and its SPIFFE ID must be that agent's: gRPC's
+Python client cannot see the server's certificate, so before the first call on a new connection a
+probe (:mod:`agentmesh.runtime.probe`, its own mutual-TLS handshake to the same addresses) reads it and
+:func:`agentmesh.identity.check_server_identity` checks it. Calls wait for that check (milliseconds);
+a server presenting another member's identity gets none (UNAVAILABLE), so a certificate that merely
+carries the agent's name as a DNS SAN cannot pose as it. A server the probe cannot reach is left to the
+gRPC call and checked again at a later call (see ``docs/SECURITY.md``, known limits).
 
 :meth:`MeshChannels.channel` returns a :class:`MeshChannel`: it looks like a ``grpc.aio.Channel``
 to generated stubs, follows certificate rotations (a new connection with the new certificate, and
@@ -26,8 +31,8 @@ from typing import Any, TypeVar
 import grpc
 
 from agentmesh.context import maybe_current_call
-from agentmesh.errors import ConfigError, Unavailable
-from agentmesh.identity import validate_agent_name
+from agentmesh.errors import ConfigError, PeerIdentityError, Unavailable
+from agentmesh.identity import check_server_identity, validate_agent_name
 from agentmesh.interceptors.client import ClientSteps, Prepared
 from agentmesh.runtime.calls import (
     DeferredCall,
@@ -37,11 +42,13 @@ from agentmesh.runtime.calls import (
     DeferredUnaryUnaryCall,
 )
 from agentmesh.runtime.credentials import AgentIdentity, IdentityFiles
+from agentmesh.runtime.probe import served_certificate
 
 __all__ = ["MeshChannel", "MeshChannels", "secure_channel"]
 
 T = TypeVar("T")
 DROP_GRACE = 1.0  # seconds a call in flight to a member that was just refused may still finish
+RECHECK = 1.0  # seconds before a server that was refused, or could not be probed, is probed again
 #: (target agent name, identity snapshot) -> the client chain of a channel (None: no chain)
 StepsFactory = Callable[[str, IdentityFiles], ClientSteps | None]
 
@@ -77,6 +84,7 @@ class MeshChannels:
         options: Sequence[tuple[str, Any]] = (),
         refused: Callable[[str], bool] = lambda name: False,
         on_new: Callable[[str], object] = lambda name: None,
+        verify_servers: bool = True,
     ) -> None:
         self.identity = identity
         self.refused = refused  # e.g. a member revoked as a whole: never dialled, whatever its certificate
@@ -88,6 +96,9 @@ class MeshChannels:
         self._current: dict[str, tuple[int, grpc.aio.Channel, ClientSteps | None, float]] = {}
         self._facades: dict[str, MeshChannel] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        # by name: (address it was checked at, the check: True verified / False not reached, when it started)
+        self.verify_servers = verify_servers
+        self._checks: dict[str, tuple[str, asyncio.Task[bool], float]] = {}
 
     @staticmethod
     def _from_mapping(addresses: dict[str, str]) -> Callable[[str], str]:
@@ -114,11 +125,54 @@ class MeshChannels:
         if hit is not None:  # a rotation: calls in flight on the old connection may run while its cert is valid
             self.retire(hit[1], grace=max(1.0, hit[3] - time.time()))
         files = self.identity.files
+        if (check := self._checks.get(name)) is not None and check[1].done() and not check[1].cancelled() \
+                and check[1].exception() is None:
+            del self._checks[name]  # a new connection: the server it reaches is checked again
         ch = secure_channel(self.identity, self._resolve(name), name, files=files, options=self.options)
         steps = self._steps(name, files)
         self._current[name] = (version, ch, steps, files.leaf.not_valid_after_utc.timestamp())
         self.on_new(name)
         return ch, steps
+
+    def server_check(self, name: str) -> asyncio.Task[bool] | None:
+        """None once the server of agent ``name`` was checked (or could not be reached: then gRPC decides);
+        else the check under way, to await before a call starts. Raises :class:`Unavailable` while the
+        server presents another identity (checked again after ``RECHECK`` seconds)."""
+        if not self.verify_servers:
+            return None
+        target = self._resolve(name)
+        hit = self._checks.get(name)
+        now = time.monotonic()
+        if hit is not None and hit[0] == target and _still_good(hit[1], now - hit[2]):
+            task = hit[1]
+        else:
+            task = asyncio.get_running_loop().create_task(self._check_server(name, target))
+            task.add_done_callback(_retrieved)
+            self._checks[name] = (target, task, now)
+        if not task.done():
+            return task
+        if (error := task.exception()) is not None:
+            raise error
+        return None
+
+    async def _check_server(self, name: str, target: str) -> bool:
+        """Probes every address of ``target``; True when each one reached presents agent ``name``."""
+        addresses = _probe_addresses(target)
+        results = await asyncio.gather(*(asyncio.to_thread(served_certificate, a, name, self.identity.dir)
+                                         for a in addresses), return_exceptions=True)
+        reached = bool(addresses)
+        for address, result in zip(addresses, results, strict=True):
+            if isinstance(result, Unavailable):  # down, or TLS refused it: the gRPC call finds out too
+                reached = False
+                continue
+            if isinstance(result, BaseException):
+                raise result
+            try:
+                check_server_identity(result, name, self.identity.trust_domain)
+            except PeerIdentityError as e:
+                self.drop(name, grace=0.0)
+                raise Unavailable(f"refusing agent {name} at {address}: {e}") from None
+        return reached
 
     def channel(self, name: str) -> MeshChannel:
         """The channel to agent ``name`` (one object per name; it follows rotations)."""
@@ -222,16 +276,18 @@ class _ChainedCallable:
     def _start(self, request: Any, timeout: float | None, metadata: Any, credentials: grpc.CallCredentials | None,
                wait_for_ready: bool | None, compression: grpc.Compression | None) -> Any:
         ch, steps = self._channels.current(self._name)
+        check = self._channels.server_check(self._name)  # raises while the server presents another identity
         if ch is not self._channel:
             self._callable = getattr(ch, self._kind)(self._method, **self._kwargs)
             self._channel = ch
         invoke = self._callable
-        if steps is None:
+        if steps is None and check is None:
             return invoke(request, timeout=timeout, metadata=metadata, credentials=credentials,
                           wait_for_ready=wait_for_ready, compression=compression)
-        prepared = steps.prepare_now(self._method, metadata, timeout)
-        if prepared is None:  # the token must be fetched first (start-up, right after a rotation, refresh window)
-            return self._deferred(steps, invoke, request, timeout, metadata, credentials, wait_for_ready,
+        prepared = steps.prepare_now(self._method, metadata, timeout) if steps is not None and check is None \
+            else None
+        if prepared is None or steps is None:  # the server is being checked, or the token must be fetched first
+            return self._deferred(steps, check, invoke, request, timeout, metadata, credentials, wait_for_ready,
                                   compression)
         md, t, span = prepared
         try:
@@ -243,22 +299,30 @@ class _ChainedCallable:
         steps.end_when_done(call, span)
         return call
 
-    def _deferred(self, steps: ClientSteps, invoke: Any, request: Any, timeout: float | None, metadata: Any,
-                  credentials: grpc.CallCredentials | None, wait_for_ready: bool | None,
-                  compression: grpc.Compression | None) -> DeferredCall[Prepared]:
-        """A whole grpc.aio call object at once; the real call starts once the token is at hand."""
+    def _deferred(self, steps: ClientSteps | None, check: Awaitable[bool] | None, invoke: Any, request: Any,
+                  timeout: float | None, metadata: Any, credentials: grpc.CallCredentials | None,
+                  wait_for_ready: bool | None, compression: grpc.Compression | None) -> DeferredCall[Prepared | None]:
+        """A whole grpc.aio call object at once; the real call starts once the server's identity was
+        checked and the token is at hand."""
         served = maybe_current_call()  # the deadline counts from now: bounded as prepare_now() bounds it
         if served is not None and served.deadline is not None:
             left = max(0.0, served.deadline - time.monotonic())
             timeout = left if timeout is None else min(timeout, left)
-        method, tokens = self._method, steps.tokens
+        method, tokens = self._method, steps.tokens if steps is not None else None
 
-        async def prepare() -> Prepared:
+        async def prepare() -> Prepared | None:
+            if check is not None:  # shared by every call waiting for it: one call given up does not cancel it
+                await asyncio.shield(check)
+            if steps is None:
+                return None
             if tokens is not None:  # a call given up (cancelled, past its deadline) does not cancel the fetch
                 await _shielded(tokens.token())
             return await steps.prepare(method, metadata, None)  # (the timeout: what is left when it starts)
 
-        def begin(prepared: Prepared, left: float | None) -> Any:
+        def begin(prepared: Prepared | None, left: float | None) -> Any:
+            if prepared is None or steps is None:
+                return invoke(request, timeout=left, metadata=metadata, credentials=credentials,
+                              wait_for_ready=wait_for_ready, compression=compression)
             md, _, span = prepared
             try:
                 call = invoke(request, timeout=left, metadata=md, credentials=credentials,
@@ -316,6 +380,23 @@ class _StreamStream(_ChainedCallable, grpc.aio.StreamStreamMultiCallable):  # ty
                  credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
                  compression: grpc.Compression | None = None) -> Any:
         return self._start(request_iterator, timeout, metadata, credentials, wait_for_ready, compression)
+
+
+def _still_good(check: asyncio.Task[bool], age: float) -> bool:
+    """Whether a server check stands: under way, passed, or refused / not reached less than RECHECK ago."""
+    if not check.done():
+        return True
+    if check.cancelled():
+        return False
+    return (check.exception() is None and check.result()) or age < RECHECK
+
+
+def _probe_addresses(target: str) -> tuple[str, ...]:
+    """The host:port addresses a gRPC target names (``host:port``, or ``ipv4:a,b`` for replicas)."""
+    for scheme in ("ipv4:", "ipv6:"):
+        if target.startswith(scheme):
+            return tuple(a for a in target[len(scheme):].split(",") if a)
+    return () if target.startswith(("unix:", "dns:")) else (target,)
 
 
 def _retrieved(fetch: asyncio.Future[Any]) -> None:

@@ -10,15 +10,37 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from agentmesh.errors import Unavailable
+from agentmesh.errors import ConfigError, Unavailable
 from agentmesh.runtime.credentials import AgentIdentity
 
-__all__ = ["MeshServer"]
+__all__ = ["MAX_CONCURRENT_STREAMS", "MeshServer", "hardening_options"]
 
 AddServicer = Callable[[Any, grpc.aio.Server], None]
 
 
 METADATA_LIMIT = 32 * 1024
+#: HTTP/2 streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS); gRPC's own
+#: default is unbounded. A client past it waits (gRPC clients queue the call) instead of costing the server
+#: memory and CPU: a flood of streams opened and reset at once ("rapid reset") stays this wide.
+MAX_CONCURRENT_STREAMS = 100
+#: connections with no call for this long are closed (GOAWAY); a client reconnects when it next calls
+MAX_CONNECTION_IDLE = 300.0
+
+
+def hardening_options(max_concurrent_streams: int = MAX_CONCURRENT_STREAMS,
+                      max_connection_idle: float = MAX_CONNECTION_IDLE) -> list[tuple[str, Any]]:
+    """The gRPC server options that bound what one connection may cost: concurrent streams, idle
+    connections, and pings (gRPC's keepalive enforcement, pinned here: a client that pings more often than
+    every 5 min without calls gets GOAWAY ENHANCE_YOUR_CALM at the third such ping)."""
+    if max_concurrent_streams < 1:
+        raise ConfigError("max_concurrent_streams must be at least 1")
+    return [
+        ("grpc.max_concurrent_streams", max_concurrent_streams),
+        ("grpc.max_connection_idle_ms", int(max_connection_idle * 1000)),
+        ("grpc.http2.min_ping_interval_without_data_ms", 300_000),
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.keepalive_permit_without_calls", 0),
+    ]
 
 
 class MeshServer:
@@ -27,7 +49,8 @@ class MeshServer:
     Requires and verifies client certificates (re-read from disk for new handshakes; ``client_auth=False``
     only for the control plane's join port), serves ``grpc.health.v1``, and drains in-flight calls for
     ``grace`` seconds on stop / SIGTERM. Connections are not closed by age unless ``max_connection_age``
-    is set: calls are re-checked against revocations while they run instead.
+    is set: calls are re-checked against revocations while they run instead. Each connection has at most
+    ``max_concurrent_streams`` calls open at once (:func:`hardening_options`); ``options`` may override any.
     """
 
     def __init__(
@@ -39,6 +62,7 @@ class MeshServer:
         grace: float = 10.0,
         options: Sequence[tuple[str, Any]] = (),
         client_auth: bool = True,
+        max_concurrent_streams: int = MAX_CONCURRENT_STREAMS,
     ) -> None:
         self.identity = identity
         self.grace = grace
@@ -47,7 +71,8 @@ class MeshServer:
         # room for a delegated call's metadata: up to 8 hop links (each carries its signer's certificate,
         # ~1.4 KB) beside the transaction token and the caller's token; gRPC's default soft limit is 8 KiB
         opts: list[tuple[str, Any]] = [("grpc.so_reuseport", 0), ("grpc.max_metadata_size", METADATA_LIMIT),
-                                       ("grpc.absolute_max_metadata_size", METADATA_LIMIT), *options]
+                                       ("grpc.absolute_max_metadata_size", METADATA_LIMIT),
+                                       *hardening_options(max_concurrent_streams), *options]
         if max_connection_age > 0:
             opts += [("grpc.max_connection_age_ms", int(max_connection_age * 1000)),
                      ("grpc.max_connection_age_grace_ms", int(grace * 1000))]

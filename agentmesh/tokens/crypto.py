@@ -61,10 +61,17 @@ def b64url_encode(data: bytes) -> str:
 
 
 def b64url_decode(segment: str) -> bytes:
-    """Strict base64url without padding; ValueError on anything else."""
+    """Strict base64url without padding; ValueError on anything else.
+
+    Canonical only: the unused low bits of the last character must be zero (RFC 4648 section 3.5), so
+    one byte string has one encoding and a token cannot be re-spelt without breaking its signature.
+    """
     if not _B64URL.match(segment) or len(segment) % 4 == 1:
         raise ValueError("not base64url")
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    data = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    if b64url_encode(data) != segment:
+        raise ValueError("not canonical base64url")
+    return data
 
 
 # ---------------------------------------------------------------------- private keys (authority)

@@ -130,7 +130,7 @@ class KeySet:
 
 
 def parse_jwks(doc: Mapping[str, Any], issuer: str) -> list[VerificationKey]:
-    """The usable signing keys of a JWKS; keys for encryption or without kid are skipped."""
+    """The usable signing keys of a JWKS; keys for encryption (``use``, ``key_ops``) or without kid are skipped."""
     raw = doc.get("keys")
     if not isinstance(raw, list):
         raise ConfigError(f"the JWKS for issuer {issuer!r} has no 'keys' list")
@@ -141,6 +141,9 @@ def parse_jwks(doc: Mapping[str, Any], issuer: str) -> list[VerificationKey]:
         kid = jwk.get("kid")
         if not isinstance(kid, str) or not kid or jwk.get("use", "sig") != "sig":
             continue
+        ops = jwk.get("key_ops")
+        if ops is not None and (not isinstance(ops, list) or "verify" not in ops):
+            continue  # RFC 7517 section 4.3: a key whose operations do not include verify is not for us
         try:
             key, alg = crypto.key_from_jwk(jwk)
         except ConfigError as e:

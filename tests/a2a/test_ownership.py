@@ -212,3 +212,23 @@ async def test_build_takes_the_a2a_block_or_its_defaults() -> None:
     assert isinstance(store, MemoryTaskOwners) and (store.max_tasks, store.ttl) == (100_000, 7 * 86400.0)
     store = build_task_owners(RateLimitConfig(), A2AConfig(card="{}", max_tasks=3, task_ttl=5.0), agent="travel")
     assert isinstance(store, MemoryTaskOwners) and (store.max_tasks, store.ttl) == (3, 5.0)
+
+
+async def test_one_principal_cannot_push_out_the_owners_of_others() -> None:
+    store = MemoryTaskOwners(max_tasks=10, per_principal=3, clock=FakeClock(0))
+    await store.claim("a1", "alice")
+    for i in range(50):  # bob creates task after task
+        await store.claim(f"b{i}", "bob")
+    assert await store.owners(["a1"], "alice") == ["alice"]  # alice's owner stays
+    assert await store.owners([f"b{i}" for i in range(45, 50)], "bob") == [None, None, "bob", "bob", "bob"]
+    assert len(store) == 4
+    for p in range(12):  # many principals: the global bound still holds (least recently touched first)
+        await store.claim(f"p{p}", f"principal-{p}")
+    assert len(store) == 10
+
+
+def test_task_keys_are_per_tenant_and_unambiguous() -> None:
+    from agentmesh.a2a.ownership import task_key
+
+    assert task_key("", "t1") != task_key("a", "t1") != task_key("b", "t1")
+    assert task_key("a/b", "c") != task_key("a", "b/c")  # no tenant spells another's key

@@ -122,3 +122,11 @@ def test_a_template_with_a_verb_is_the_more_specific(verb: str, path: str, metho
     catalog = Catalog([Operation(op.agent, op.info, http_rules(op.info.descriptor)) for op in ops])
     match = catalog.match(verb, ["v1", "agents", "travel", *path.split("/")])
     assert match.op.info.name == method
+
+
+def test_service_parameters_are_bounded_in_total() -> None:
+    one = ("A2A-Extensions", "https://example.org/ext/" + "x" * 970)
+    assert len(forwarded_metadata([one] * 3, "r")) == 4  # within 4 KiB: forwarded
+    with pytest.raises(HttpError) as e:  # 28 such headers overran the agent's 32 KiB metadata limit (a 429)
+        forwarded_metadata([one] * 28, "r")
+    assert e.value.status == 431 and "A2A service parameters" in e.value.message

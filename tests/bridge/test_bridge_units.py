@@ -142,7 +142,10 @@ def test_serve_options(tmp_path: Path) -> None:
         uvicorn_options(config)  # no bridge identity yet: HTTPS cannot start
     opts = uvicorn_options(config, listen="0.0.0.0:9000", insecure_http=True)
     assert (opts["host"], opts["port"], opts["access_log"], opts["log_level"]) == ("0.0.0.0", 9000, False, "info")
-    assert opts["loop"] == "uvloop" and opts["http"] == "httptools" and "ssl_certfile" not in opts
+    from agentmesh.bridge.protocol import BridgeHttp, BridgeLoop
+
+    assert isinstance(opts["loop"], BridgeLoop) and opts["loop"].uvloop and "ssl_certfile" not in opts
+    assert isinstance(opts["http"], BridgeHttp) and opts["http"].parser == "httptools"
     (tmp_path / "c.pem").write_text("x")
     (tmp_path / "k.pem").write_text("x")
     config = parse_config({"trust_domain": TD, "agents": {}, "bridge": {"tls_cert": "c.pem", "tls_key": "k.pem"}},
@@ -163,11 +166,13 @@ def test_uvicorn_bounds_connections_and_with_h11_request_heads(tmp_path: Path) -
 
     base = {"trust_domain": "example.org", "agents": {}}
     fast = uvicorn_options(parse_config({**base, "bridge": {"tls": False}}, tmp_path))
-    assert fast["limit_concurrency"] == 1024 and fast["http"] in ("httptools", "h11")
+    # the connection cap and every phase's deadline live in the protocol (agentmesh.bridge.protocol), not in
+    # uvicorn's limit_concurrency (it counted the idle and half-sent connections it never closed)
+    assert "limit_concurrency" not in fast and fast["http"].limits.max_connections == 1024
+    assert fast["http"].parser in ("httptools", "h11") and fast["h11_max_incomplete_event_size"] == 32 * 1024
     strict = uvicorn_options(parse_config({**base, "bridge": {"tls": False, "http_parser": "h11",
                                                              "max_connections": 64}}, tmp_path))
-    assert strict["http"] == "h11" and strict["h11_max_incomplete_event_size"] == 16 * 1024
-    assert strict["limit_concurrency"] == 64
+    assert strict["http"].parser == "h11" and strict["http"].limits.max_connections == 64
 
 
 def test_duplicate_json_members_are_refused() -> None:

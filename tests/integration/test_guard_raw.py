@@ -182,9 +182,6 @@ async def test_streamed_raw_bytes_are_checked_per_message(mesh: tuple[Mesh, RawH
     assert INJECTION not in handlers.received
 
 
-@pytest.mark.xfail(strict=True, reason="context.read() bypasses the request iterator the chain inspects: "
-                                       "needs ServerChain (interceptors/base.py) to hand handlers a context "
-                                       "whose read() runs the inspecting stages")
 async def test_messages_read_with_context_read_are_checked(mesh: tuple[Mesh, RawHandlers]) -> None:
     m, handlers = mesh
     assert await client(m).upload_read(chunks(b"part one"), timeout=10) == b"ok 1 chunks"
