@@ -307,3 +307,29 @@ async def test_disconnected_client_cancels_the_stream(mesh: BridgeMesh, binding:
     # the task lives on in the agent (A2A tasks outlive their streams) and can still be cancelled
     r = await mesh.client.post("/v1/agents/travel", json=rpc("CancelTask", {"id": task_id}), headers=mesh.auth())
     assert r.json()["result"]["status"]["state"] == "TASK_STATE_CANCELED"
+
+
+# ---------------------------------------------------------------------------------------------- two principals
+@pytest.mark.parametrize("binding", BINDINGS)
+async def test_one_principal_cannot_reach_anothers_tasks(mesh: BridgeMesh, binding: str) -> None:
+    """Through either binding, with the stock SDK client: bob (another client principal, allowed to call the
+    agent) gets A2A's TaskNotFoundError for alice's task on get, cancel and subscribe, and does not see it in
+    ListTasks, exactly as for a task that does not exist; alice, the owner, does all of it."""
+    tls = tls_context(mesh.bundle)
+    async with httpx.AsyncClient(verify=tls, timeout=10, headers=mesh.auth("alice@example.org")) as a_http, \
+            httpx.AsyncClient(verify=tls, timeout=10, headers=mesh.auth("bob@example.org")) as b_http:
+        alice, bob = sdk(a_http, mesh, binding), sdk(b_http, mesh, binding)
+        bob_streams = sdk(b_http, mesh, binding, streaming=True)
+        (first,) = await events(alice, message("wait: alice's trip", immediately=True))
+        task_id = first.task.id
+        for attack in (lambda: bob.get_task(a2a_pb2.GetTaskRequest(id=task_id)),
+                       lambda: bob.cancel_task(a2a_pb2.CancelTaskRequest(id=task_id)),
+                       lambda: anext(bob_streams.subscribe(a2a_pb2.SubscribeToTaskRequest(id=task_id)))):
+            with pytest.raises(TaskNotFoundError):
+                await attack()
+        assert task_id not in {t.id for t in (await bob.list_tasks(a2a_pb2.ListTasksRequest())).tasks}
+        # the owner: the same requests succeed
+        assert (await alice.get_task(a2a_pb2.GetTaskRequest(id=task_id))).id == task_id
+        assert task_id in {t.id for t in (await alice.list_tasks(a2a_pb2.ListTasksRequest())).tasks}
+        cancelled = await alice.cancel_task(a2a_pb2.CancelTaskRequest(id=task_id))
+        assert cancelled.status.state == a2a_pb2.TASK_STATE_CANCELED
