@@ -6,12 +6,17 @@ string fields recursively (nested messages, repeated fields, map keys and values
 nested deeper counts as a match of the pattern ``nesting-too-deep``, so depth cannot hide text.
 Results name the pattern, never the matched text. Non-ASCII text is folded before matching
 (compatibility forms, combining marks and invisible characters removed, common Cyrillic/Greek
-look-alikes mapped to Latin). The shipped patterns are matched anchored: each occurrence of one of
-their anchor words (``hints``) is one attempt (see ``_RULES``), not every position of the text.
+look-alikes mapped to Latin). The shipped patterns match ASCII only, so they see the text's ASCII
+projection: one ``str.translate`` with a table built once (each non-ASCII character as the fold makes it,
+every other character "?"), not a normalisation of the whole text. They are matched anchored: one
+regex pass finds every occurrence of their anchor words (``hints``), and each is one attempt (see
+``_RULES``), not every position of the text.
 
-The work is bounded: folding, scanning, candidates and the message walk are paid from a budget of
-``WORK_PER_BYTE`` units per byte of ``guard.max_request_bytes``; a request that would exceed it raises
-:class:`PayloadTooCostly` before more work is done (``benchmarks/guard.py`` measures the worst cases).
+The work is bounded and linear in the input: projecting, scanning, candidates and the message walk are
+paid from a budget of ``WORK_PER_BYTE`` units per byte of ``guard.max_request_bytes``; a request that would
+exceed it raises :class:`PayloadTooCostly` before more work is done (``benchmarks/guard.py`` measures
+the worst cases). Custom patterns (``guard.patterns``) may match any text, so for them non-ASCII text is
+folded whole (NFKD in chunks, each paid for).
 
 Other request types (a raw-bytes handler, whose request deserializer is None, or a custom codec) never
 crash it: ``bytes``/``bytearray``/``memoryview`` are checked by their length, and the patterns run over
@@ -106,18 +111,19 @@ _SEPARATOR = "\n\x00\n"
 _OTHER_SPACE = re.compile("[\x85\u1680\u2028\u2029]")
 _DROPPED = frozenset({"Mn", "Me", "Cf"})  # combining marks, format characters (zero-width, invisible)
 
-# The guard's work budget, in units of about one character of text handled: every ASCII character
-# scanned costs 1, every character NFKD makes of non-ASCII text 2 (it is then filtered, recomposed,
-# lowercased and scanned), every pattern candidate (an occurrence of an anchor word) and every message
-# walked 64 (a Python step each), every string 8. A request may spend WORK_PER_BYTE units per byte of
-# ``guard.max_request_bytes``; past that it is refused with PayloadTooCostly before more work is done.
+# The guard's work budget, in units of about one character of text handled: every character scanned
+# costs 1, every non-ASCII character projected 2 more (see _projection), every character NFKD makes for
+# custom patterns 2, every pattern candidate (an occurrence of an anchor word) and every message walked
+# 64 (a Python step each; a repeated field or map pays for all its messages before the first is walked),
+# every string 8. A request may spend WORK_PER_BYTE units per byte of ``guard.max_request_bytes``; past
+# that it is refused with PayloadTooCostly before more work is done.
 # Measured by ``benchmarks/guard.py``: the worst 1 MiB request of each kind stays under 100 ms.
 WORK_PER_BYTE = 4
 _CANDIDATE_COST = 64
 _MESSAGE_COST = 64
 _STRING_COST = 8
 _FOLD_COST = 2
-_CHUNK = 4096  # characters normalised at a time: U+FDFA makes 18 of one, so at most ~74k per step
+_CHUNK = 4096  # characters normalised at a time for custom patterns: U+FDFA makes 18 of one
 
 
 class _Budget:
@@ -132,6 +138,41 @@ class _Budget:
             raise PayloadTooCostly("request is too costly to inspect: the payload guard's work budget is "
                                    "exhausted (text that Unicode folding expands many times, or too many "
                                    "messages or pattern candidates)")
+
+
+@functools.cache
+def _projection() -> dict[int, str]:
+    """What the default patterns see of a non-ASCII character: its fold (below) lowercased, with
+    whitespace as " " and every other non-ASCII character as "?" (a run as one: no pattern tells "?"
+    from "??"). Only the characters whose projection is not "?" are kept (~8k); ``str.translate`` leaves
+    the rest, which the ASCII encoding then turns into "?". Built once (~100 ms).
+
+    The fold of a text is the fold of each character in turn: NFKC recomposes only what the dropped
+    combining marks or non-ASCII characters take part in, and nothing composes into ASCII."""
+    look = set(_LOOKALIKE_FROM)
+    table: dict[int, str] = {}
+    for block in (range(0x80, 0x30000), range(0xE0000, 0xE1000)):  # nothing folds beyond these
+        for cp in block:
+            ch = chr(cp)
+            if not (unicodedata.decomposition(ch) or unicodedata.category(ch) in _DROPPED or ch.isspace()
+                    or ch in look):
+                continue  # a character of its own: "?" (Hangul syllables decompose, into non-ASCII)
+            kept = "".join(c for c in unicodedata.normalize("NFKD", ch) if unicodedata.category(c) not in _DROPPED)
+            folded = unicodedata.normalize("NFKC", kept).translate(_CONFUSABLES).lower()
+            ascii_ = _OTHER_SPACE.sub(" ", folded).encode("ascii", "replace").decode("ascii")
+            projected = _QUESTION_MARKS.sub("?", ascii_)
+            if projected != "?":
+                table[cp] = projected
+    return table
+
+
+_QUESTION_MARKS = re.compile(r"\?{2,}")
+
+
+def _project(text: str, budget: _Budget) -> str:
+    """The lowercased ASCII projection of non-ASCII ``text`` (see :func:`_projection`), paid for."""
+    budget.spend(_FOLD_COST * len(text))
+    return text.translate(_projection()).encode("ascii", "replace").lower().decode("ascii")
 
 
 @functools.cache
@@ -219,41 +260,68 @@ _RULES: dict[str, tuple[_Rule, ...]] = {
               re.compile(r"[ \t]*(?:\n|\Z)"), run="#"),
     ),
 }
-_RUNS = {"<": re.compile("<+"), "#": re.compile("#+")}
 
 
-#: (anchor, run, ((pattern index, rule), ...)): each anchor is searched once for all the rules it starts
-_AnchorTable = tuple[tuple[str, str | None, tuple[tuple[int, _Rule], ...]], ...]
+class _Anchors:
+    """The default patterns' rules by anchor, found in one regex pass: a flat alternation of the anchors
+    (sre then skips every position whose character starts none of them), a run anchor as the run.
+    Each occurrence is one candidate: the rules of its anchor are tried where the anchor is, in
+    pattern order. Occurrences that overlap a found one are not found again; none can match but one:
+    a word anchor inside another word is not at a word start, a run is one candidate, and the one anchor
+    that can start inside a run ("<|" in "<<|") is tried at the run's last character."""
 
+    def __init__(self, names: tuple[str, ...]) -> None:
+        #: the occurrence's first two characters (the whole of a word) -> (pattern index, rule, where);
+        #: where: 0 at the occurrence's start, -k at k characters before its end
+        self.rules: dict[str, list[tuple[int, _Rule, int]]] = {}
+        alternatives: list[str] = []
+        for index, name in enumerate(names):
+            for rule in _RULES[name]:
+                key = rule.anchor[:2] if rule.run else rule.anchor
+                if key not in self.rules:
+                    self.rules[key] = []
+                    alternatives.append(re.escape(rule.anchor) + (re.escape(rule.run) + "*" if rule.run else ""))
+                self.rules[key].append((index, rule, -2 if rule.run == "<" else 0))
+        for key, rules in list(self.rules.items()):  # "<|" at the end of a run of "<"
+            if "<<" in self.rules and key.startswith("<") and key != "<<":
+                self.rules["<<"].extend((index, rule, -1) for index, rule, _ in rules)
+        for rules in self.rules.values():
+            rules.sort(key=lambda r: r[0])
+        self._alternatives = dict(zip(self.rules, alternatives, strict=True))
+        self.regex = self._regex(tuple(self.rules)) if alternatives else None
+        firsts = {key[0] for key in self.rules}
+        self._not_first = bytes(b for b in range(256) if chr(b) not in firsts)
 
-def _anchor_table(names: tuple[str, ...]) -> _AnchorTable:
-    by_anchor: dict[str, list[tuple[int, _Rule]]] = {}
-    for index, name in enumerate(names):
-        for rule in _RULES[name]:
-            by_anchor.setdefault(rule.anchor, []).append((index, rule))
-    return tuple((anchor, rules[0][1].run, tuple(rules)) for anchor, rules in by_anchor.items())
+    @functools.lru_cache(maxsize=64)  # noqa: B019 (one instance per guard, few sets of anchors)
+    def _regex(self, keys: tuple[str, ...]) -> re.Pattern[str]:
+        return re.compile("|".join(self._alternatives[k] for k in keys))
 
+    def _scanner(self, lower: str) -> re.Pattern[str] | None:
+        """The regex to find candidates with. sre skips fast over characters that start no anchor but
+        tries every anchor at each one that does; in text dense with such characters ("ffiffi...", the
+        projection of U+33AF "rad?s2") one ``in`` per anchor first (~1 ms per MiB each) leaves a regex
+        of the anchors present only (often none)."""
+        if len(lower.encode("ascii").translate(None, self._not_first)) * 8 < len(lower):
+            return self.regex
+        present = tuple(k for k in self.rules if k in lower)
+        return self._regex(present) if present else None
 
-def _first_pattern(lower: str, table: _AnchorTable, budget: _Budget) -> int | None:
-    """The index of the first pattern (in list order) that matches ``lower``, or None: one anchored
-    attempt per rule at each occurrence of its anchor, each occurrence paid for."""
-    best: int | None = None
-    reverse: str | None = None
-    n = len(lower)
-    for anchor, run, rules in table:
-        i = lower.find(anchor)
-        while i >= 0:
+    def first_pattern(self, lower: str, budget: _Budget) -> int | None:
+        """The index of the first pattern (in list order) that matches ``lower``, or None; every
+        candidate paid for."""
+        scanner = self._scanner(lower) if self.regex is not None else None
+        if scanner is None:
+            return None
+        best: int | None = None
+        reverse: str | None = None
+        n = len(lower)
+        for m in scanner.finditer(lower):
             budget.spend(_CANDIDATE_COST)
-            at = i
-            if run is None:
-                nxt = i + len(anchor)
-            else:  # a run of "<" or "#" is one candidate
-                nxt = _RUNS[run].match(lower, i).end()  # type: ignore[union-attr]
-                if run == "<":
-                    at = nxt - 2
-            for index, rule in rules:
+            found = m.group()
+            for index, rule, where in self.rules[found[:2] if found[0] in "<#" else found]:
                 if best is not None and index >= best:
                     break
+                at = m.start() if where == 0 else m.end() + where
                 if rule.forward.match(lower, at) is None:
                     continue
                 if rule.backward is not None:
@@ -265,8 +333,7 @@ def _first_pattern(lower: str, table: _AnchorTable, budget: _Budget) -> int | No
                 break
             if best == 0:
                 return 0
-            i = lower.find(anchor, nxt)
-    return best
+        return best
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,14 +365,17 @@ class PayloadGuard:
         self._custom: list[tuple[str, re.Pattern[str]]] = []
         # the default patterns' names, in order, and their rules by anchor, run on the lowercased text
         self._defaults = tuple(p.name for p in DEFAULT_PATTERNS) if cfg.default_patterns else ()
-        self._anchors = _anchor_table(self._defaults)
+        self._anchors = _Anchors(self._defaults)
         for i, rx in enumerate(cfg.patterns):
             try:
                 self._custom.append((f"custom-{i}", re.compile(rx, re.IGNORECASE | re.MULTILINE)))
             except re.error as e:
                 raise ConfigError(f"guard.patterns[{i}]: invalid regular expression {rx!r}: {e}") from None
-        if self._defaults or self._custom:
-            _mark_tables()  # built once, at start-up rather than on the first non-ASCII request
+        # built once, at start-up rather than on the first non-ASCII request
+        if self._defaults:
+            _projection()
+        if self._custom:
+            _mark_tables()
 
     def check(self, message: object) -> GuardResult:
         """Raises :class:`PayloadTooLarge` over the size limit; else names the first pattern found.
@@ -319,7 +389,7 @@ class PayloadGuard:
             if not self._defaults and not self._custom:
                 return PASSED
             texts: list[str] = []
-            budget = _Budget(self._units)
+            budget = _Budget(self._units - _MESSAGE_COST)
             if not _collect(message, texts, 0, budget):
                 return self._hit(TOO_DEEP)
             # One pass over all strings; the separator stops any match (\s, \b, ^) spanning two fields.
@@ -370,19 +440,20 @@ class PayloadGuard:
     def _match(self, text: str, budget: _Budget) -> str | None:
         if not text:
             return None
-        if text.isascii():
-            budget.spend(len(text))
-        else:
-            text = _fold(text, budget)
+        ascii_ = text.isascii()
         if self._defaults:
-            lower = text.lower()
-            if not lower.isascii():
-                # The default patterns match ASCII only: every other character becomes "?" (not a space,
-                # not a word character), so the anchors are searched in compact 1-byte text.
-                lower = _OTHER_SPACE.sub(" ", lower).encode("ascii", "replace").decode("ascii")
-            index = _first_pattern(lower, self._anchors, budget)
+            lower = text.lower() if ascii_ else _project(text, budget)
+            budget.spend(len(lower))
+            index = self._anchors.first_pattern(lower, budget)
             if index is not None:
                 return self._defaults[index]
+        if not self._custom:
+            return None
+        if ascii_:
+            if not self._defaults:
+                budget.spend(len(text))
+        else:
+            text = _fold(text, budget)
         return self._match_custom(text)
 
     def _match_custom(self, text: str) -> str | None:
@@ -428,10 +499,10 @@ def _kind(fd: FieldDescriptor) -> tuple[int, bool, int]:
 
 def _collect(message: Message, out: list[str], depth: int, budget: _Budget) -> bool:
     """Appends every set string of ``message`` (map keys too); False when nested over MAX_DEPTH.
-    Every message walked and every string collected is paid for (a huge Struct exhausts the budget)."""
+    Every message walked and every string collected is paid for, a message by its parent, and all the
+    messages of a repeated field or map before the first is walked (a huge Struct is refused at once)."""
     if depth > MAX_DEPTH:
         return False
-    budget.spend(_MESSAGE_COST)
     for fd, value in message.ListFields():
         kind, str_keys, vkind = _kind(fd)
         if kind == _STRING:
@@ -441,9 +512,11 @@ def _collect(message: Message, out: list[str], depth: int, budget: _Budget) -> b
             budget.spend(_STRING_COST * len(value))
             out.extend(value)
         elif kind == _MESSAGE:
+            budget.spend(_MESSAGE_COST)
             if not _collect(value, out, depth + 1, budget):
                 return False
         elif kind == _MESSAGES:
+            budget.spend(_MESSAGE_COST * len(value))
             for item in value:
                 if not _collect(item, out, depth + 1, budget):
                     return False
@@ -455,6 +528,7 @@ def _collect(message: Message, out: list[str], depth: int, budget: _Budget) -> b
                 budget.spend(_STRING_COST * len(value))
                 out.extend(value.values())
             elif vkind == _MESSAGE:
+                budget.spend(_MESSAGE_COST * len(value))
                 for item in value.values():
                     if not _collect(item, out, depth + 1, budget):
                         return False
