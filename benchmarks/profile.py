@@ -72,7 +72,7 @@ COMPONENTS = (
     ("ServerChain._make_unary", "server: chain plumbing"),
     ("ClientSteps._build", "client: steps (metadata, token, start_span, inject)"),
     ("_end_span", "client: _end_span task (set_attribute, span.end)"),
-    ("_ChainedCallable.__call__", "client: chained multicallable plumbing"),
+    ("_ChainedCallable.", "client: chained multicallable plumbing"),  # any of its methods: _start, _deferred, ...
     ("MeshNode.stub", "client: MeshNode.stub (channel lookup, stub object)"),
     ("InterceptedUnaryUnaryCall", "grpc.aio client interceptor machinery"),
     ("UnaryUnaryCall", "grpc.aio call objects"),

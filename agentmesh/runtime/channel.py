@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -273,22 +274,26 @@ class _ChainedCallable:
         self._channel: grpc.aio.Channel | None = None
         self._callable: Any = None
 
-    def _start(self, request: Any, timeout: float | None, metadata: Any, credentials: grpc.CallCredentials | None,
-               wait_for_ready: bool | None, compression: grpc.Compression | None) -> Any:
+    def _connection(self) -> tuple[grpc.aio.Channel, ClientSteps | None, asyncio.Task[bool] | None, Any]:
+        """The current connection, its chain, the check of its server under way (None: done), and this
+        method's grpc.aio multicallable on it."""
         ch, steps = self._channels.current(self._name)
         check = self._channels.server_check(self._name)  # raises while the server presents another identity
         if ch is not self._channel:
             self._callable = getattr(ch, self._kind)(self._method, **self._kwargs)
             self._channel = ch
-        invoke = self._callable
+        return ch, steps, check, self._callable
+
+    def _start(self, request: Any, timeout: float | None, metadata: Any, credentials: grpc.CallCredentials | None,
+               wait_for_ready: bool | None, compression: grpc.Compression | None) -> Any:
+        _, steps, check, invoke = self._connection()
         if steps is None and check is None:
             return invoke(request, timeout=timeout, metadata=metadata, credentials=credentials,
                           wait_for_ready=wait_for_ready, compression=compression)
         prepared = steps.prepare_now(self._method, metadata, timeout) if steps is not None and check is None \
             else None
         if prepared is None or steps is None:  # the server is being checked, or the token must be fetched first
-            return self._deferred(steps, check, invoke, request, timeout, metadata, credentials, wait_for_ready,
-                                  compression)
+            return self._deferred(request, timeout, metadata, credentials, wait_for_ready, compression)
         md, t, span = prepared
         try:
             call = invoke(request, timeout=t, metadata=md, credentials=credentials, wait_for_ready=wait_for_ready,
@@ -299,38 +304,51 @@ class _ChainedCallable:
         steps.end_when_done(call, span)
         return call
 
-    def _deferred(self, steps: ClientSteps | None, check: Awaitable[bool] | None, invoke: Any, request: Any,
-                  timeout: float | None, metadata: Any, credentials: grpc.CallCredentials | None,
-                  wait_for_ready: bool | None, compression: grpc.Compression | None) -> DeferredCall[Prepared | None]:
+    def _deferred(self, request: Any, timeout: float | None, metadata: Any, credentials: grpc.CallCredentials | None,
+                  wait_for_ready: bool | None, compression: grpc.Compression | None) -> DeferredCall[_Ready]:
         """A whole grpc.aio call object at once; the real call starts once the server's identity was
-        checked and the token is at hand."""
+        checked and the token is at hand.
+
+        It starts on the connection that is current then: a renewal while it waited made a new one (with
+        the new certificate, and a chain whose token is bound to it) and retired the old one, which takes
+        no new calls; the call is then prepared again for the new connection."""
         served = maybe_current_call()  # the deadline counts from now: bounded as prepare_now() bounds it
         if served is not None and served.deadline is not None:
             left = max(0.0, served.deadline - time.monotonic())
             timeout = left if timeout is None else min(timeout, left)
-        method, tokens = self._method, steps.tokens if steps is not None else None
+        method = self._method
 
-        async def prepare() -> Prepared | None:
-            if check is not None:  # shared by every call waiting for it: one call given up does not cancel it
-                await asyncio.shield(check)
-            if steps is None:
-                return None
-            if tokens is not None:  # a call given up (cancelled, past its deadline) does not cancel the fetch
-                await _shielded(tokens.token())
-            return await steps.prepare(method, metadata, None)  # (the timeout: what is left when it starts)
+        async def prepare() -> _Ready:
+            while True:
+                ch, steps, check, invoke = self._connection()
+                if check is not None:  # shared by every call waiting for it: one call given up does not cancel it
+                    await asyncio.shield(check)
+                    continue  # (the check may have refused the server, or a renewal come meanwhile)
+                if steps is None:
+                    return _Ready(invoke, None, None)
+                if steps.tokens is not None and steps.tokens.cached() is None:
+                    # a call given up (cancelled, past its deadline) does not cancel the fetch
+                    await _shielded(steps.tokens.token())
+                    if self._channels.current(self._name)[0] is not ch:
+                        continue  # renewed while the token was fetched: the new connection needs its own
+                prepared = await steps.prepare(method, metadata, None)  # (the timeout: what is left when it starts)
+                now, _, check, _ = self._connection()
+                if now is ch and check is None:  # (no await from here until begin(): still current then)
+                    return _Ready(invoke, steps, prepared)
+                steps.not_started(prepared[2])  # a renewal (or a new check of the server) came meanwhile
 
-        def begin(prepared: Prepared | None, left: float | None) -> Any:
-            if prepared is None or steps is None:
-                return invoke(request, timeout=left, metadata=metadata, credentials=credentials,
-                              wait_for_ready=wait_for_ready, compression=compression)
-            md, _, span = prepared
+        def begin(ready: _Ready, left: float | None) -> Any:
+            if ready.steps is None or ready.prepared is None:
+                return ready.invoke(request, timeout=left, metadata=metadata, credentials=credentials,
+                                    wait_for_ready=wait_for_ready, compression=compression)
+            md, _, span = ready.prepared
             try:
-                call = invoke(request, timeout=left, metadata=md, credentials=credentials,
-                              wait_for_ready=wait_for_ready, compression=compression)
+                call = ready.invoke(request, timeout=left, metadata=md, credentials=credentials,
+                                    wait_for_ready=wait_for_ready, compression=compression)
             except BaseException:
-                steps.not_started(span)
+                ready.steps.not_started(span)
                 raise
-            steps.end_when_done(call, span)
+            ready.steps.end_when_done(call, span)
             return call
 
         if self._kind == "unary_unary":
@@ -340,6 +358,16 @@ class _ChainedCallable:
         if self._kind == "stream_unary":
             return DeferredStreamUnaryCall(prepare, begin, timeout, iterating=request is not None)
         return DeferredStreamStreamCall(prepare, begin, timeout, iterating=request is not None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Ready:
+    """A deferred call ready to start: the multicallable of the connection it starts on, that
+    connection's chain (None: no chain) and what the chain prepared."""
+
+    invoke: Any
+    steps: ClientSteps | None
+    prepared: Prepared | None
 
 
 class _UnaryUnary(_ChainedCallable, grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[misc]

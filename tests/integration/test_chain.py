@@ -280,9 +280,18 @@ async def test_payload_guard_blocks_injection_and_oversize(mesh: Mesh) -> None:
     assert "payload guard" in err.details()
     await refused(stub.Invoke(task("x" * 8000)), grpc.StatusCode.INVALID_ARGUMENT)
     assert mesh.agents["summarizer"].calls == 0
-    oversize = [r for r in spans(mesh) if r["kind"] == "server" and r["attributes"].get("rpc.grpc.status_code") == 3]
-    assert oversize and all(r["attributes"]["agentmesh.decision"] == "deny" for r in oversize)  # refused, not allowed
-    events = [e for r in spans(mesh) for e in r["events"] if e["name"] == "agentmesh.guard"]
+
+    def oversize(recorded: Spans) -> Spans:
+        return [r for r in recorded if r["kind"] == "server" and r["attributes"].get("rpc.grpc.status_code") == 3]
+
+    def guard_events(recorded: Spans) -> list[dict[str, Any]]:
+        return [e for r in recorded for e in r["events"] if e["name"] == "agentmesh.guard"]
+
+    # both server spans end just after their status was sent: wait for them (flushed, bounded), not for a time
+    recorded = await spans_once(mesh, lambda r: oversize(r) and guard_events(r))
+    assert oversize(recorded) and all(r["attributes"]["agentmesh.decision"] == "deny"  # refused, not allowed
+                                      for r in oversize(recorded))
+    events = guard_events(recorded)
     assert events and "IGNORE" not in json.dumps(events)
 
 

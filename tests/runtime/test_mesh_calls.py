@@ -7,7 +7,12 @@ Every test runs the same assertions on three channels to one mesh member serving
 * ``cached``: a mesh channel whose member token is at hand (the client chain runs synchronously);
 * ``deferred``: a mesh channel whose member token has not arrived yet (a member's first call, right
   after a certificate renewal, in a token refresh window): the call object must still be a whole
-  grpc.aio call while the chain waits for the token; ``target.release()`` lets the token arrive.
+  grpc.aio call while the chain waits for the token; ``target.release()`` lets the token arrive;
+* ``renewed``: the real member that has just renewed its certificate (no token fetched ahead): a test's
+  first call goes over a new connection, whose server is checked again, with a token bound to the new
+  certificate fetched from the control plane (``target.release()`` does nothing: it comes when it comes).
+
+gRPC's interop cases themselves, against a plain grpc.aio server as the control, are in test_interop.py.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ POLICY = [{"name": "shapes", "action": "allow", "to": ["svc"], "from": ["bridge"
 KINDS = {"UU": "unary_unary", "US": "unary_stream", "SU": "stream_unary", "SS": "stream_stream"}
 CALL_TYPES = {"UU": grpc.aio.UnaryUnaryCall, "US": grpc.aio.UnaryStreamCall,
               "SU": grpc.aio.StreamUnaryCall, "SS": grpc.aio.StreamStreamCall}
-VARIANTS = ["plain", "cached", "deferred"]
+VARIANTS = ["plain", "cached", "deferred", "renewed"]
 LOCALLY_CANCELLED = "Locally cancelled by application!"  # grpc.aio's details of a call cancelled by its caller
 
 
@@ -193,10 +198,25 @@ async def make_target(mesh: Mesh, variant: str) -> Target:
                                                    grpc.access_token_call_credentials(token))
         channel = grpc.aio.secure_channel(address, creds, options=[("grpc.ssl_target_name_override", "svc")])
         return Target(variant, channel, shapes, closers=[channel.close])
+    if variant == "renewed":
+        await renew_quietly(bridge)
+        assert bridge.tokens.cached() is None
+        return Target(variant, bridge.channels.channel("svc"), shapes)
     tokens = Tokens(token, at_hand=variant == "cached")
     channels = MeshChannels(bridge.identity, {"svc": address},
                             steps=lambda target, files: ClientSteps("bridge", target, tokens))
     return Target(variant, channels.channel("svc"), shapes, tokens, closers=[channels.close])
+
+
+async def renew_quietly(node: MeshNode) -> None:
+    """A certificate renewal as the member's renewer makes it, but no token fetched ahead of the next call."""
+    renewer = node.renewer
+    assert renewer is not None
+    renewer.on_renewed, on_renewed = None, renewer.on_renewed
+    try:
+        await renewer.renew()
+    finally:
+        renewer.on_renewed = on_renewed
 
 
 @pytest.fixture(params=VARIANTS)
