@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -13,21 +12,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-__all__ = ["RUN_SLOW", "Hang", "profiles", "run", "time_limit"]
-
-#: the slow profile runs under CI (.ci/run sets CI=true) or on request
-RUN_SLOW = os.environ.get("CI") == "true" or os.environ.get("AGENTMESH_SLOW") == "1"
+__all__ = ["Hang", "profiles", "run", "time_limit"]
 
 
 def profiles(fast: int, slow: int) -> list[Any]:
     """``fast`` examples with a fixed seed (every run, nothing written to the repo), and a ``slow`` random run
-    of ``slow`` examples (marked slow; skipped with the reason unless RUN_SLOW)."""
+    of ``slow`` examples (marked slow: tests/conftest.py runs it under CI=true or AGENTMESH_SLOW=1)."""
     quick = settings(max_examples=fast, deadline=None, database=None, derandomize=True, print_blob=True,
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     long = settings(quick, max_examples=slow, derandomize=False)
     return [pytest.param(quick, id="fast"),
-            pytest.param(long, id="slow", marks=[pytest.mark.slow, pytest.mark.skipif(
-                not RUN_SLOW, reason="slow property run: set CI=true or AGENTMESH_SLOW=1")])]
+            pytest.param(long, id="slow", marks=pytest.mark.slow)]
 
 
 class Hang(Exception):

@@ -28,6 +28,7 @@ def served_serial(url: str, bundle: Path) -> int:
     return x509.load_der_x509_certificate(der).serial_number
 
 
+@pytest.mark.slow  # a long run: under CI=true (see tests/conftest.py)
 @pytest.mark.asyncio
 async def test_clients_through_the_bridge_across_three_lifetimes_of_renewal(tmp_path: Path) -> None:
     sections = {**SECTIONS, "control": {"address": f"127.0.0.1:{free_port()}", "cert_ttl": f"{LIFETIME:.0f}s"},

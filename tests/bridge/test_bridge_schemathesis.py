@@ -40,6 +40,7 @@ async def st_mesh(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Bri
         yield m
 
 
+@pytest.mark.slow  # a long run: under CI=true (see tests/conftest.py)
 async def test_schemathesis_finds_no_failure(st_mesh: BridgeMesh) -> None:
     args = [
         "run", st_mesh.url + "/openapi.json", "--tls-verify", str(st_mesh.bundle),

@@ -56,6 +56,7 @@ async def short_lived(tmp_path: Path) -> AsyncIterator[Mesh]:
         yield m
 
 
+@pytest.mark.slow  # a long run: under CI=true (see tests/conftest.py)
 async def test_steady_traffic_through_three_lifetimes_and_a_rotation_with_zero_failed_calls(
         short_lived: Mesh) -> None:
     mesh = short_lived
@@ -148,6 +149,7 @@ async def test_a_certificate_revoked_a_moment_ago_cannot_renew_even_before_membe
     assert status[held] and status[child], "a stolen key must not fork the identity through renewal"
 
 
+@pytest.mark.slow  # a long run: under CI=true (see tests/conftest.py)
 async def test_a_root_rollover_under_traffic(short_lived: Mesh) -> None:
     """ca rollover: members adopt the new root (vouched for by the old one) from the trust stream, renew
     into it; ca rollover --finish: they drop the old one; no call fails on the way."""

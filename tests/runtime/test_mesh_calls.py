@@ -440,6 +440,7 @@ async def test_the_deadline_ends_a_call_whose_token_does_not_come(target: Target
         assert target.shapes.started["UU"] == before
 
 
+@pytest.mark.parametrize("target", ["deferred", "renewed"], indirect=True)  # the variants whose calls wait
 @pytest.mark.parametrize("shape", KINDS)
 async def test_time_waiting_for_the_token_counts_against_the_deadline(target: Target, shape: str) -> None:
     started = time.monotonic()
