@@ -36,6 +36,7 @@ import grpc
 from agentmesh.context import CallContext, _set, maybe_current_call
 from agentmesh.errors import MeshError, Unavailable
 from agentmesh.interceptors.active import ActiveCalls
+from agentmesh.interceptors.handed import CheckedContext, Respond
 from agentmesh.interceptors.status import status_of
 
 __all__ = ["EXEMPT_PREFIXES", "Around", "ServerChain", "Stage", "rewrap"]
@@ -90,14 +91,11 @@ def rewrap(handler: grpc.RpcMethodHandler, unary: Run, stream: Run) -> grpc.RpcM
     return grpc.stream_stream_rpc_method_handler(ss, handler.request_deserializer, handler.response_serializer)
 
 
-Respond = Callable[[Any], Awaitable[Any]]
-
-
 async def write_responses(inner: Behavior, request: Any, context: grpc.aio.ServicerContext) -> None:
     """Runs a response-streaming behaviour, writing each response with ``context.write`` (what grpc.aio
     does for an async generator handler, here in the caller's coroutine, so inside the chain). The
-    stages that review responses see them through the context's ``write`` (:class:`_CheckedContext`),
-    yielded or written by the handler itself alike.
+    stages that review responses see them through the context's ``write``
+    (:class:`agentmesh.interceptors.handed.CheckedContext`), yielded or written by the handler alike.
 
     If a write or the handler is interrupted (the call cancelled, its deadline passed), the handler's
     generator is closed here, in the call's context, rather than whenever it is garbage collected.
@@ -174,96 +172,6 @@ class Stage:
         """Per-response review (methods it ``reviews``): the response to send; raise an
         ``agentmesh.errors.MeshError`` to end the call instead."""
         return response
-
-
-class _CheckedContext(grpc.aio.ServicerContext):  # type: ignore[misc]
-    """The servicer context a handler is given when stages inspect its request stream or review its
-    responses: ``read()`` runs the inspecting stages on each message and ``write()`` the reviewing ones
-    on each response, so a handler that reads with ``context.read()`` rather than its request iterator,
-    or writes with ``context.write()`` rather than yielding, is checked the same. Everything else is the
-    call's own context."""
-
-    __slots__ = ("_call", "_context", "_inspectors", "_respond")
-
-    def __init__(self, context: grpc.aio.ServicerContext, call: CallContext, inspectors: tuple[Stage, ...],
-                 respond: Respond | None) -> None:
-        self._context, self._call, self._inspectors, self._respond = context, call, inspectors, respond
-
-    async def read(self) -> Any:
-        message = await self._context.read()
-        if message is not grpc.aio.EOF:
-            for stage in self._inspectors:
-                stage.inspect(self._call, message)
-        return message
-
-    def __getattr__(self, name: str) -> Any:  # anything grpc.aio's context has beyond its base class
-        return getattr(self._context, name)
-
-    # grpc.aio.ServicerContext defines these as no-ops (so __getattr__ never sees them): each the call's own
-    def add_done_callback(self, callback: Any) -> None:
-        self._context.add_done_callback(callback)
-
-    def cancelled(self) -> bool:
-        return bool(self._context.cancelled())
-
-    def done(self) -> bool:
-        return bool(self._context.done())
-
-    def time_remaining(self) -> float | None:
-        remaining: float | None = self._context.time_remaining()
-        return remaining
-
-    def code(self) -> Any:
-        return self._context.code()
-
-    def details(self) -> Any:
-        return self._context.details()
-
-    def trailing_metadata(self) -> Any:
-        return self._context.trailing_metadata()
-
-    async def write(self, message: Any) -> None:
-        await self._context.write(message if self._respond is None else await self._respond(message))
-
-    # the other abstract methods of grpc.aio.ServicerContext, each the call's own
-    async def send_initial_metadata(self, initial_metadata: Any) -> None:
-        await self._context.send_initial_metadata(initial_metadata)
-
-    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> Any:
-        return await self._context.abort(code, details, trailing_metadata)
-
-    async def abort_with_status(self, status: Any) -> Any:
-        return await self._context.abort_with_status(status)
-
-    def set_trailing_metadata(self, trailing_metadata: Any) -> None:
-        self._context.set_trailing_metadata(trailing_metadata)
-
-    def invocation_metadata(self) -> Any:
-        return self._context.invocation_metadata()
-
-    def set_code(self, code: grpc.StatusCode) -> None:
-        self._context.set_code(code)
-
-    def set_details(self, details: str) -> None:
-        self._context.set_details(details)
-
-    def set_compression(self, compression: Any) -> None:
-        self._context.set_compression(compression)
-
-    def disable_next_message_compression(self) -> None:
-        self._context.disable_next_message_compression()
-
-    def peer(self) -> str:
-        return str(self._context.peer())
-
-    def peer_identities(self) -> Any:
-        return self._context.peer_identities()
-
-    def peer_identity_key(self) -> Any:
-        return self._context.peer_identity_key()
-
-    def auth_context(self) -> Any:
-        return self._context.auth_context()
 
 
 class _Plan(NamedTuple):
@@ -409,7 +317,7 @@ class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     await stage.before(call, context)
                 task = self.active.add(call)
                 try:
-                    handed = _CheckedContext(context, call, inspectors, None) if streaming and inspectors \
+                    handed = CheckedContext(context, call, inspectors, None) if streaming and inspectors \
                         else context
                     result = await inner(self._requests(call, request, streaming, inspectors), handed)
                     if streaming:  # see CANCELLATION_POINT
@@ -450,7 +358,7 @@ class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 task = self.active.add(call)
                 try:
                     # responses go through the handed context's write(), which reviews them
-                    handed = _CheckedContext(context, call, inspectors if streaming else (), respond) \
+                    handed = CheckedContext(context, call, inspectors if streaming else (), respond) \
                         if (streaming and inspectors) or respond is not None else context
                     await write_responses(inner, self._requests(call, request, streaming, inspectors), handed)
                     if streaming:  # see CANCELLATION_POINT

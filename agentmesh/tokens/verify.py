@@ -132,18 +132,19 @@ class TokenVerifier:
         A token with ``cnf.x5t#S256`` must come from that certificate; a ``spiffe://`` subject
         must be bound and equal the peer's ID. ``require_binding`` also refuses unbound tokens.
         """
+        vt = self._verified(token)
+        _check_binding(vt, peer_thumbprint, peer_spiffe_id, require_binding)
+        return vt
+
+    def _verified(self, token: str) -> VerifiedToken:
+        """The input checks, signature and claims (cached), then expiry and revocation on every call; no
+        binding yet."""
         if not isinstance(token, str) or not token:
             raise TokenError("token missing")
         if len(token) > self.max_token_bytes:
             raise TokenError("token too large")
         if not token.isascii():
             raise TokenError("token is malformed")
-        vt = self._verified(token)
-        _check_binding(vt, peer_thumbprint, peer_spiffe_id, require_binding)
-        return vt
-
-    def _verified(self, token: str) -> VerifiedToken:
-        """Signature and claims (cached), then expiry and revocation on every call; no binding yet."""
         digest = hashlib.sha256(token.encode("ascii")).digest()
         now = self.clock()
         vt = self._cache.get(digest)
@@ -163,12 +164,6 @@ class TokenVerifier:
     def verify_unbound(self, token: str) -> VerifiedToken:
         """Verifies an external principal's token (at the bridge, at the exchange): refused when it is an
         agent's (:func:`check_principal_token`)."""
-        if not isinstance(token, str) or not token:
-            raise TokenError("token missing")
-        if len(token) > self.max_token_bytes:
-            raise TokenError("token too large")
-        if not token.isascii():
-            raise TokenError("token is malformed")
         vt = self._verified(token)
         check_principal_token(vt)
         return vt

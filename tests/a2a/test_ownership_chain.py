@@ -11,7 +11,8 @@ from agentmesh.a2a.ownership import MemoryTaskOwners
 from agentmesh.config import GuardConfig
 from agentmesh.context import CallContext
 from agentmesh.guard import PayloadGuard
-from agentmesh.interceptors.base import Stage, _CheckedContext, _Plan, write_responses
+from agentmesh.interceptors.base import Stage, _Plan, write_responses
+from agentmesh.interceptors.handed import CheckedContext
 from agentmesh.interceptors.limits import PayloadGuardStage
 from agentmesh.interceptors.tasks import TaskOwnershipStage
 
@@ -66,7 +67,7 @@ async def test_write_responses_reviews_each_item_when_asked(respond: Any) -> Non
         ctx = Context()
         review = None if respond is None else (lambda item: respond(None, item))
         call = CallContext(method=A2A + "SendStreamingMessage", agent="travel")
-        handed = ctx if review is None else _CheckedContext(ctx, call, (), review)  # type: ignore[arg-type]
+        handed = ctx if review is None else CheckedContext(ctx, call, (), review)  # type: ignore[arg-type]
         await write_responses(behaviour, ["a", "b"], handed)  # type: ignore[arg-type]
         assert ctx.written == (["a", "b"] if respond is None else ["A", "B"])
 
@@ -115,5 +116,5 @@ def test_the_handed_context_delegates_every_method_of_grpcs() -> None:
 
     base = grpc.aio.ServicerContext
     public = [n for n, v in vars(base).items() if callable(v) and not n.startswith("_")]
-    assert public and all(vars(_CheckedContext).get(n) is not None for n in public), \
-        [n for n in public if n not in vars(_CheckedContext)]
+    assert public and all(vars(CheckedContext).get(n) is not None for n in public), \
+        [n for n in public if n not in vars(CheckedContext)]
