@@ -31,7 +31,7 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import empty_pb2, struct_pb2
-from meshkit import running_mesh
+from meshkit import renew_quietly, running_mesh
 
 from agentmesh.runtime.calls import DeferredCall
 from agentmesh.runtime.node import MeshNode
@@ -208,16 +208,6 @@ async def mesh_target(tmp_path: Path, mode: str) -> AsyncIterator[Target]:
             assert caller.tokens.cached() is None
         yield Target(mode, stub, caller)  # (the mesh closes its nodes and servers)
 
-
-async def renew_quietly(node: MeshNode) -> None:
-    """A certificate renewal as the renewer makes it, but no token fetched ahead of the next call."""
-    renewer = node.renewer
-    assert renewer is not None
-    renewer.on_renewed, on_renewed = None, renewer.on_renewed
-    try:
-        await renewer.renew()
-    finally:
-        renewer.on_renewed = on_renewed
 
 
 @pytest.fixture(params=MODES)

@@ -26,7 +26,7 @@ from typing import Any
 
 import grpc
 import pytest
-from meshkit import Mesh, running_mesh
+from meshkit import Mesh, renew_quietly, running_mesh
 
 from agentmesh.errors import Unavailable
 from agentmesh.interceptors.client import ClientSteps
@@ -207,16 +207,6 @@ async def make_target(mesh: Mesh, variant: str) -> Target:
                             steps=lambda target, files: ClientSteps("bridge", target, tokens))
     return Target(variant, channels.channel("svc"), shapes, tokens, closers=[channels.close])
 
-
-async def renew_quietly(node: MeshNode) -> None:
-    """A certificate renewal as the member's renewer makes it, but no token fetched ahead of the next call."""
-    renewer = node.renewer
-    assert renewer is not None
-    renewer.on_renewed, on_renewed = None, renewer.on_renewed
-    try:
-        await renewer.renew()
-    finally:
-        renewer.on_renewed = on_renewed
 
 
 @pytest.fixture(params=VARIANTS)
