@@ -63,8 +63,8 @@ async def renew(mesh: Mesh) -> None:
     await renewer.renew()
 
 
-async def test_a_call_waiting_for_its_token_goes_out_on_the_connection_that_replaced_its_own(mesh: Mesh) -> None:
-    bridge = mesh.nodes["bridge"]
+def gated_channels(mesh: Mesh) -> tuple[MeshChannels, list[GatedTokens], asyncio.Event]:
+    """The bridge's channels to svc whose tokens wait for ``gate``; ``made`` holds one source per certificate."""
     gate = asyncio.Event()
     made: list[GatedTokens] = []
 
@@ -72,7 +72,12 @@ async def test_a_call_waiting_for_its_token_goes_out_on_the_connection_that_repl
         made.append(GatedTokens(mesh, files, gate))
         return ClientSteps("bridge", target, made[-1])
 
-    channels = MeshChannels(bridge.identity, {"svc": mesh.config.agent("svc").address}, steps=steps)
+    channels = MeshChannels(mesh.nodes["bridge"].identity, {"svc": mesh.config.agent("svc").address}, steps=steps)
+    return channels, made, gate
+
+
+async def test_a_call_waiting_for_its_token_goes_out_on_the_connection_that_replaced_its_own(mesh: Mesh) -> None:
+    channels, made, gate = gated_channels(mesh)
     try:
         stub = agent_pb2_grpc.AgentStub(channels.channel("svc"))
         waiting = stub.Invoke(task("first"), timeout=10)  # deferred: its token has not arrived
@@ -92,15 +97,7 @@ async def test_a_call_waiting_for_its_token_goes_out_on_the_connection_that_repl
 
 async def test_two_renewals_while_a_stream_waits(mesh: Mesh) -> None:
     """The connection is replaced twice before the token comes; the stream starts on the last one."""
-    bridge = mesh.nodes["bridge"]
-    gate = asyncio.Event()
-    made: list[GatedTokens] = []
-
-    def steps(target: str, files: IdentityFiles) -> ClientSteps:
-        made.append(GatedTokens(mesh, files, gate))
-        return ClientSteps("bridge", target, made[-1])
-
-    channels = MeshChannels(bridge.identity, {"svc": mesh.config.agent("svc").address}, steps=steps)
+    channels, made, gate = gated_channels(mesh)
     try:
         channel = channels.channel("svc")
         stream = agent_pb2_grpc.AgentStub(channel).InvokeStream(task("s"))
