@@ -19,7 +19,7 @@ from agentmesh.audit.exporters import ConsoleExporter, JsonlExporter, make_expor
 from agentmesh.audit.fastspan import FastSpan, FastTracer
 from agentmesh.audit.metrics import AuditMetrics
 from agentmesh.audit.processor import QueueSpanProcessor
-from agentmesh.audit.propagation import extract, inject
+from agentmesh.audit.propagation import extract, inject, remote_parent
 from agentmesh.audit.redact import REDACTED, payload_attributes, redact_text, safe_attributes
 from agentmesh.audit.sink import AuditSink, build_audit
 from agentmesh.audit.spans import record_denial, record_guard, rpc_attributes, set_safe_attributes
@@ -41,6 +41,7 @@ __all__ = [
     "record_denial",
     "record_guard",
     "redact_text",
+    "remote_parent",
     "rpc_attributes",
     "safe_attributes",
     "set_safe_attributes",

@@ -21,7 +21,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from agentmesh.metadata import TRACE_HEADERS
 
-__all__ = ["TRACE_HEADERS", "extract", "inject"]
+__all__ = ["TRACE_HEADERS", "extract", "inject", "remote_parent"]
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _V00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
@@ -43,6 +43,33 @@ def inject(metadata: list[tuple[str, str]], context: Context | None = None) -> N
     metadata.append(("traceparent", f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{int(sc.trace_flags):02x}"))
     if sc.trace_state:
         metadata.append(("tracestate", sc.trace_state.to_header()))
+
+
+def remote_parent(metadata: Sequence[tuple[str, str | bytes]] | None) -> SpanContext | None:
+    """The caller's span carried by incoming ``metadata`` (a valid, remote SpanContext), or None for a
+    new root: what :func:`extract` finds, without building a Context (the server span's hot path)."""
+    parent: str | None = None
+    for key, value in metadata or ():
+        if key == "traceparent" and isinstance(value, str):
+            if parent is not None:
+                return None  # W3C: more than one traceparent is invalid
+            parent = value
+        elif key == "tracestate" or (not key.islower() and key.lower() in TRACE_HEADERS):
+            return _span_context(extract(metadata))  # rare: the propagator's full parse
+    if parent is None:
+        return None
+    m = _V00.fullmatch(parent)
+    if m is None:
+        return _span_context(extract(metadata))  # another version, or invalid: the propagator decides
+    trace_id, span_id = int(m.group(1), 16), int(m.group(2), 16)
+    if not trace_id or not span_id:
+        return None
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(int(m.group(3), 16)))
+
+
+def _span_context(context: Context) -> SpanContext | None:
+    sc = trace.get_current_span(context).get_span_context()
+    return sc if sc.is_valid else None
 
 
 def extract(metadata: Sequence[tuple[str, str | bytes]] | None) -> Context:

@@ -13,16 +13,17 @@ sent by the call's deadline (whatever the handler did) is DEADLINE_EXCEEDED for 
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import Any
 
 import grpc
+from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from agentmesh.audit import AuditSink, extract, record_denial, rpc_attributes
+from agentmesh.audit import AuditSink, record_denial, remote_parent, rpc_attributes
 from agentmesh.audit import attributes as A
+from agentmesh.audit.fastspan import FastTracer
 from agentmesh.context import CallContext
 from agentmesh.errors import (
     DelegationError,
@@ -35,7 +36,7 @@ from agentmesh.errors import (
     TokenError,
     Unavailable,
 )
-from agentmesh.interceptors.base import Body, Stage
+from agentmesh.interceptors.base import Opened, Stage
 from agentmesh.interceptors.status import status_of
 
 __all__ = ["DEADLINE_SLACK", "AuditStage", "PayloadRecordStage"]
@@ -43,9 +44,6 @@ __all__ = ["DEADLINE_SLACK", "AuditStage", "PayloadRecordStage"]
 #: a call that ends under its handler this close to its deadline (seconds) ended by its deadline: the
 #: client's deadline and the server's differ by the time the request took to arrive
 DEADLINE_SLACK = 0.05
-#: what ends a call under its handler: its task cancelled (by grpc.aio, for its client or its deadline),
-#: or a write failing (grpc.aio.InternalError: the call is gone)
-_ENDED = (asyncio.CancelledError, grpc.aio.InternalError)
 _BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 
 
@@ -66,39 +64,46 @@ def _stage_of(err: MeshError) -> A.DenialStage:
 
 
 class AuditStage:
-    """The outermost step of the chain: opens a server span per call (child of the caller's
-    ``traceparent``), records who called, the decision and the status, and maps mesh errors to gRPC
-    status; with ``required``, refuses calls while the audit sink is down."""
+    """The outermost step of the chain (:class:`agentmesh.interceptors.base.Around`): opens a server
+    span per call (child of the caller's ``traceparent``), records who called, the decision and the
+    status, and maps mesh errors to gRPC status; with ``required``, refuses calls while the audit sink
+    is down. Without a sink, spans are still made (for the trace context of the calls a handler makes)
+    and dropped when they end."""
 
     def __init__(self, agent: str, sink: AuditSink | None, *, required: bool = False) -> None:
         self.agent = agent
         self.sink = sink
         self.required = required
-        self._tracer = sink.tracer if sink is not None else trace.NoOpTracer()
+        self._tracer = sink.tracer if sink is not None else FastTracer(agent)
         self._attributes: dict[str, dict[str, Any]] = {}  # span start attributes, per method
 
     def open(self, details: grpc.HandlerCallDetails) -> CallContext:
         return CallContext(method=details.method, agent=self.agent, metadata=details.invocation_metadata)
 
-    def _start(self, call: CallContext, context: grpc.aio.ServicerContext, registered: bool = True) -> Span:
+    def start(self, call: CallContext, context: grpc.aio.ServicerContext, registered: bool = True) -> Opened:
+        """Starts the call's span and makes it the current span until :meth:`finish`."""
+        started = time.perf_counter()
         attrs = self._attributes.get(call.method)
         if attrs is None:
             attrs = {**rpc_attributes(call.method), A.AGENT: self.agent}
             if registered:  # an unregistered method's name is the caller's choice: not kept
                 self._attributes[call.method] = attrs
-        span = self._tracer.start_span(call.method, context=extract(call.metadata), kind=SpanKind.SERVER,
-                                       attributes=attrs)
+        span = self._tracer.start_child(call.method, remote_parent(call.metadata), SpanKind.SERVER, attrs)
         call.span = span
         remaining = context.time_remaining()
         if remaining is not None:
             call.deadline = time.monotonic() + remaining
-        return span
+        return Opened(span, otel_context.attach(trace.set_span_in_context(span)), started)
 
-    def _check_sink(self) -> None:
+    def check_sink(self) -> None:
         if self.required and self.sink is not None and not self.sink.available():
             raise Unavailable("audit sink unavailable and audit.required is set")
 
-    def _finish(self, call: CallContext, span: Span, code: grpc.StatusCode, started: float) -> None:
+    def finish(self, call: CallContext, opened: Opened, context: grpc.aio.ServicerContext, failed: bool,
+               ended: grpc.StatusCode | None) -> None:
+        otel_context.detach(opened.token)
+        code = ended if ended is not None else self._code(context, call, failed)
+        span = opened.span
         attrs: dict[str, Any] = {A.RPC_GRPC_STATUS_CODE: code.value[0]}
         if call.peer is not None:
             attrs[A.PEER_SPIFFE_ID] = call.peer.uri
@@ -121,21 +126,21 @@ class AuditStage:
             span.set_status(Status(StatusCode.ERROR, code.name))
         span.end()
         if self.sink is not None:
-            self.sink.metrics.record_call(call.decision or "none", code.name, time.perf_counter() - started)
+            self.sink.metrics.record_call(call.decision or "none", code.name, time.perf_counter() - opened.started)
 
-    async def _fail(self, call: CallContext, span: Span, err: MeshError, context: grpc.aio.ServicerContext) -> None:
+    async def fail(self, call: CallContext, err: MeshError, context: grpc.aio.ServicerContext) -> None:
         refused = PermissionDenied | PayloadTooLarge | RateLimited | TokenError | PeerIdentityError  # by the chain
         if call.decision is None or isinstance(err, refused):
             call.decision = "ratelimited" if isinstance(err, RateLimited) else "deny"
-        record_denial(span, _stage_of(err), err.message)
+        record_denial(call.span, _stage_of(err), err.message)
         if isinstance(err, DelegationError):
-            span.set_attribute(A.DELEGATION_CHECK, err.check)
+            call.span.set_attribute(A.DELEGATION_CHECK, err.check)
         code, message, md = status_of(err)
         call.status = code
         await context.abort(code, message, trailing_metadata=md)
 
     @staticmethod
-    def _ended(call: CallContext) -> grpc.StatusCode:
+    def ended(call: CallContext) -> grpc.StatusCode:
         """The status a client sees of a call that ended under its handler: its deadline, or its cancel."""
         if call.deadline is not None and time.monotonic() >= call.deadline - DEADLINE_SLACK:
             return grpc.StatusCode.DEADLINE_EXCEEDED
@@ -155,27 +160,6 @@ class AuditStage:
         if isinstance(code, int):
             return _BY_VALUE.get(code, grpc.StatusCode.UNKNOWN)
         return grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
-
-    async def unary(self, call: CallContext, context: grpc.aio.ServicerContext, body: Body, *,
-                    registered: bool = True) -> Any:
-        """Runs ``body`` (the rest of the chain and the handler, any call shape) inside the call's span."""
-        started = time.perf_counter()
-        span = self._start(call, context, registered)
-        failed = True
-        ended: grpc.StatusCode | None = None
-        try:
-            with trace.use_span(span, end_on_exit=False):
-                self._check_sink()
-                result = await body()
-            failed = False
-            return result
-        except MeshError as e:
-            await self._fail(call, span, e, context)
-        except _ENDED:
-            ended = self._ended(call)
-            raise
-        finally:
-            self._finish(call, span, ended if ended is not None else self._code(context, call, failed), started)
 
 
 class PayloadRecordStage(Stage):

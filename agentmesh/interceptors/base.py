@@ -27,11 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import inspect as _inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import grpc
+from opentelemetry.context import Context
 
 from agentmesh.context import CallContext, _set, maybe_current_call
 from agentmesh.errors import MeshError, Unavailable
@@ -39,7 +42,7 @@ from agentmesh.interceptors.active import ActiveCalls
 from agentmesh.interceptors.handed import CheckedContext, Respond
 from agentmesh.interceptors.status import status_of
 
-__all__ = ["EXEMPT_PREFIXES", "Around", "ServerChain", "Stage", "rewrap"]
+__all__ = ["ENDED", "EXEMPT_PREFIXES", "Around", "Opened", "ServerChain", "Stage", "rewrap"]
 
 Behavior = Callable[..., Any]
 
@@ -143,9 +146,6 @@ EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 #: the message of the UNIMPLEMENTED status of a method the server does not serve (grpc's own)
 UNREGISTERED_MESSAGE = "Method not found!"
 
-Body = Callable[[], Awaitable[Any]]
-
-
 class Stage:
     """One step of the server chain: a thin adapter around one sans-IO decision."""
 
@@ -188,7 +188,9 @@ class _Plan(NamedTuple):
 
 
 class Around(Protocol):
-    """The outermost step: opens the call context, wraps the rest of the chain and the handler.
+    """The outermost step (the audit span): opens the call context; starts the call's span (it is the
+    current span while the rest runs); records a refusal and answers it; finishes the span with the status
+    the client sees. Its hooks are plain calls, run by the chain's one coroutine per call.
 
     ``registered`` is False for a method the server does not serve (its name is the caller's choice:
     nothing may be kept per such name)."""
@@ -197,35 +199,65 @@ class Around(Protocol):
 
     def open(self, details: grpc.HandlerCallDetails) -> CallContext: ...
 
-    async def unary(self, call: CallContext, context: grpc.aio.ServicerContext, body: Body, *,
-                    registered: bool = True) -> Any: ...
+    def start(self, call: CallContext, context: grpc.aio.ServicerContext, registered: bool) -> Opened: ...
+
+    def check_sink(self) -> None:
+        """Raises a MeshError while calls must be refused because their records cannot be kept."""
+
+    async def fail(self, call: CallContext, error: MeshError, context: grpc.aio.ServicerContext) -> None: ...
+
+    def ended(self, call: CallContext) -> grpc.StatusCode: ...
+
+    def finish(self, call: CallContext, opened: Opened, context: grpc.aio.ServicerContext, failed: bool,
+               ended: grpc.StatusCode | None) -> None: ...
+
+
+class Opened(NamedTuple):
+    """What :meth:`Around.start` opened: the span, and the token that makes it current until ``finish``."""
+
+    span: Any
+    token: contextvars.Token[Context]
+    started: float
+
+
+#: what ends a call under its handler: its task cancelled (by grpc.aio, for its client or its deadline),
+#: or a write failing (grpc.aio.InternalError: the call is gone)
+ENDED = (asyncio.CancelledError, grpc.aio.InternalError)
+
+
+async def _unimplemented(request: Any, context: grpc.aio.ServicerContext) -> None:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, UNREGISTERED_MESSAGE)
 
 
 class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """The whole server chain as one grpc.aio interceptor: ``around`` wraps the call, then ``stages``
     run in list order before the handler, and the inspecting stages see every request message.
 
-    A method the server does not serve is answered UNIMPLEMENTED only after ``unregistered`` (the
-    stages that say who is calling and whether it may call: by default the certificate checks, the
-    stages that also guard the exempt methods), inside ``around``: it is refused and audited like any
+    The exempt methods (health) pass ``exempt`` alone (by default the stages that say they guard them:
+    the certificate checks). A method the server does not serve is answered UNIMPLEMENTED only after
+    ``unregistered`` (the stages that say who is calling and whether it may call; by default the exempt
+    ones), inside ``around``: it is refused and audited like any
     other call, and no request message is read.
 
     The wrapped handler is built once per method and cached, with the stages that apply to the method
-    and those that review its responses; per call, the chain costs one dict lookup, one contextvar, one
-    attribute (``call.request``) and the stages' own decisions (not a coroutine layer per stage).
+    and those that review its responses. Per call, the chain is one coroutine (:meth:`_serve`): the span,
+    each stage's decision, the handler and the span's end, with no coroutine layer of its own per stage
+    or around the handler.
     """
 
     def __init__(self, around: Around, stages: Sequence[Stage], *, active: ActiveCalls | None = None,
-                 unregistered: Sequence[Stage] | None = None) -> None:
+                 unregistered: Sequence[Stage] | None = None, exempt: Sequence[Stage] | None = None) -> None:
         self.around = around
         self.active = active if active is not None else ActiveCalls()
         self.stages = tuple(stages)
-        self.exempt_stages = tuple(s for s in self.stages if s.guards_exempt)
+        self.exempt_stages = tuple(s for s in self.stages if s.guards_exempt) if exempt is None else tuple(exempt)
         self.unregistered_stages = self.exempt_stages if unregistered is None else tuple(unregistered)
         # by method name (registered methods only, as the audit stage's attributes), with its handler
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
         # one handler for every method nobody serves, whatever the call's shape (raw bytes, never read)
-        self._unregistered = grpc.stream_stream_rpc_method_handler(self._unregistered_call)
+        nobody = _Plan(self.unregistered_stages, (), ())
+        self._unregistered = grpc.stream_stream_rpc_method_handler(
+            functools.partial(self._serve, nobody, True, False, False, _unimplemented))
         self._unregistered_exempt = grpc.stream_stream_rpc_method_handler(self._unregistered_exempt_call)
 
     async def intercept_service(
@@ -249,20 +281,10 @@ class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         else:
             streaming = handler.stream_unary is not None or handler.stream_stream is not None
             plan = _Plan.of(self.stages, method)
-            wrapped = rewrap(handler, self._make_unary(streaming, plan), self._make_stream(streaming, plan))
+            wrapped = rewrap(handler, functools.partial(self._serve, plan, streaming, False, True),
+                             functools.partial(self._serve, plan, streaming, True, True))
         self._wrapped[method] = (handler, wrapped)
         return wrapped
-
-    async def _unregistered_call(self, request_iter: Any, context: grpc.aio.ServicerContext) -> None:
-        call = maybe_current_call()
-        assert call is not None
-
-        async def body() -> None:
-            for stage in self.unregistered_stages:
-                await stage.before(call, context)
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, UNREGISTERED_MESSAGE)
-
-        await self.around.unary(call, context, body, registered=False)
 
     async def _unregistered_exempt_call(self, request_iter: Any, context: grpc.aio.ServicerContext) -> None:
         await self._exempt_checks(context)
@@ -303,73 +325,67 @@ class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         return checked()
 
-    def _make_unary(self, streaming: bool, plan: _Plan) -> Run:
+    async def _serve(self, plan: _Plan, streaming: bool, writes: bool, registered: bool, inner: Behavior,
+                     request: Any, context: grpc.aio.ServicerContext) -> Any:
+        """One call, all of it: the span, the stages, the handler (``writes``: it streams responses,
+        written here with ``context.write``), and the span's end with the status the client sees."""
         stages, inspectors, reviewers = plan
-
-        async def run(inner: Behavior, request: Any, context: grpc.aio.ServicerContext) -> Any:
-            call = maybe_current_call()
-            assert call is not None
-
-            async def body() -> Any:
-                if not streaming:
-                    call.request = request
-                for stage in stages:
-                    await stage.before(call, context)
-                task = self.active.add(call)
-                try:
-                    handed = CheckedContext(context, call, inspectors, None) if streaming and inspectors \
-                        else context
-                    result = await inner(self._requests(call, request, streaming, inspectors), handed)
-                    if streaming:  # see CANCELLATION_POINT
-                        await asyncio.sleep(0)
-                    for stage in reviewers:
-                        result = await stage.respond(call, result)
-                    return result
-                except asyncio.CancelledError:
-                    if (error := _cancelled(call)) is None:
-                        raise  # this call itself was cancelled
-                    raise error from None
-                finally:
-                    self.active.discard(task)
-
-            return await self.around.unary(call, context, body)
-
-        return run
-
-    def _make_stream(self, streaming: bool, plan: _Plan) -> Run:
-        stages, inspectors, reviewers = plan
-
-        async def run(inner: Behavior, request: Any, context: grpc.aio.ServicerContext) -> None:
-            call = maybe_current_call()
-            assert call is not None
-            respond: Respond | None = None
-            if reviewers:  # only for the methods a stage reviews
-
-                async def respond(item: Any) -> Any:
-                    for stage in reviewers:
-                        item = await stage.respond(call, item)
-                    return item
-
-            async def body() -> None:
-                if not streaming:
-                    call.request = request
-                for stage in stages:
-                    await stage.before(call, context)
-                task = self.active.add(call)
-                try:
+        around = self.around
+        call = maybe_current_call()
+        assert call is not None
+        opened = around.start(call, context, registered)
+        failed = True
+        ended: grpc.StatusCode | None = None
+        try:
+            around.check_sink()
+            if not streaming:
+                call.request = request
+            for stage in stages:
+                await stage.before(call, context)
+            task = self.active.add(call)
+            try:
+                if writes:
+                    respond = _reviewing(call, reviewers) if reviewers else None
                     # responses go through the handed context's write(), which reviews them
                     handed = CheckedContext(context, call, inspectors if streaming else (), respond) \
                         if (streaming and inspectors) or respond is not None else context
                     await write_responses(inner, self._requests(call, request, streaming, inspectors), handed)
-                    if streaming:  # see CANCELLATION_POINT
-                        await asyncio.sleep(0)
-                except asyncio.CancelledError:
-                    if (error := _cancelled(call)) is None:
-                        raise
-                    raise error from None
-                finally:
-                    self.active.discard(task)
+                    result = None
+                else:
+                    handed = CheckedContext(context, call, inspectors, None) if streaming and inspectors \
+                        else context
+                    result = await inner(self._requests(call, request, streaming, inspectors), handed)
+                if streaming:  # see CANCELLATION_POINT
+                    await asyncio.sleep(0)
+                for stage in reviewers if not writes else ():
+                    result = await stage.respond(call, result)
+            except asyncio.CancelledError:
+                if (error := _cancelled(call)) is None:
+                    raise  # this call itself was cancelled
+                raise error from None
+            finally:
+                self.active.discard(task)
+            failed = False
+            return result
+        except MeshError as e:
+            opened.span.fail(e)  # as trace.use_span records an exception leaving the span's block
+            await around.fail(call, e, context)
+        except ENDED as e:
+            if isinstance(e, Exception):
+                opened.span.fail(e)
+            ended = around.ended(call)
+            raise
+        except Exception as e:
+            opened.span.fail(e)
+            raise
+        finally:
+            around.finish(call, opened, context, failed, ended)
 
-            await self.around.unary(call, context, body)
 
-        return run
+def _reviewing(call: CallContext, reviewers: tuple[Stage, ...]) -> Respond:
+    async def respond(item: Any) -> Any:
+        for stage in reviewers:
+            item = await stage.respond(call, item)
+        return item
+
+    return respond

@@ -1,9 +1,13 @@
 """The order of the server chain, in one place.
 
     1. audit span     outermost, so denials are recorded too; maps errors to status
-    2. peer identity  SPIFFE ID from the verified certificate; CRL; EKU / CA checks
-    3. token          the peer's own bound token (+ the transaction token and hop links when delegated)
-    4. authorization  deny rules, then allow rules, then default deny
+    2-4. admission    2. peer identity: SPIFFE ID from the verified certificate; CRL; EKU / CA checks
+                      3. token: the peer's own bound token (+ the transaction token and hop links when
+                         delegated)
+                      4. authorization: deny rules, then allow rules, then default deny
+                      one stage: an admitted call's decision is reused by the next call with the same
+                      certificate, token headers and method while agentmesh.admission.still_admitted
+                      holds (trust data, key set, every expiry re-checked per call)
     5. rate limit     token bucket per (rule, verified principal)
     6. payload guard  size and patterns of every request message
        (with audit.payload_fields, the allow-listed request fields are recorded, redacted, just before it)
@@ -15,6 +19,7 @@ the handler receives it, so after every ``before``. The task-owner stage goes la
 refused or rate limited never reaches the task-owner store. It also reviews the responses of the A2A
 methods that reveal tasks; no other method has a response step (decided once per method).
 
+Health checks (exempt from the chain) pass the certificate checks alone (2).
 A method the server does not serve passes 1-4 (the span, who is calling, whether it may call), then is
 UNIMPLEMENTED: a caller without a valid token, or one the policy refuses, cannot tell which methods exist.
 """
@@ -30,7 +35,7 @@ from agentmesh.audit import AuditSink
 from agentmesh.guard import PayloadGuard
 from agentmesh.interceptors.active import ActiveCalls
 from agentmesh.interceptors.audit import AuditStage, PayloadRecordStage
-from agentmesh.interceptors.auth import AuthorizationStage, TokenStage
+from agentmesh.interceptors.auth import AdmissionStage
 from agentmesh.interceptors.base import ServerChain
 from agentmesh.interceptors.identity import PeerIdentityCache, PeerIdentityStage
 from agentmesh.interceptors.limits import PayloadGuardStage, RateLimitStage
@@ -60,14 +65,14 @@ def server_chain(
 ) -> list[grpc.aio.ServerInterceptor]:
     """The whole chain; ``tasks`` keeps the owners of A2A tasks (default: in memory, A2AConfig's bounds)."""
     record = [PayloadRecordStage(sink)] if sink is not None and sink.payload_fields else []
-    who = [PeerIdentityStage(identities), TokenStage(checks, me=me, snapshot=snapshot), AuthorizationStage(policy)]
+    who = [AdmissionStage(identities, checks, policy, me=me, snapshot=snapshot)]
     return [ServerChain(AuditStage(agent, sink, required=audit_required), [
         *who,
         RateLimitStage(limiter),
         *record,  # only with audit.payload_fields: allow-listed request fields, redacted, on the span
         PayloadGuardStage(guard),
         TaskOwnershipStage(tasks if tasks is not None else MemoryTaskOwners()),
-    ], active=active, unregistered=who)]
+    ], active=active, unregistered=who, exempt=[PeerIdentityStage(identities)])]
 
 
 def identity_chain(agent: str, *, sink: AuditSink | None, identities: PeerIdentityCache,
