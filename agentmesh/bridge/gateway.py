@@ -46,6 +46,7 @@ from agentmesh.errors import MeshError, TokenError
 from agentmesh.interceptors.auth import principal_of
 from agentmesh.interceptors.client import delegating
 from agentmesh.policy import PolicyRequest
+from agentmesh.runtime.channel import StubChannel
 from agentmesh.runtime.node import MeshNode
 from agentmesh.tokens import VerifiedToken
 from agentmesh.tokens.txn import scope_of
@@ -91,7 +92,7 @@ class Gateway:
         self.catalog = catalog
         self.settings = settings or Settings()
         self._node: MeshNode | None = None
-        self._callables: dict[tuple[str, str], tuple[grpc.aio.Channel, Callable[..., Any]]] = {}
+        self._callables: dict[tuple[str, str], tuple[StubChannel, Callable[..., Any]]] = {}
         self._transactions = Transactions(
             lambda token, route, context: self.node.exchange(token, route=route, request_context=context),
             reuse=config.bridge.txn_reuse)
@@ -247,7 +248,7 @@ class Gateway:
                             status=415)
         return data
 
-    def _callable(self, op: Operation) -> tuple[grpc.aio.Channel, Callable[..., Any]]:
+    def _callable(self, op: Operation) -> tuple[StubChannel, Callable[..., Any]]:
         """The cached multicallable of ``op`` on the current channel to its agent."""
         channel = self.node.channels.channel(op.agent)
         key = (op.agent, op.method)
@@ -260,7 +261,7 @@ class Gateway:
         self._callables[key] = (channel, fn)
         return channel, fn
 
-    async def _connected(self, agent: str, channel: grpc.aio.Channel, timeout: float) -> None:
+    async def _connected(self, agent: str, channel: StubChannel, timeout: float) -> None:
         """Waits (bounded) until the channel is connected or has failed: a dead agent answers fast."""
         state = channel.get_state(try_to_connect=True)
         if state in _SETTLED:

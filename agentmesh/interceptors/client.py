@@ -135,9 +135,15 @@ class ClientSteps:
 
     @staticmethod
     def end_when_done(call: Any, span: Span) -> None:
-        """Ends the client span with the call's status once the call is over."""
+        """Ends the client span with the call's status once the call is over: in the call's done
+        callback, from the status grpc.aio already holds then (no task per call); a call that does not
+        hold one there (not a grpc.aio call) is awaited for its status in a task."""
 
         def done(c: Any) -> None:
+            code = _final_code(c)
+            if code is not None:
+                _end(span, code)
+                return
             task = asyncio.ensure_future(_end_span(span, c))
             _ending.add(task)
             task.add_done_callback(_ending.discard)
@@ -150,7 +156,20 @@ class ClientSteps:
         span.end()
 
 
+_BY_CYGRPC = {code.value[0]: code for code in grpc.StatusCode}  # cygrpc status codes are the integer values
 _ending: set[asyncio.Future[None]] = set()  # keeps span-ending tasks alive until they ran
+
+
+def _final_code(call: Any) -> grpc.StatusCode | None:
+    """The status of a finished grpc.aio call, read where grpc.aio keeps it (its own ``_raise_for_status``
+    reads it there too); None when it is not there."""
+    status = getattr(getattr(call, "_cython_call", None), "_status", None)
+    if status is None:
+        return None
+    try:
+        return _BY_CYGRPC[status.code()]
+    except (KeyError, AttributeError):
+        return None
 
 
 async def _end_span(span: Span, call: Any) -> None:
@@ -158,6 +177,10 @@ async def _end_span(span: Span, call: Any) -> None:
         code = await call.code()
     except (asyncio.CancelledError, Exception):
         code = grpc.StatusCode.CANCELLED
+    _end(span, code)
+
+
+def _end(span: Span, code: grpc.StatusCode) -> None:
     span.set_attribute(A.RPC_GRPC_STATUS_CODE, code.value[0])
     if code != grpc.StatusCode.OK:
         span.set_status(Status(StatusCode.ERROR, code.name))

@@ -27,7 +27,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import grpc
 
@@ -45,7 +45,7 @@ from agentmesh.runtime.calls import (
 from agentmesh.runtime.credentials import AgentIdentity, IdentityFiles
 from agentmesh.runtime.probe import served_certificate
 
-__all__ = ["MeshChannel", "MeshChannels", "secure_channel"]
+__all__ = ["MeshChannel", "MeshChannels", "StubChannel", "secure_channel"]
 
 T = TypeVar("T")
 DROP_GRACE = 1.0  # seconds a call in flight to a member that was just refused may still finish
@@ -183,7 +183,7 @@ class MeshChannels:
             facade = self._facades[name] = MeshChannel(self, name)
         return facade
 
-    def stub(self, name: str, stub_class: Callable[[Any], T]) -> T:
+    def stub(self, name: str, stub_class: Callable[[StubChannel], T]) -> T:
         """A generated stub for agent ``name``, e.g. ``channels.stub("b", agent_pb2_grpc.AgentStub)``;
         it may be kept: every call goes over the current connection, through the client chain."""
         return stub_class(self.channel(name))
@@ -217,8 +217,31 @@ class MeshChannels:
                 await task
 
 
+class StubChannel(Protocol):
+    """What a generated stub and a client that manages a channel use of a ``grpc.aio.Channel``: the four
+    multicallable factories, the connectivity state and its changes, ``channel_ready`` and ``close``.
+    :class:`MeshChannel` is one; so is every ``grpc.aio.Channel``."""
+
+    def unary_unary(self, method: str, **kwargs: Any) -> grpc.aio.UnaryUnaryMultiCallable: ...
+
+    def unary_stream(self, method: str, **kwargs: Any) -> grpc.aio.UnaryStreamMultiCallable: ...
+
+    def stream_unary(self, method: str, **kwargs: Any) -> grpc.aio.StreamUnaryMultiCallable: ...
+
+    def stream_stream(self, method: str, **kwargs: Any) -> grpc.aio.StreamStreamMultiCallable: ...
+
+    def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity: ...
+
+    async def wait_for_state_change(self, last_observed_state: grpc.ChannelConnectivity) -> None: ...
+
+    async def channel_ready(self) -> None: ...
+
+    async def close(self, grace: float | None = None) -> None: ...
+
+
 class MeshChannel:
-    """A ``grpc.aio.Channel`` look-alike for one agent; state queries go to the current connection."""
+    """A ``grpc.aio.Channel`` look-alike for one agent (a :class:`StubChannel`); state queries go to the
+    current connection."""
 
     def __init__(self, channels: MeshChannels, name: str) -> None:
         self._channels = channels
