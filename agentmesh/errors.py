@@ -23,15 +23,19 @@ caught; they never cross a public boundary. Messages never contain tokens, keys 
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import grpc
+
+#: the steps of the server chain a refusal is recorded under (audit attribute ``stage``)
+DenialStage = Literal["identity", "token", "delegation", "policy", "ratelimit", "guard"]
 
 __all__ = [
     "GRPC_TO_HTTP",
     "AuthenticationError",
     "ConfigError",
     "DelegationError",
+    "DenialStage",
     "MeshError",
     "NotFound",
     "PKIError",
@@ -77,6 +81,11 @@ class MeshError(Exception):
     """Base of every error agentmesh raises on purpose."""
 
     grpc_code: ClassVar[grpc.StatusCode] = grpc.StatusCode.INTERNAL
+    #: the step of the server chain an audit span names when this error refuses a call
+    stage: ClassVar[DenialStage] = "policy"
+    #: the decision an audit span records when this error refuses a call (None: the one made so far, or
+    #: "deny" if none was)
+    decision: ClassVar[str | None] = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -108,14 +117,22 @@ class AuthenticationError(MeshError):
 class PeerIdentityError(AuthenticationError):
     """The peer certificate is missing, not a mesh identity, or revoked."""
 
+    stage: ClassVar[DenialStage] = "identity"
+    decision: ClassVar[str | None] = "deny"
+
 
 class TokenError(AuthenticationError):
     """A bearer token is missing, malformed, forged, expired, revoked or bound to another peer."""
+
+    stage: ClassVar[DenialStage] = "token"
+    decision: ClassVar[str | None] = "deny"
 
 
 class DelegationError(TokenError):
     """A delegated call's transaction token or chain of hop links failed ``check`` (a short, stable name
     recorded in audit: ``txn-token``, ``link-signature``, ``link-aud``... see :mod:`agentmesh.tokens.delegation`)."""
+
+    stage: ClassVar[DenialStage] = "delegation"
 
     def __init__(self, check: str, message: str) -> None:
         super().__init__(message)
@@ -126,6 +143,7 @@ class PermissionDenied(MeshError):
     """A verified caller that no policy rule allows (or a deny rule refuses)."""
 
     grpc_code = grpc.StatusCode.PERMISSION_DENIED
+    decision: ClassVar[str | None] = "deny"
 
     def __init__(self, message: str, *, rule: str | None = None) -> None:
         super().__init__(message)
@@ -134,6 +152,8 @@ class PermissionDenied(MeshError):
 
 class PayloadBlocked(PermissionDenied):
     """The payload guard found a blocked pattern in the request."""
+
+    stage: ClassVar[DenialStage] = "guard"
 
 
 class NotFound(MeshError):
@@ -147,6 +167,8 @@ class PayloadTooLarge(MeshError):
     """The request is larger than the configured limit."""
 
     grpc_code = grpc.StatusCode.INVALID_ARGUMENT
+    stage: ClassVar[DenialStage] = "guard"
+    decision: ClassVar[str | None] = "deny"
 
 
 class PayloadTooCostly(PayloadTooLarge):
@@ -159,6 +181,8 @@ class RateLimited(MeshError):
     """The caller's token bucket is empty; ``retry_after`` says when one token will be back."""
 
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    stage: ClassVar[DenialStage] = "ratelimit"
+    decision: ClassVar[str | None] = "ratelimited"
 
     def __init__(self, message: str, *, retry_after: float, limit: int, remaining: int, reset: float) -> None:
         super().__init__(message)
@@ -172,3 +196,4 @@ class Unavailable(MeshError):
     """A backend the call depends on (audit sink, rate-limit store, control plane) is unreachable."""
 
     grpc_code = grpc.StatusCode.UNAVAILABLE
+    stage: ClassVar[DenialStage] = "ratelimit"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Final, Literal
 
+from agentmesh import errors
+
 __all__ = [
     "AGENT",
     "DECISION",
@@ -68,7 +70,7 @@ EVENT_DENIED: Final = "agentmesh.denied"  # attributes: DENIAL_STAGE, DENIAL_REA
 DENIAL_STAGE: Final = "stage"  # DenialStage
 DENIAL_REASON: Final = "reason"  # safe text: never a token, key or payload
 
-DenialStage = Literal["identity", "token", "delegation", "policy", "ratelimit", "guard"]
+DenialStage = errors.DenialStage  # each MeshError class names its own (MeshError.stage)
 
 EVENT_GUARD: Final = "agentmesh.guard"  # attributes: GUARD_ACTION, GUARD_PATTERN
 GUARD_ACTION: Final = "action"  # GuardAction

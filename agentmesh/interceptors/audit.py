@@ -13,30 +13,26 @@ sent by the call's deadline (whatever the handler did) is DEADLINE_EXCEEDED for 
 
 from __future__ import annotations
 
+import contextvars
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from agentmesh.audit import AuditSink, record_denial, remote_parent, rpc_attributes
 from agentmesh.audit import attributes as A
-from agentmesh.audit.fastspan import FastTracer
+from agentmesh.audit.fastspan import FastSpan, FastTracer
 from agentmesh.context import CallContext
 from agentmesh.errors import (
     DelegationError,
     MeshError,
-    PayloadBlocked,
-    PayloadTooLarge,
-    PeerIdentityError,
-    PermissionDenied,
-    RateLimited,
-    TokenError,
     Unavailable,
 )
-from agentmesh.interceptors.base import Opened, Stage
+from agentmesh.interceptors.stage import Stage
 from agentmesh.interceptors.status import status_of
 
 __all__ = ["DEADLINE_SLACK", "AuditStage", "PayloadRecordStage"]
@@ -47,28 +43,20 @@ DEADLINE_SLACK = 0.05
 _BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 
 
-def _stage_of(err: MeshError) -> A.DenialStage:
-    if isinstance(err, PeerIdentityError):
-        return "identity"
-    if isinstance(err, DelegationError):
-        return "delegation"
-    if isinstance(err, TokenError):
-        return "token"
-    if isinstance(err, PayloadBlocked | PayloadTooLarge):
-        return "guard"
-    if isinstance(err, PermissionDenied):
-        return "policy"
-    if isinstance(err, RateLimited | Unavailable):
-        return "ratelimit"
-    return "policy"
+class Opened(NamedTuple):
+    """What :meth:`AuditStage.start` opened: the span, and the token that makes it current until
+    :meth:`AuditStage.finish`."""
+
+    span: FastSpan
+    token: contextvars.Token[Context]
+    started: float
 
 
 class AuditStage:
-    """The outermost step of the chain (:class:`agentmesh.interceptors.base.Around`): opens a server
-    span per call (child of the caller's ``traceparent``), records who called, the decision and the
-    status, and maps mesh errors to gRPC status; with ``required``, refuses calls while the audit sink
-    is down. Without a sink, spans are still made (for the trace context of the calls a handler makes)
-    and dropped when they end."""
+    """The outermost step of the chain: opens a server span per call (child of the caller's
+    ``traceparent``), records who called, the decision and the status, and maps mesh errors to gRPC
+    status; with ``required``, refuses calls while the audit sink is down. Without a sink, spans are
+    still made (for the trace context of the calls a handler makes) and dropped when they end."""
 
     def __init__(self, agent: str, sink: AuditSink | None, *, required: bool = False) -> None:
         self.agent = agent
@@ -129,10 +117,8 @@ class AuditStage:
             self.sink.metrics.record_call(call.decision or "none", code.name, time.perf_counter() - opened.started)
 
     async def fail(self, call: CallContext, err: MeshError, context: grpc.aio.ServicerContext) -> None:
-        refused = PermissionDenied | PayloadTooLarge | RateLimited | TokenError | PeerIdentityError  # by the chain
-        if call.decision is None or isinstance(err, refused):
-            call.decision = "ratelimited" if isinstance(err, RateLimited) else "deny"
-        record_denial(call.span, _stage_of(err), err.message)
+        call.decision = err.decision or call.decision or "deny"  # a refusal by the chain is its own decision
+        record_denial(call.span, err.stage, err.message)
         if isinstance(err, DelegationError):
             call.span.set_attribute(A.DELEGATION_CHECK, err.check)
         code, message, md = status_of(err)

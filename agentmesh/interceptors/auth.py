@@ -13,8 +13,8 @@ from agentmesh.a2a.skills import SEND_METHODS, requested_skill
 from agentmesh.admission import Admitted, still_admitted, valid_until
 from agentmesh.context import CallContext
 from agentmesh.errors import PermissionDenied
-from agentmesh.interceptors.base import Stage
 from agentmesh.interceptors.identity import PeerIdentityCache, peer_pem
+from agentmesh.interceptors.stage import Stage
 from agentmesh.metadata import AUTHORIZATION, TXN_LINKS, TXN_TOKEN, bearer
 from agentmesh.policy import PolicyEngine, PolicyRequest
 from agentmesh.tokens.delegation import Caller, Checks, principal_of, verify_caller

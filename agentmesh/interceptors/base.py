@@ -27,22 +27,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import functools
 import inspect as _inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 import grpc
-from opentelemetry.context import Context
 
 from agentmesh.context import CallContext, _set, maybe_current_call
 from agentmesh.errors import MeshError, Unavailable
 from agentmesh.interceptors.active import ActiveCalls
+from agentmesh.interceptors.audit import AuditStage
 from agentmesh.interceptors.handed import CheckedContext, Respond
+from agentmesh.interceptors.stage import Stage
 from agentmesh.interceptors.status import status_of
 
-__all__ = ["ENDED", "EXEMPT_PREFIXES", "Around", "Opened", "ServerChain", "Stage", "rewrap"]
+__all__ = ["ENDED", "EXEMPT_PREFIXES", "ServerChain", "Stage", "rewrap"]
 
 Behavior = Callable[..., Any]
 
@@ -146,34 +146,6 @@ EXEMPT_PREFIXES = ("/grpc.health.v1.Health/",)
 #: the message of the UNIMPLEMENTED status of a method the server does not serve (grpc's own)
 UNREGISTERED_MESSAGE = "Method not found!"
 
-class Stage:
-    """One step of the server chain: a thin adapter around one sans-IO decision."""
-
-    #: set by subclasses that look at request messages
-    inspects_requests = False
-    #: set by stages that also guard the exempt methods (health): the peer's certificate checks
-    guards_exempt = False
-
-    def applies_to(self, method: str) -> bool:
-        """Whether the stage runs for ``method`` at all (asked once per method, when it is wrapped)."""
-        return True
-
-    def reviews(self, method: str) -> bool:
-        """Whether ``respond`` sees the responses of ``method`` (asked once per method, when it is wrapped)."""
-        return False
-
-    async def before(self, call: CallContext, context: grpc.aio.ServicerContext) -> None:
-        """Per-call check; raise an ``agentmesh.errors.MeshError`` to refuse the call."""
-
-    def inspect(self, call: CallContext, request: Any) -> None:
-        """Per-message check; raise an ``agentmesh.errors.MeshError`` to refuse the call."""
-
-    async def respond(self, call: CallContext, response: Any) -> Any:
-        """Per-response review (methods it ``reviews``): the response to send; raise an
-        ``agentmesh.errors.MeshError`` to end the call instead."""
-        return response
-
-
 class _Plan(NamedTuple):
     """The stages of one method: those that run, those that inspect requests, those that review responses."""
 
@@ -185,39 +157,6 @@ class _Plan(NamedTuple):
     def of(cls, stages: Sequence[Stage], method: str) -> _Plan:
         mine = tuple(s for s in stages if s.applies_to(method))
         return cls(mine, tuple(s for s in mine if s.inspects_requests), tuple(s for s in mine if s.reviews(method)))
-
-
-class Around(Protocol):
-    """The outermost step (the audit span): opens the call context; starts the call's span (it is the
-    current span while the rest runs); records a refusal and answers it; finishes the span with the status
-    the client sees. Its hooks are plain calls, run by the chain's one coroutine per call.
-
-    ``registered`` is False for a method the server does not serve (its name is the caller's choice:
-    nothing may be kept per such name)."""
-
-    agent: str
-
-    def open(self, details: grpc.HandlerCallDetails) -> CallContext: ...
-
-    def start(self, call: CallContext, context: grpc.aio.ServicerContext, registered: bool) -> Opened: ...
-
-    def check_sink(self) -> None:
-        """Raises a MeshError while calls must be refused because their records cannot be kept."""
-
-    async def fail(self, call: CallContext, error: MeshError, context: grpc.aio.ServicerContext) -> None: ...
-
-    def ended(self, call: CallContext) -> grpc.StatusCode: ...
-
-    def finish(self, call: CallContext, opened: Opened, context: grpc.aio.ServicerContext, failed: bool,
-               ended: grpc.StatusCode | None) -> None: ...
-
-
-class Opened(NamedTuple):
-    """What :meth:`Around.start` opened: the span, and the token that makes it current until ``finish``."""
-
-    span: Any
-    token: contextvars.Token[Context]
-    started: float
 
 
 #: what ends a call under its handler: its task cancelled (by grpc.aio, for its client or its deadline),
@@ -245,7 +184,7 @@ class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     or around the handler.
     """
 
-    def __init__(self, around: Around, stages: Sequence[Stage], *, active: ActiveCalls | None = None,
+    def __init__(self, around: AuditStage, stages: Sequence[Stage], *, active: ActiveCalls | None = None,
                  unregistered: Sequence[Stage] | None = None, exempt: Sequence[Stage] | None = None) -> None:
         self.around = around
         self.active = active if active is not None else ActiveCalls()

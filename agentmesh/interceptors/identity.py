@@ -11,7 +11,7 @@ import grpc
 from agentmesh.context import CallContext
 from agentmesh.errors import PeerIdentityError
 from agentmesh.identity import PeerIdentity, peer_identity_from_pem
-from agentmesh.interceptors.base import Stage
+from agentmesh.interceptors.stage import Stage
 from agentmesh.runtime.truststate import TrustState
 from agentmesh.trust import check_mtls_peer
 

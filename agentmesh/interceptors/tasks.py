@@ -30,7 +30,7 @@ from agentmesh.a2a.ownership import (
 )
 from agentmesh.context import CallContext
 from agentmesh.errors import NotFound, PermissionDenied
-from agentmesh.interceptors.base import Stage
+from agentmesh.interceptors.stage import Stage
 
 __all__ = ["A2A_ERROR_DOMAIN", "TASK_NOT_FOUND_REASON", "TaskOwnershipStage"]
 
