@@ -25,6 +25,7 @@ __all__ = [
     "GUARD_PATTERN",
     "PAYLOAD_PREFIX",
     "PEER_SPIFFE_ID",
+    "RATELIMIT_DEGRADED",
     "RATELIMIT_REMAINING",
     "ROLES",
     "RPC_GRPC_STATUS_CODE",
@@ -61,6 +62,7 @@ DELEGATION_CHECK: Final = "agentmesh.delegation.check"  # which check of a deleg
 TXN: Final = "agentmesh.txn"  # the transaction id (txn claim of the transaction token): one per external request
 SCOPE: Final = "agentmesh.scope"  # list[str]: the transaction's scope
 RATELIMIT_REMAINING: Final = "agentmesh.ratelimit.remaining"  # int
+RATELIMIT_DEGRADED: Final = "agentmesh.ratelimit.degraded"  # True: the backend was down, failure_mode open let it by
 PAYLOAD_PREFIX: Final = "agentmesh.payload."  # + dotted request field path (allow-listed only)
 
 Decision = Literal["allow", "deny"]

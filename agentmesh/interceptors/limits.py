@@ -30,7 +30,10 @@ class RateLimitStage(Stage):
     async def before(self, call: CallContext, context: grpc.aio.ServicerContext) -> None:
         assert call.principal is not None, "the token stage runs first"
         decision = await self.limiter.acquire(call.principal, call.agent, call.method, call.roles)
-        if decision.rule is not None:
+        if decision.degraded:  # let through by failure_mode "open": no count to show, the span says so
+            if call.span is not None:
+                call.span.set_attribute(A.RATELIMIT_DEGRADED, True)
+        elif decision.rule is not None:
             call.ratelimit_remaining = decision.remaining
         if not decision.allowed:
             raise rate_limited_error(decision, call.method)
