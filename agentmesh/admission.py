@@ -7,17 +7,18 @@ time costs more than the rest of the chain; the decision cannot change unless on
 :class:`Admitted` is such a decision, and :func:`still_admitted` says whether it still holds, from
 plain values and the current time:
 
-* every input is part of the cache key (the certificate as TLS verified it, the raw token headers, the
-  method, the A2A skill asked for), so an entry is only ever found for the same credentials;
-* the trust data it was decided under is still the trust data: the same revoked serials, token ids and
-  members, the same issuing CAs, trust bundle and token key set (a heartbeat that only re-confirms the
-  data keeps them; a revocation, a kill switch, a key or CA rotation replaces them, and every entry made
-  before is refused);
+* every input is part of the cache key (the certificate as TLS verified it, the tokens, the method, the
+  A2A skill asked for), so an entry is only ever found for the same credentials;
+* the trust data is still what it was decided under: the same revoked serials, token ids and members,
+  the same issuing CAs, trust bundle and token key set (:func:`same_trust_data`; a heartbeat that only
+  re-confirms the data keeps it; a revocation, a kill switch, a key or CA rotation changes the
+  ``epoch`` and every entry made before is refused);
 * that trust data is still fresh (``revocation.max_staleness``, the CRL's next update): past that the
   full decision runs again, with what ``revocation.failure_mode`` says about stale data;
 * the token verifier's key set is the one it was decided under (a JWKS refresh replaces it);
 * nothing it relied on has expired: the peer certificate, its token, the transaction token, every hop
-  link and its certificate (:func:`valid_until`: the earliest of those times);
+  link and its certificate (:func:`valid_until`: the earliest of those times), and the clock has not
+  gone back to before the decision (a token or link "not yet valid" then is decided again);
 * its token ids are not revoked now (``revoked``: the member's revoked-token set, checked on every hit).
 
 A refusal is never cached: a refused call runs the full decision every time. A change of policy means a
@@ -34,19 +35,21 @@ from agentmesh.tokens.delegation import Caller
 from agentmesh.tokens.keys import KeySet
 from agentmesh.trust import TrustSnapshot
 
-__all__ = ["Admitted", "still_admitted", "valid_until"]
+__all__ = ["Admitted", "fresh", "same_trust_data", "still_admitted", "valid_until"]
 
 
 @dataclass(frozen=True, slots=True)
 class Admitted:
     """A call that was admitted: who called (``peer``, ``caller``), the rule that allowed it, and what
-    the decision was made under (``trust``, ``keys``) and until when it can hold (``until``)."""
+    the decision was made under (``epoch`` of the trust data, ``keys``), when (``at``) and until when it
+    can hold by time alone (``until``)."""
 
     peer: PeerIdentity
     caller: Caller
     rule: str | None
-    trust: TrustSnapshot | None
+    epoch: int
     keys: KeySet
+    at: float
     until: float
 
 
@@ -60,28 +63,28 @@ def valid_until(peer: PeerIdentity, caller: Caller) -> float:
     return until
 
 
-def _same_trust(now: float, was: TrustSnapshot | None, now_trust: TrustSnapshot | None, max_staleness: float) -> bool:
-    if now_trust is None or was is None:
-        return now_trust is was
-    if now_trust is not was and not (
-        now_trust.revoked_serials is was.revoked_serials
-        and now_trust.revoked_jtis is was.revoked_jtis
-        and now_trust.revoked_members is was.revoked_members
-        and now_trust.issuers is was.issuers
-        and now_trust.bundle is was.bundle
-        and now_trust.jwks_json is was.jwks_json
-    ):
+def same_trust_data(a: TrustSnapshot | None, b: TrustSnapshot | None) -> bool:
+    """Whether two snapshots say the same about who is trusted (what a heartbeat re-confirms)."""
+    if a is b:
+        return True
+    if a is None or b is None:
         return False
-    return now <= now_trust.crl_next_update and now - now_trust.received_at <= max_staleness
+    return (a.revoked_serials == b.revoked_serials and a.revoked_jtis == b.revoked_jtis
+            and a.revoked_members == b.revoked_members and a.issuers == b.issuers and a.bundle == b.bundle
+            and a.jwks_json == b.jwks_json and a.issuer == b.issuer)
 
 
-def still_admitted(entry: Admitted, *, now: float, trust: TrustSnapshot | None, keys: KeySet, max_staleness: float,
+def fresh(trust: TrustSnapshot | None, now: float, max_staleness: float) -> bool:
+    """Whether ``trust`` may be relied on without asking the failure mode (no data: nothing to be stale)."""
+    return trust is None or (now <= trust.crl_next_update and now - trust.received_at <= max_staleness)
+
+
+def still_admitted(entry: Admitted, *, now: float, epoch: int, trust_fresh: bool, keys: KeySet,
                    revoked: Callable[[str], bool]) -> bool:
-    """Whether ``entry`` decides a call with the same credentials now (see the module docstring);
-    False means: decide it in full."""
-    if now >= entry.until or keys is not entry.keys:
-        return False
-    if not _same_trust(now, entry.trust, trust, max_staleness):
+    """Whether ``entry`` decides a call with the same credentials now (see the module docstring): the trust
+    data of ``epoch`` (``trust_fresh``: see :func:`fresh`) and ``keys`` are the member's now. False means:
+    decide it in full."""
+    if not trust_fresh or epoch != entry.epoch or keys is not entry.keys or not entry.at <= now < entry.until:
         return False
     caller = entry.caller
     if revoked(caller.own.jti):

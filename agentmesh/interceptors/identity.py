@@ -53,6 +53,11 @@ class PeerIdentityCache:
             self.trust.check_peer(peer, known=True)
         return peer
 
+    def touch(self, pem: bytes | None) -> None:
+        """Marks a peer as just seen (a call decided without :meth:`identify`), so it stays known."""
+        if pem in self._cache:
+            self._cache.move_to_end(pem)
+
 
 def peer_pem(context: grpc.aio.ServicerContext) -> tuple[bytes | None, Sequence[bytes]]:
     """The client leaf certificate TLS verified and the chain it presented, from the auth context (never

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from meshkit import write_mesh
 
+from agentmesh.a2a.skills import SEND_METHODS
 from agentmesh.configfile import load_config
 from agentmesh.context import CallContext
 from agentmesh.errors import MeshError
@@ -84,6 +85,13 @@ class World:
         return tuple(md), Peer(self.members[name].identity.leaf_pem)
 
 
+def served(stage: AdmissionStage) -> AdmissionStage:
+    """The stage as a server that serves the Agent and A2A methods wraps it (once per method)."""
+    for method in (METHOD, *SEND_METHODS):
+        assert stage.applies_to(method)
+    return stage
+
+
 async def decide(stage: AdmissionStage, metadata: Any, peer: Peer) -> str:
     """'allow', or the refusal's error type and message."""
     call = CallContext(method=METHOD, agent="validator", metadata=metadata)
@@ -119,8 +127,8 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     server = members["validator"]
 
     def stage(size: int = 1024) -> AdmissionStage:
-        return AdmissionStage(server.identities, server.checks, server.policy, me=str(server.spiffe_id),
-                              snapshot=lambda: server.trust.snapshot, size=size)
+        return served(AdmissionStage(server.identities, server.checks, server.policy, me=str(server.spiffe_id),
+                                     snapshot=lambda: server.trust.snapshot, size=size))
 
     world = World(tmp_path, ca, authority, publisher, server, members, clock, stage(), lambda: stage(size=0))
     server.trust.update(world.snapshot())
