@@ -55,7 +55,7 @@ class PeerIdentityCache:
 
     def touch(self, pem: bytes | None) -> None:
         """Marks a peer as just seen (a call decided without :meth:`identify`), so it stays known."""
-        if pem in self._cache:
+        if pem is not None and pem in self._cache:
             self._cache.move_to_end(pem)
 
 
