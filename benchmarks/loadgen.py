@@ -1,8 +1,10 @@
-"""The gRPC load generator: a closed loop of ``concurrency`` callers in its own process.
+"""The gRPC load generator, in its own process: a closed loop of ``concurrency`` callers, or an open
+loop at a fixed rate (``openloop.py``).
 
 The parent drives it over a pipe, one round at a time, so rounds of different variants can be
 interleaved against warm connections. Each round reads the servers' CPU time (``/proc``) right
-when the callers start and right after they stop, and reports latency percentiles, not samples.
+when the callers start and right after they stop; a closed-loop round reports latency percentiles,
+a fixed-rate round every latency (the parent pools and compares them).
 """
 
 from __future__ import annotations
@@ -27,11 +29,13 @@ from agentmesh.runtime.node import MeshNode
 from agentmesh.v1 import agent_pb2_grpc
 from benchmarks.echo import request
 from benchmarks.meshdir import CLIENT, apply_tweaks
+from benchmarks.openloop import FixedRateResult, fixed_rate_round, percentile
 from benchmarks.procs import cpu_seconds
 
-__all__ = ["GrpcTarget", "LoadGenerator", "LoadgenSpec", "RoundResult", "percentile"]
+__all__ = ["FixedRateResult", "GrpcTarget", "LoadGenerator", "LoadgenSpec", "RoundResult", "percentile"]
 
 CALL_TIMEOUT = 30.0
+FIXED_RATE_TIMEOUT = 5.0  # the deadline of each call of a fixed-rate round (a late call counts as failed)
 Caller = Callable[[], Awaitable[object]]
 
 
@@ -48,6 +52,16 @@ class LoadgenSpec:
     targets: dict[str, GrpcTarget]
     check_every: float = 1.0  # the client identity's file check interval (rotation uses a short one)
     tweaks: tuple[str, ...] = ()  # meshdir.apply_tweaks on the client's config
+
+
+@dataclass(frozen=True, slots=True)
+class FixedRateCommand:
+    """One fixed-rate round, as sent over the pipe."""
+
+    key: str
+    rate: float
+    seconds: float
+    server_pids: tuple[int, ...]
 
 
 @dataclass(slots=True)
@@ -68,12 +82,6 @@ class RoundResult:
         return self.calls / self.elapsed if self.elapsed else 0.0
 
 
-def percentile(sorted_values: Sequence[int], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return float(sorted_values[min(len(sorted_values) - 1, round(q * (len(sorted_values) - 1)))])
-
-
 class _Clients:
     """One warm client per target, built once in the load generator process."""
 
@@ -81,22 +89,26 @@ class _Clients:
         self.spec = spec
         self.config = apply_tweaks(load_config(spec.config_path), spec.tweaks)
         self.callers: dict[str, Caller] = {}
+        self.fixed_callers: dict[str, Caller] = {}  # the same calls with the fixed-rate rounds' deadline
         self.node: MeshNode | None = None
         self._channels: list[grpc.aio.Channel] = []
 
     async def build(self) -> None:
         req = request()
         for key, target in self.spec.targets.items():
+            if target.kind == "mesh":
+                node = await self._node()
+                self.callers[key] = self._mesh(node, target.agent, req)
+                self.fixed_callers[key] = self._mesh(node, target.agent, req, FIXED_RATE_TIMEOUT)
+                continue
             if target.kind == "insecure":
                 ch = grpc.aio.insecure_channel(target.address)
-                self.callers[key] = self._plain(agent_pb2_grpc.AgentStub(ch), req)
-            elif target.kind == "mtls":
+            else:
                 identity = AgentIdentity(self.config.identity_dir(CLIENT), self.config.trust_domain)
                 ch = secure_channel(identity, target.address, target.agent)
-                self.callers[key] = self._plain(agent_pb2_grpc.AgentStub(ch), req)
-            else:
-                self.callers[key] = self._mesh(await self._node(), target.agent, req)
-                continue
+            stub = agent_pb2_grpc.AgentStub(ch)
+            self.callers[key] = self._plain(stub, req)
+            self.fixed_callers[key] = self._plain(stub, req, FIXED_RATE_TIMEOUT)
             self._channels.append(ch)
 
     async def _node(self) -> MeshNode:
@@ -106,21 +118,21 @@ class _Clients:
         return self.node
 
     @staticmethod
-    def _plain(stub: agent_pb2_grpc.AgentStub, req: object) -> Caller:
+    def _plain(stub: agent_pb2_grpc.AgentStub, req: object, timeout: float = CALL_TIMEOUT) -> Caller:
         invoke = stub.Invoke
 
         def call() -> Awaitable[object]:
-            started: Awaitable[object] = invoke(req, timeout=CALL_TIMEOUT)
+            started: Awaitable[object] = invoke(req, timeout=timeout)
             return started
 
         return call
 
     @staticmethod
-    def _mesh(node: MeshNode, agent: str, req: object) -> Caller:
+    def _mesh(node: MeshNode, agent: str, req: object, timeout: float = CALL_TIMEOUT) -> Caller:
         stub_class = agent_pb2_grpc.AgentStub
 
         def call() -> Awaitable[object]:  # the way agent code calls: node.stub(name, ...) per call
-            started: Awaitable[object] = node.stub(agent, stub_class).Invoke(req, timeout=CALL_TIMEOUT)
+            started: Awaitable[object] = node.stub(agent, stub_class).Invoke(req, timeout=timeout)
             return started
 
         return call
@@ -191,7 +203,13 @@ async def _serve(conn: Connection, spec: LoadgenSpec) -> None:
             if cmd is None:
                 break
             try:
-                conn.send(("ok", await _round(clients, *cmd)))
+                if isinstance(cmd, FixedRateCommand):
+                    result: RoundResult | FixedRateResult = await fixed_rate_round(
+                        clients.fixed_callers[cmd.key], cmd.rate, cmd.seconds, cmd.server_pids,
+                        timeout=FIXED_RATE_TIMEOUT)
+                else:
+                    result = await _round(clients, *cmd)
+                conn.send(("ok", result))
             except Exception:
                 conn.send(("error", traceback.format_exc()))
     finally:
@@ -230,6 +248,15 @@ class LoadGenerator:
         if status != "ok":
             raise RuntimeError(f"load generator round failed:\n{result}")
         assert isinstance(result, RoundResult)
+        return result
+
+    def run_fixed(self, key: str, rate: float, seconds: float, server_pids: Sequence[int] = ()) -> FixedRateResult:
+        """One open-loop round: ``rate`` calls per second for ``seconds`` (``openloop.py``)."""
+        self._conn.send(FixedRateCommand(key, rate, seconds, tuple(server_pids)))
+        status, result = self._conn.recv()
+        if status != "ok":
+            raise RuntimeError(f"load generator round failed:\n{result}")
+        assert isinstance(result, FixedRateResult)
         return result
 
     def close(self) -> None:

@@ -31,6 +31,7 @@ from agentmesh.trust import TrustSnapshot
 __all__ = [
     "AGENT",
     "CLIENT",
+    "GATEWAY",
     "GATEWAY_AUDIENCE",
     "GATEWAY_ISSUER",
     "REDIS_AGENT",
@@ -47,7 +48,8 @@ TRUST_DOMAIN = "bench.example.org"
 AGENT = "echo"
 REDIS_AGENT = "echo-redis"
 CLIENT = "loadgen"
-MEMBERS = (AGENT, REDIS_AGENT, CLIENT, "bridge", "control")
+GATEWAY = "gateway"  # variant 8's identity towards the bare agent (a certificate of the mesh CA, nothing more)
+MEMBERS = (AGENT, REDIS_AGENT, CLIENT, "bridge", "control", GATEWAY)
 EXTERNAL_SUBJECT = "alice@example.org"
 GATEWAY_ISSUER = "https://idp.example.org"
 GATEWAY_AUDIENCE = "gateway"

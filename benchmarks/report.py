@@ -13,6 +13,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from benchmarks.anchors import FIXED_RATE_TARGETS
+from benchmarks.fixedreport import fixed_rate_values, print_fixed_rate
 from benchmarks.settings import BRIDGE_VARIANTS, VARIANTS
 
 __all__ = ["aggregate_variant", "compute_targets", "machine", "print_delegation", "print_report", "write_chart",
@@ -24,7 +26,10 @@ __all__ = ["aggregate_variant", "compute_targets", "machine", "print_delegation"
 #: 4: variant 7 (the REST bridge with bridge.txn_reuse); the control plane counted in the mesh variants' server
 #:    CPU (a "control" process); per variant the median server_cpu_us_per_call_by_process and other_bench_cores
 #:    (the harness's idle servers, no longer in background_cores); ratios v7_rps_vs_v6, v7_p99_vs_v6, v7_rps_vs_v5
-SCHEMA = 4
+#: 5: "fixed_rate" (the open-loop phase: per rate, both variants' percentiles from the intended send time, the
+#:    added latency, mesh CPU per call and per 1000 rps, load averages); variant 8 (the forwarding FastAPI
+#:    gateway) and ratios v5_rps_vs_v8, v7_rps_vs_v8 (+ p99); per variant rps_vs_v8; issue 12's targets
+SCHEMA = 5
 
 
 def _median(values: Sequence[float | None]) -> float | None:
@@ -108,9 +113,10 @@ def compute_ratios(variants: Mapping[str, dict[str, Any]]) -> dict[str, float | 
     for n in (1, 3, 4):
         ratios[f"v{n}_rps_vs_v2"] = _ratio(get(n, "rps"), get(2, "rps"))
         ratios[f"v{n}_p99_vs_v2"] = _ratio(get(n, "p99_ms"), get(2, "p99_ms"))
-    for n in BRIDGE_VARIANTS:
-        ratios[f"v{n}_rps_vs_v6"] = _ratio(get(n, "rps"), get(6, "rps"))
-        ratios[f"v{n}_p99_vs_v6"] = _ratio(get(n, "p99_ms"), get(6, "p99_ms"))
+    for n in BRIDGE_VARIANTS:  # against both gateways users build: answering locally (6), forwarding (8)
+        for g in (6, 8):
+            ratios[f"v{n}_rps_vs_v{g}"] = _ratio(get(n, "rps"), get(g, "rps"))
+            ratios[f"v{n}_p99_vs_v{g}"] = _ratio(get(n, "p99_ms"), get(g, "p99_ms"))
     ratios["v7_rps_vs_v5"] = _ratio(get(7, "rps"), get(5, "rps"))  # what bridge.txn_reuse buys
     c3, c2 = get(3, "server_cpu_us_per_call"), get(2, "server_cpu_us_per_call")
     ratios["chain_server_cpu_us_per_call"] = c3 - c2 if c3 is not None and c2 is not None else None
@@ -119,15 +125,23 @@ def compute_ratios(variants: Mapping[str, dict[str, Any]]) -> dict[str, float | 
     for v in variants.values():  # each variant also carries its own ratio(s)
         v["rps_vs_v2"] = _ratio(v["rps"], get(2, "rps")) if v["protocol"] == "grpc" else None
         v["rps_vs_v6"] = _ratio(v["rps"], get(6, "rps")) if v["number"] in BRIDGE_VARIANTS else None
+        v["rps_vs_v8"] = _ratio(v["rps"], get(8, "rps")) if v["number"] in BRIDGE_VARIANTS else None
     return ratios
 
 
 _TARGETS = (
-    # name (a key of the ratios, micro or rotation results), description, op, bound
+    # name (a key of the values: ratios, micro, rotation, ... results), description, op, bound
     ("v3_rps_vs_v2", "variant 3 rps >= 0.85x variant 2 (concurrency 16)", ">=", 0.85),
+    ("closed_loop_v3_vs_v2_floor", "issue 12: closed-loop variant 3 rps >= 0.70x variant 2", ">=", 0.70),
     ("v3_p99_vs_v2", "variant 3 p99 <= 1.25x variant 2", "<=", 1.25),
     ("chain_server_cpu_us_per_call", "steady-state chain <= 60 us server CPU per call (v3 - v2)", "<=", 60.0),
     ("v5_rps_vs_v6", "variant 5 (bridge) rps >= 1.0x variant 6 (FastAPI gateway)", ">=", 1.0),
+    ("v5_rps_vs_v8", "issue 12: variant 5 (bridge) rps >= 1.4x variant 8 (forwarding FastAPI gateway)", ">=", 1.4),
+    ("v7_rps_vs_v8", "issue 12: variant 7 (bridge, txn_reuse) rps >= 1.4x variant 8 (forwarding gateway)", ">=",
+     1.4),
+    ("bridge_v5_vs_local_gateway", "issue 12: variant 5 (bridge) rps >= 0.9x variant 6 (local-answer gateway)",
+     ">=", 0.9),
+    ("bridge_v7_vs_local_gateway", "issue 12: variant 7 (bridge, txn_reuse) rps >= 0.9x variant 6", ">=", 0.9),
     ("ca_certs_per_s", "CA issues >= 2,000 leaf certificates/s (record=True)", ">=", 2000.0),
     ("rotation_failed_calls", "0 failed calls while rotating every certificate under load", "==", 0.0),
     ("renewal_failed_calls", "0 failed calls while members renew themselves under load (+ a CA rotation)", "==",
@@ -137,6 +151,7 @@ _TARGETS = (
     ("join_control_ms", "a join costs the control plane < 10 ms (median, in-process)", "<", 10.0),
     ("delegation_cpu_us_per_hop", "a delegated call adds < 150 us CPU per hop (3 hops, same transaction)", "<",
      150.0),
+    *((t.name, f"issue 12: {t.description}", "<=", t.bound) for t in FIXED_RATE_TARGETS),
 )
 
 
@@ -147,8 +162,14 @@ def _ok(section: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
 def compute_targets(ratios: Mapping[str, float | None], micro: Mapping[str, Any] | None,
                     rotation: Mapping[str, Any] | None,
                     lifecycle: Mapping[str, Any] | None = None,
-                    delegation: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+                    delegation: Mapping[str, Any] | None = None,
+                    fixed_rate: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     values: dict[str, float | None] = dict(ratios)
+    values["closed_loop_v3_vs_v2_floor"] = ratios.get("v3_rps_vs_v2")
+    values["bridge_v5_vs_local_gateway"] = ratios.get("v5_rps_vs_v6")
+    values["bridge_v7_vs_local_gateway"] = ratios.get("v7_rps_vs_v6")
+    fixed_values, fixed_notes = fixed_rate_values(fixed_rate)
+    values.update(fixed_values)
     values["ca_certs_per_s"] = micro.get("ca_certs_per_s") if micro else None
     values["rotation_failed_calls"] = float(rot["failed_calls"]) if (rot := _ok(rotation)) else None
     life = lifecycle or {}
@@ -159,7 +180,7 @@ def compute_targets(ratios: Mapping[str, float | None], micro: Mapping[str, Any]
     values["join_control_ms"] = join["control"]["median_ms"] if (join := _ok(life.get("join"))) else None
     values["delegation_cpu_us_per_hop"] = (deleg["added_per_hop"]["same_transaction"]["cpu_us"]
                                            if (deleg := _ok(delegation)) else None)
-    notes: dict[str, str] = {}
+    notes: dict[str, str] = dict(fixed_notes)
     if deleg:  # a median of paired differences: its confidence interval says how sure the verdict is
         low, high = deleg["added_per_hop"]["same_transaction"]["cpu_us_ci95"]
         notes["delegation_cpu_us_per_hop"] = f"95% CI {low:.0f}-{high:.0f} us: {deleg['target_verdict']}"
@@ -192,7 +213,7 @@ def print_report(doc: Mapping[str, Any]) -> None:
               f"(medians), HTTP load: {s['http_load']}")
         print()
         head = f"{'variant':<44} {'rps':>8} {'p50 ms':>8} {'p99 ms':>8} {'srv us/call':>12} {'cli us/call':>12} " \
-               f"{'ratio':>12} {'errors':>7}"
+               f"{'ratio':>17} {'errors':>7}"
         print(head)
         print("-" * len(head))
         for v in doc["variants"].values():
@@ -200,10 +221,10 @@ def print_report(doc: Mapping[str, Any]) -> None:
             if v["status"] != "ok":
                 print(f"{name:<44} {v['status']}: {v['reason']}")
                 continue
-            ratio = (f"{v['rps_vs_v6']:.2f}x v6" if v.get("rps_vs_v6") is not None
-                     else f"{v['rps_vs_v2']:.2f}x v2" if v.get("rps_vs_v2") is not None else "")
+            ratio = " ".join(f"{v[f'rps_vs_v{g}']:.2f}x v{g}" for g in (6, 8) if v.get(f"rps_vs_v{g}") is not None) \
+                or (f"{v['rps_vs_v2']:.2f}x v2" if v.get("rps_vs_v2") is not None else "")
             print(f"{name:<44} {_f(v['rps']):>8} {_f(v['p50_ms'], '.2f'):>8} {_f(v['p99_ms'], '.2f'):>8} "
-                  f"{_f(v['server_cpu_us_per_call']):>12} {_f(v['client_cpu_us_per_call']):>12} {ratio:>12} "
+                  f"{_f(v['server_cpu_us_per_call']):>12} {_f(v['client_cpu_us_per_call']):>12} {ratio:>17} "
                   f"{v['errors']:>7}")
         split = [v for v in doc["variants"].values()
                  if v["status"] == "ok" and len(v.get("server_cpu_us_per_call_by_process") or {}) > 1]
@@ -219,6 +240,9 @@ def print_report(doc: Mapping[str, Any]) -> None:
         if busy:
             print(f"note: other jobs used CPU during the rounds of variant(s) "
                   f"{', '.join(str(v['number']) for v in busy)} (median > 0.25 cores): numbers are noisier")
+    if doc.get("fixed_rate"):
+        print()
+        print_fixed_rate(doc["fixed_rate"])
     micro = doc.get("micro")
     if micro:
         print()
@@ -389,7 +413,7 @@ def write_chart(doc: Mapping[str, Any], path: Path) -> None:
     labels = [f"{v['number']}\n{v['key']}" for v in ok]
     colors = ["#7f7f7f" if v["protocol"] == "grpc" and v["number"] <= 2 else
               "#1f77b4" if v["protocol"] == "grpc" else "#ff7f0e" if v["number"] == 5 else
-              "#d62728" if v["number"] == 7 else "#bcbd22" for v in ok]
+              "#d62728" if v["number"] == 7 else "#8c564b" if v["number"] == 8 else "#bcbd22" for v in ok]
     fig, axes = plt.subplots(2, 2, figsize=(14, 9))
     m = doc["machine"]
     fig.suptitle(f"agentmesh benchmark ({doc['mode']}) - {m['cpu_model']}, {m['cores']} cores, "

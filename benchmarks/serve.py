@@ -7,6 +7,8 @@
     control        the control plane (token service) of the mesh
     bridge         variant 5: agentmesh.bridge.serve(), plain HTTP on loopback
     gateway        variant 6: FastAPI + PyJWT + slowapi under uvicorn, with the bridge's uvicorn settings
+    gateway-forward  variant 8: the same, forwarding each request over gRPC mTLS to ``--upstream`` (variant 2's
+                   bare agent), with the identity of the mesh member ``gateway``
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from agentmesh.runtime.node import MeshNode
 from agentmesh.runtime.server import MeshServer
 from agentmesh.v1 import agent_pb2_grpc
 from benchmarks.echo import Echo
-from benchmarks.meshdir import AGENT, GATEWAY_AUDIENCE, GATEWAY_ISSUER, TWEAKS, apply_tweaks
+from benchmarks.meshdir import AGENT, GATEWAY, GATEWAY_AUDIENCE, GATEWAY_ISSUER, TWEAKS, apply_tweaks
 
 __all__ = ["UVICORN_SETTINGS", "main"]
 
@@ -138,10 +140,27 @@ def gateway(config_path: str | None, listen: str, public_key: str) -> None:
     uvicorn.run(app, **opts)
 
 
+def gateway_forward(config_path: str, listen: str, public_key: str, upstream: str) -> None:
+    import uvicorn
+
+    from benchmarks.gateway import UpstreamTLS, create_forwarding_gateway
+
+    config = load_config(config_path)
+    ident = config.identity_dir(GATEWAY)
+    tls = UpstreamTLS(upstream, AGENT, cert_chain=(ident / "cert.pem").read_bytes(),
+                      key=(ident / "key.pem").read_bytes(), roots=(ident / "bundle.pem").read_bytes())
+    with open(public_key, "rb") as f:
+        app = create_forwarding_gateway(f.read(), tls, issuer=GATEWAY_ISSUER, audience=GATEWAY_AUDIENCE)
+    opts = gateway_uvicorn_options(config_path, listen)
+    print(f"uvicorn settings: {opts}; forwarding to {upstream} (mTLS, server name {AGENT})", flush=True)
+    uvicorn.run(app, **opts)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("kind", choices=("grpc-insecure", "grpc-mtls", "agent", "control", "bridge", "gateway"))
+    p.add_argument("kind", choices=("grpc-insecure", "grpc-mtls", "agent", "control", "bridge", "gateway",
+                                    "gateway-forward"))
     p.add_argument("--config", help="mesh.yaml")
     p.add_argument("--listen", help="host:port")
     p.add_argument("--name", default=AGENT, help="agent name (kind agent)")
@@ -149,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check-every", type=float, default=1.0, help="identity file check interval, s (kind agent)")
     p.add_argument("--stages", type=int, help="serve only the first N stages of the server chain (kind agent)")
     p.add_argument("--tweak", action="append", default=[], choices=TWEAKS, help="switch part of the chain off")
-    p.add_argument("--public-key", help="PEM public key of the gateway's token issuer (kind gateway)")
+    p.add_argument("--public-key", help="PEM public key of the gateway's token issuer (kinds gateway*)")
+    p.add_argument("--upstream", help="host:port of the bare mTLS agent (kind gateway-forward)")
     a = p.parse_args(argv)
     if a.kind == "grpc-insecure":
         asyncio.run(grpc_insecure(a.listen))
@@ -161,8 +181,10 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(control(a.config))
     elif a.kind == "bridge":
         bridge(a.config, a.listen)
-    else:
+    elif a.kind == "gateway":
         gateway(a.config, a.listen, a.public_key)
+    else:
+        gateway_forward(a.config, a.listen, a.public_key, a.upstream)
     return 0
 
 
