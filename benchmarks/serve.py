@@ -72,12 +72,13 @@ async def grpc_mtls(config_path: str, listen: str) -> None:
 
 def _chain_prefix(node: MeshNode, stages: int) -> MeshServer:
     """A server with only the first ``stages`` stages of the chain (the profiler's ablation):
-    1 = the audit span alone, 2 = + peer identity, ... 6 = the whole chain."""
+    1 = the audit span alone, 2 = + admission (certificate, token, policy), 3 = + rate limit, 4 = + payload
+    guard (the A2A task-owner stage applies to A2A methods only)."""
     config = node.config
     (chain,) = server_chain(node.name, sink=node.sink, audit_required=config.audit.required,
-                            identities=node.identities, verifier=node.verifier,
-                            mesh_issuer=config.tokens.issuer, policy=node.policy,
-                            limiter=node.limiter, guard=node.guard)
+                            identities=node.identities, checks=node.checks,
+                            snapshot=lambda: node.trust.snapshot, policy=node.policy,
+                            limiter=node.limiter, guard=node.guard, me=str(node.spiffe_id))
     assert isinstance(chain, ServerChain)
     interceptors = [] if stages <= 0 else [ServerChain(chain.around, chain.stages[: stages - 1])]
     return MeshServer(node.identity, interceptors=interceptors, max_connection_age=config.max_connection_age,
