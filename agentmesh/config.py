@@ -33,6 +33,7 @@ __all__ = [
     "ExternalIssuer",
     "GuardConfig",
     "MeshConfig",
+    "MetricsConfig",
     "PolicyRule",
     "RateLimitConfig",
     "RateRule",
@@ -269,6 +270,7 @@ class AuditConfig:
     payload_fields: tuple[str, ...] = ()  # allow-list of request fields recorded (after redaction)
     queue_size: int = 4096
     service_name: str = "agentmesh"
+    trace_housekeeping: bool = False  # spans for members' trust stream and token refreshes (refusals always)
 
     def __post_init__(self) -> None:
         for exp in self.exporters:
@@ -277,6 +279,28 @@ class AuditConfig:
                                   f"{did_you_mean(exp, AUDIT_EXPORTERS) or ' (' + ', '.join(AUDIT_EXPORTERS) + ')'}")
         if "otlp" in self.exporters and not self.otlp_endpoint:
             raise ConfigError("audit.otlp_endpoint: required when the otlp exporter is enabled")
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """``metrics``: the Prometheus endpoint of each member (docs/OBSERVABILITY.md); none unless set.
+
+    A member serves ``/metrics`` on ``addresses[name]``, else on ``host:port_base + i``, ``i`` its place
+    in :meth:`MeshConfig.members` (control plane, agents in file order, bridge). Port 0: any free port.
+    """
+
+    addresses: Mapping[str, str] = field(default_factory=dict)  # member name -> host:port
+    host: str = "127.0.0.1"
+    port_base: int | None = None
+
+    def __post_init__(self) -> None:
+        for name, address in self.addresses.items():
+            _agent_names("metrics.addresses", (name,))
+            host_port(address, f"metrics.addresses.{name}")
+        if self.port_base is not None and (isinstance(self.port_base, bool) or not 1 <= self.port_base <= 65535):
+            raise ConfigError(f"metrics.port_base: expected a port from 1 to 65535, got {self.port_base!r}")
+        if not self.host:
+            raise ConfigError("metrics.host: expected a host name or address")
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,8 +373,12 @@ class MeshConfig:
     bridge: BridgeConfig = field(default_factory=BridgeConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     revocation: RevocationPolicy = field(default_factory=RevocationPolicy)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     max_connection_age: float = 0.0  # 0: connections are not closed by age (streams are re-checked instead)
     grace_period: float = 10.0
+    #: calls one connection may have open at once on a member's server (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS):
+    #: gRPC's client does not queue past it, the excess fails UNAVAILABLE; it bounds a rapid-reset flood
+    max_concurrent_streams: int = 1000
     source: Path | None = None
 
     def __post_init__(self) -> None:
@@ -365,9 +393,36 @@ class MeshConfig:
         for name in names:
             if names.count(name) > 1:
                 raise ConfigError(f"policy: rule names must be unique ({name!r} is used {names.count(name)} times)")
+        if self.max_concurrent_streams < 1:
+            raise ConfigError("max_concurrent_streams: must be at least 1")
+        self._check_metrics()
         from agentmesh.configrefs import check_references  # (it reads this module's classes)
 
         check_references(self)
+
+    def _check_metrics(self) -> None:
+        members = self.members()
+        for name in self.metrics.addresses:
+            if name not in members:
+                raise ConfigError(f"metrics.addresses.{name}: not a member of this mesh"
+                                  f"{did_you_mean(name, members) or ' (' + ', '.join(members) + ')'}")
+        if self.metrics.port_base is not None and self.metrics.port_base + len(members) - 1 > 65535:
+            raise ConfigError(f"metrics.port_base: {self.metrics.port_base} + {len(members) - 1} members "
+                              "is past port 65535")
+
+    def members(self) -> tuple[str, ...]:
+        """Every member's name: the control plane, the agents in file order, the bridge."""
+        return (self.control.name, *self.agents, self.bridge.name)
+
+    def metrics_address(self, name: str) -> str | None:
+        """Where member ``name`` serves its metrics (``metrics`` section), or None: nowhere."""
+        m = self.metrics
+        if name in m.addresses:
+            return m.addresses[name]
+        members = self.members()
+        if m.port_base is None or name not in members:
+            return None
+        return f"{m.host}:{m.port_base + members.index(name)}"
 
     def spiffe_id(self, name: str) -> SpiffeId:
         return SpiffeId.for_agent(self.trust_domain, name)

@@ -24,6 +24,7 @@ from agentmesh.config import (
     ExternalIssuer,
     GuardConfig,
     MeshConfig,
+    MetricsConfig,
     PolicyRule,
     RateLimitConfig,
     RateRule,
@@ -234,6 +235,17 @@ def _rate_rule(i: int, s: _Section) -> RateRule:
                     to=to)
 
 
+def _metrics(s: _Section) -> MetricsConfig:
+    """``metrics``: ``addresses`` (member -> host:port), ``host`` and ``port_base``."""
+    addresses = s.section("addresses")
+    by_member = {str(name): addresses.text(str(name), required=True) for name in list(addresses.raw)}
+    addresses.done()
+    cfg = MetricsConfig(addresses=by_member, host=s.text("host", "127.0.0.1"),
+                        port_base=s.integer("port_base", 0, minimum=1, maximum=65535) if s.has("port_base") else None)
+    s.done()
+    return cfg
+
+
 def _list_of_sections(s: _Section, k: str) -> list[_Section]:
     v = s.get(k)
     if v is None:
@@ -305,6 +317,7 @@ def parse_config(raw: object, base: Path, source: Path | None = None) -> MeshCon
         payload_fields=a.strs("payload_fields"),
         queue_size=a.integer("queue_size", 4096, minimum=1),
         service_name=a.text("service_name", "agentmesh"),
+        trace_housekeeping=a.flag("trace_housekeeping", False),
     )
     a.done()
 
@@ -367,8 +380,11 @@ def parse_config(raw: object, base: Path, source: Path | None = None) -> MeshCon
     )
     r.done()
 
+    metrics = _metrics(top.section("metrics"))
+
     max_connection_age = top.duration("max_connection_age", 0.0)
     grace_period = top.duration("grace_period", 10.0)
+    max_concurrent_streams = top.integer("max_concurrent_streams", 1000, minimum=1)
     top.done()
     return MeshConfig(
         trust_domain=td,
@@ -383,8 +399,10 @@ def parse_config(raw: object, base: Path, source: Path | None = None) -> MeshCon
         bridge=bridge,
         control=control,
         revocation=revocation,
+        metrics=metrics,
         max_connection_age=max_connection_age,
         grace_period=grace_period,
+        max_concurrent_streams=max_concurrent_streams,
         source=source,
     )
 

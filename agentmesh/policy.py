@@ -30,12 +30,13 @@ names it mentions); the engine only compiles them.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from agentmesh.config import SKILL_METHODS, PolicyRule, compile_method_globs
 
-__all__ = ["SKILL_METHODS", "Decision", "PolicyEngine", "PolicyRequest", "compile_method_globs"]
+__all__ = ["SKILL_METHODS", "Decision", "Explanation", "PolicyEngine", "PolicyRequest", "RuleCheck",
+           "compile_method_globs"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,25 @@ class Decision:
     allowed: bool
     rule: str | None  # the deciding rule, None for default deny and the depth limit
     reason: str  # safe to show the caller: names the method and what was missing
+
+
+@dataclass(frozen=True, slots=True)
+class RuleCheck:
+    """One rule's verdict on a request (:meth:`PolicyEngine.explain`)."""
+
+    name: str
+    action: str  # "allow" | "deny"
+    matched: bool
+    decides: bool  # the rule that decided (a matching rule after it is shadowed)
+    why: str  # the conditions that matched, or the first one that did not
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """The decision and every rule in evaluation order: deny rules, then allow rules in config order."""
+
+    decision: Decision
+    rules: tuple[RuleCheck, ...]  # empty when the delegation chain is too deep to look at any rule
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +115,54 @@ class _Compiled:
             return False
         return not self.principals or req.principal in self.principals
 
+    def mismatch(self, req: PolicyRequest, delegated: bool, rule: PolicyRule,
+                 short: Callable[[str], str]) -> str | None:
+        """The first condition of ``rule`` (this rule as written) that ``req`` fails, in the order of
+        :meth:`matches`; None when it matches. For explanations only: :meth:`matches` stays the fast path."""
+        if self.via:
+            if not delegated:
+                return f"via [{_list(rule.via)}]: the call is direct (via matches delegated calls only)"
+            if req.peer not in self.via:
+                return f"via [{_list(rule.via)}]: the call was delegated through {short(req.peer)}"
+        elif delegated and not self.deny and self.chain is None:
+            return "the call is delegated; an allow rule without via or chain matches direct calls only"
+        if self.chain is not None:
+            if not delegated:
+                return f"chain [{_list(rule.chain)}]: the call is direct (chain matches delegated calls only)"
+            if self.chain.fullmatch(" ".join(req.chain)) is None:
+                return f"chain [{_list(rule.chain)}]: the chain is [{_list(map(short, req.chain))}]"
+        if self.scopes and not self.scopes.issubset(req.scope):
+            return f"scopes [{_list(rule.scopes)}]: missing {_list(sorted(self.scopes - set(req.scope)))}"
+        if self.skills and req.skill not in self.skills:
+            asked = f"skill {req.skill}" if req.skill is not None else "no skill"
+            return f"skills [{_list(rule.skills)}]: the call asks for {asked}"
+        if self.to and req.to not in self.to:
+            return f"to [{_list(rule.to)}]: the call is to {req.to}"
+        if self.methods is not None and self.methods.fullmatch(req.method) is None:
+            return f"methods [{_list(rule.methods)}]: the method is {req.method}"
+        if self.from_ and req.peer not in self.from_:
+            return f"from [{_list(rule.from_)}]: the peer is {short(req.peer)}"
+        if self.roles and self.roles.isdisjoint(req.roles):
+            return f"roles [{_list(rule.roles)}]: the caller has [{_list(req.roles)}]"
+        if self.principals and req.principal not in self.principals:
+            return f"principals [{_list(rule.principals)}]: the principal is {req.principal}"
+        return None
+
+
+def _list(items: Iterable[str]) -> str:
+    return ", ".join(items)
+
+
+def _matched(rule: PolicyRule) -> str:
+    """What a matching rule required, as written (``to [ingestor], roles [client], via [bridge]``)."""
+    fields = (("to", rule.to), ("methods", rule.methods), ("from", rule.from_), ("roles", rule.roles),
+              ("principals", rule.principals), ("via", rule.via), ("chain", rule.chain),
+              ("scopes", rule.scopes), ("skills", rule.skills))
+    held = [f"{name} [{_list(values)}]" for name, values in fields if values]
+    if held:
+        return "matches: " + ", ".join(held)
+    return "matches every call" if rule.action == "deny" else "matches every direct call"
+
 
 class PolicyEngine:
     """Decides calls against a fixed rule list; build once, call :meth:`decide` on every request."""
@@ -111,6 +179,8 @@ class PolicyEngine:
         self._agent_prefix = f"spiffe://{self._td}/agent/"
         self._max_depth = max_depth
         compiled = [self._compile(r) for r in rules]
+        pairs = tuple(zip(compiled, rules, strict=True))  # with the rules as written, for explain
+        self._ordered = tuple(p for p in pairs if p[0].deny) + tuple(p for p in pairs if not p[0].deny)
         self._deny = tuple(c for c in compiled if c.deny)
         self._allow = tuple(c for c in compiled if not c.deny)
         self._cache: dict[PolicyRequest, Decision] = {}
@@ -126,6 +196,19 @@ class PolicyEngine:
                 self._cache.clear()  # cheap, bounded, and safe even if threads share the engine
             self._cache[req] = decision
         return decision
+
+    def explain(self, req: PolicyRequest) -> Explanation:
+        """Why :meth:`decide` decides as it does: every rule in evaluation order with the reason it
+        matched or did not. Pure and uncached; the decision is :meth:`decide`'s."""
+        decision = self._decide(req)
+        if len(req.chain) > self._max_depth:
+            return Explanation(decision, ())
+        delegated = bool(req.chain)
+        whys = [compiled.mismatch(req, delegated, rule, self._short) for compiled, rule in self._ordered]
+        decider = next((i for i, why in enumerate(whys) if why is None), None)  # deny rules come first
+        return Explanation(decision, tuple(
+            RuleCheck(rule.name, rule.action, why is None, i == decider, why or _matched(rule))
+            for i, ((_, rule), why) in enumerate(zip(self._ordered, whys, strict=True))))
 
     # ------------------------------------------------------------------------------ internals
 

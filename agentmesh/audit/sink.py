@@ -4,17 +4,24 @@ Nothing here touches OpenTelemetry's global providers, so several agents (each w
 ``service.name``) can live in one process. The tracer is fastspan.py's (the OpenTelemetry tracing
 API, without the SDK's per-span cost); every span is recorded: an incoming ``traceparent`` with the
 sampled flag off cannot switch auditing off.
+
+Each span that ends passes :meth:`AuditSink._on_end`: a client span is counted in the member's
+metrics; a span of a ``quiet`` method (the control plane's housekeeping, unless
+``audit.trace_housekeeping``) that ended OK or cancelled by its client is not exported, while one
+refused or failed is.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 from google.protobuf.message import Message
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_NAMESPACE, Resource
+from opentelemetry.trace import SpanKind
 
+from agentmesh.audit import attributes as A
 from agentmesh.audit.exporters import make_exporters
-from agentmesh.audit.fastspan import FastTracer
+from agentmesh.audit.fastspan import FastSpan, FastTracer
 from agentmesh.audit.metrics import AuditMetrics
 from agentmesh.audit.processor import QueueSpanProcessor, SpanRecordExporter
 from agentmesh.audit.redact import SafeValue, payload_attributes
@@ -22,12 +29,17 @@ from agentmesh.config import AuditConfig
 
 __all__ = ["AuditSink", "build_audit"]
 
+#: the statuses of a quiet method's span that leave no audit record: OK, and CANCELLED (its client
+#: ended it: a member renewing onto a new channel, or stopping)
+_QUIET_CODES = frozenset({0, 1})
+
 
 class AuditSink:
     """Where one agent's audit spans and call metrics go.
 
     ``exporters`` may be empty ("none"): spans are still created (for trace propagation) but
-    never queued.
+    never queued. ``quiet``: methods (``/pkg.Service/Method``) whose spans are exported only when
+    refused or failed.
     """
 
     def __init__(
@@ -40,6 +52,7 @@ class AuditSink:
         namespace: str = "agentmesh",
         max_batch: int = 512,
         schedule_delay: float = 0.5,
+        quiet: Collection[str] = (),
     ) -> None:
         self.service_name = service_name
         self.payload_fields = tuple(payload_fields)
@@ -53,9 +66,19 @@ class AuditSink:
                 schedule_delay=schedule_delay,
                 name=f"audit-{service_name}",
             )
-        on_end = self._processor.on_end if self._processor is not None else None
-        self.tracer = FastTracer(service_name, resource, on_end)
-        self.metrics = AuditMetrics(resource)
+        self._export = self._processor.on_end if self._processor is not None else None
+        self._quiet = frozenset(m.lstrip("/") for m in quiet)  # (span names may drop the leading "/")
+        self.tracer = FastTracer(service_name, resource, self._on_end)
+        self.metrics = AuditMetrics(service_name)
+
+    def _on_end(self, span: FastSpan) -> None:
+        if span.kind is SpanKind.CLIENT:
+            self.metrics.record_client(span)
+        elif self._quiet and span.name.lstrip("/") in self._quiet \
+                and span.attributes.get(A.RPC_GRPC_STATUS_CODE) in _QUIET_CODES:
+            return
+        if self._export is not None:
+            self._export(span)
 
     @property
     def stats(self) -> dict[str, int]:
@@ -85,12 +108,12 @@ class AuditSink:
         ok = True
         if self._processor is not None:
             ok = self._processor.close(timeout)
-        self.metrics.shutdown()
         return ok
 
 
-def build_audit(cfg: AuditConfig, *, service_name: str) -> AuditSink:
-    """The sink configured by the ``audit:`` section, for the agent ``service_name``.
+def build_audit(cfg: AuditConfig, *, service_name: str, housekeeping: Collection[str] = ()) -> AuditSink:
+    """The sink configured by the ``audit:`` section, for the agent ``service_name``; the successful
+    calls of the ``housekeeping`` methods it serves are not traced unless ``audit.trace_housekeeping``.
 
     Raises ConfigError for an unusable JSONL path or a missing OTLP package.
     """
@@ -100,4 +123,5 @@ def build_audit(cfg: AuditConfig, *, service_name: str) -> AuditSink:
         queue_size=cfg.queue_size,
         payload_fields=cfg.payload_fields,
         namespace=cfg.service_name,
+        quiet=() if cfg.trace_housekeeping else housekeeping,
     )

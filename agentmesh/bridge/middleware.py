@@ -1,5 +1,8 @@
 """ASGI middleware at the edge: the HTTP server span, the access log, the request id, strict CORS.
 
+Every response carries ``x-request-id`` and the ``traceparent`` of the bridge's server span (W3C trace
+context: its trace id is the one ``agentmesh audit show --trace ID`` finds), whatever the answer.
+
 The access log (logger ``agentmesh.bridge.access``) has one line per request: method, raw path
 (never the query string), status, duration, principal, trace id, request id. Nothing from the
 ``Authorization`` header (or any other header) is ever logged or put on the span.
@@ -20,7 +23,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentmesh.audit import attributes as A
-from agentmesh.audit import extract
+from agentmesh.audit import extract, inject
 from agentmesh.audit.redact import redact_text
 from agentmesh.bridge.edge import path_segments, request_id
 from agentmesh.bridge.errors import HttpError
@@ -63,13 +66,14 @@ class EdgeMiddleware:
         span = self.tracer().start_span(f"HTTP {method}", context=context, kind=SpanKind.SERVER, attributes={
             "http.request.method": method, "url.path": path, A.AGENT: self.agent})
         status = 500
+        answer = [(b"x-request-id", rid.encode()), *_trace_headers(span)]
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
                 message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
+                message["headers"] = [*message["headers"], *answer]
             await send(message)
 
         try:
@@ -112,7 +116,7 @@ class StrictCORSMiddleware(CORSMiddleware):
             allow_headers=["authorization", "content-type", "accept", "x-request-id", "x-request-timeout",
                            "grpc-timeout", *sorted(TRACE_HEADERS)],
             expose_headers=["retry-after", "ratelimit-limit", "ratelimit-remaining", "ratelimit-reset",
-                            "www-authenticate", "x-request-id"],
+                            "www-authenticate", "x-request-id", "traceparent"],
             allow_credentials=False,  # bearer tokens in a header, never cookies: no credentialed CORS
             max_age=600,
         )
@@ -136,6 +140,13 @@ class StrictCORSMiddleware(CORSMiddleware):
             return response
         status = 403 if not self.is_allowed_origin(request_headers["origin"]) else 400
         return PlainTextResponse("CORS preflight refused", status_code=status, headers={"Vary": "Origin"})
+
+
+def _trace_headers(span: trace.Span) -> list[tuple[bytes, bytes]]:
+    """The ``traceparent`` of ``span`` as a response header (none for a span that is not recorded)."""
+    carrier: list[tuple[str, str]] = []
+    inject(carrier, trace.set_span_in_context(span))
+    return [(k.encode(), v.encode()) for k, v in carrier if k == "traceparent"]
 
 
 def _printable(raw: bytes) -> str:

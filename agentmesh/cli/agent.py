@@ -7,16 +7,23 @@ import asyncio
 import sys
 from pathlib import Path
 
-from agentmesh.config import MeshConfig
+from agentmesh.cli.errors import AppImportError, check_listen
+from agentmesh.cli.usage import examples
+from agentmesh.config import AgentConfig, MeshConfig
 from agentmesh.configfile import load_config
+from agentmesh.errors import MeshError
 from agentmesh.runtime.agent import run_agent
+from agentmesh.runtime.app import load_object
 from agentmesh.runtime.join import join
 
 __all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("agent", help="run one agent named in the mesh config")
+    p = sub.add_parser("agent", help="run one agent named in the mesh config", **examples(
+        "agentmesh agent summarizer --config mesh.yaml",
+        "echo \"$JOIN_TOKEN\" | agentmesh agent summarizer --config mesh.yaml --join -",
+    ))
     p.add_argument("name", help="agent name (agents.NAME in the config)")
     p.add_argument("--config", required=True, help="mesh config file")
     add_join_arguments(p)
@@ -39,9 +46,24 @@ def join_first(args: argparse.Namespace, config: MeshConfig, name: str) -> None:
     print(f"{name} joined the mesh: certificate serial {serial:x} in {config.identity_dir(name)}", flush=True)
 
 
+def import_app(agent: AgentConfig) -> None:
+    """Imports the agent's app before anything starts, so that an app raising at import is one line
+    naming the module and the exception (:class:`AppImportError`), not a traceback."""
+    if agent.app is None:
+        return
+    try:
+        load_object(agent.app)
+    except MeshError:
+        raise
+    except Exception as e:
+        raise AppImportError(agent.app, e) from e
+
+
 def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    config.agent(args.name)  # a clear error for an unknown name, before anything starts
+    agent = config.agent(args.name)  # a clear error for an unknown name, before anything starts
+    import_app(agent)
+    check_listen(getattr(agent, "listen", None) or agent.address, f"agent {args.name}")  # (a separate bind address)
     join_first(args, config, args.name)
     asyncio.run(run_agent(config, args.name))
     return 0

@@ -1,8 +1,11 @@
 """``agentmesh audit show|tail``: reading the JSONL audit log.
 
-``show [--trace ID] FILE``   every trace (or those whose id starts with ID) as a caller -> callee tree.
+``show [--trace ID] FILE``   every trace (or those whose id starts with ID: ``agentmesh call`` prints
+the id of its call) as a caller -> callee tree.
 ``tail [-n N] [--follow] FILE``  the last N spans as one-line summaries; ``--follow`` then polls the
 file for new lines (surviving truncation and rotation) until Ctrl-C.
+``-o json|yaml``: the records themselves (``show``: a list of traces; ``tail``: one JSON object per line,
+or one YAML document per span).
 
 Invalid lines: ``show`` stops at the first one with a ConfigError naming ``FILE:LINE`` (an
 append-only log with a corrupt line is worth knowing about), except an unterminated last line,
@@ -22,6 +25,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from agentmesh.audit.tree import SpanRecord, build_traces, parse_record, render_trace, summarize
+from agentmesh.cli.output import add_output, emit, emit_record
+from agentmesh.cli.usage import examples
 from agentmesh.errors import ConfigError
 
 __all__ = ["register"]
@@ -31,18 +36,32 @@ POLL_SECONDS = 0.5
 
 def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Adds ``audit show`` and ``audit tail`` to the main parser's subcommands."""
-    audit = subparsers.add_parser("audit", help="read the JSONL audit log")
+    audit = subparsers.add_parser("audit", help="read the JSONL audit log", **examples(
+        "agentmesh audit show --trace 4bf92f35 .mesh/audit.jsonl",
+        "agentmesh audit tail --follow .mesh/audit.jsonl",
+    ))
     sub = audit.add_subparsers(dest="audit_command", metavar="{show,tail}", required=True)
 
-    show = sub.add_parser("show", help="render the audit log as trace trees")
-    show.add_argument("--trace", metavar="ID", help="only the trace whose id starts with ID")
+    show = sub.add_parser("show", help="render the audit log as trace trees", **examples(
+        "agentmesh audit show .mesh/audit.jsonl",
+        "agentmesh audit show --trace 4bf92f35 .mesh/audit.jsonl",
+        "agentmesh audit show --trace 4bf92f35 .mesh/audit.jsonl -o json",
+    ))
+    show.add_argument("--trace", metavar="ID", help="only the trace whose id starts with ID (agentmesh call "
+                      "prints it)")
     show.add_argument("file", type=Path, metavar="FILE")
+    add_output(show)
     show.set_defaults(func=cmd_show)
 
-    tail = sub.add_parser("tail", help="print the last spans of the audit log as one-line summaries")
+    tail = sub.add_parser("tail", help="print the last spans of the audit log as one-line summaries", **examples(
+        "agentmesh audit tail -n 20 .mesh/audit.jsonl",
+        "agentmesh audit tail --follow .mesh/audit.jsonl",
+        "agentmesh audit tail --follow -o json .mesh/audit.jsonl",
+    ))
     tail.add_argument("-n", "--lines", type=int, default=10, metavar="N", help="spans to show first (10)")
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new spans until Ctrl-C")
     tail.add_argument("file", type=Path, metavar="FILE")
+    add_output(tail)
     tail.set_defaults(func=cmd_tail)
 
 
@@ -63,12 +82,12 @@ def cmd_show(args: argparse.Namespace, out: TextIO | None = None) -> int:
     traces = build_traces(records, args.trace)
     if args.trace and not traces:
         raise ConfigError(f"no trace with an id starting {args.trace!r} in {args.file}")
-    for n, trace in enumerate(traces):
-        if n:
-            out.write("\n")
-        out.write("\n".join(render_trace(trace)) + "\n")
-    if not traces:
-        out.write(f"no spans in {args.file}\n")
+
+    def trees() -> list[str]:
+        text = [line for n, trace in enumerate(traces) for line in [*([""] if n else []), *render_trace(trace)]]
+        return text or [f"no spans in {args.file}"]
+
+    emit(getattr(args, "output", "table"), [{"trace_id": t.trace_id, "spans": t.spans} for t in traces], trees, out)
     return 0
 
 
@@ -81,24 +100,25 @@ def cmd_tail(
     out, err = out or sys.stdout, err or sys.stderr
     if args.lines < 0:
         raise ConfigError(f"--lines: expected a number >= 0, got {args.lines}")
+    fmt = getattr(args, "output", "table")
     reader = _LineReader(args.file, err)
     data = _read(args.file)
-    last: collections.deque[str] = collections.deque(maxlen=args.lines)
-    for summary in reader.feed(data):
-        last.append(summary)
-    for summary in last:
-        out.write(summary + "\n")
+    last: collections.deque[SpanRecord] = collections.deque(maxlen=args.lines)
+    for record in reader.feed(data):
+        last.append(record)
+    for record in last:
+        emit_record(fmt, record, summarize(record), out)
     out.flush()
     if not args.follow:
         return 0
     try:
-        _follow(reader, len(data), out, sleep)
+        _follow(reader, len(data), out, sleep, fmt)
     except KeyboardInterrupt:
         pass
     return 0
 
 
-def _follow(reader: _LineReader, offset: int, out: TextIO, sleep: Callable[[float], None]) -> None:
+def _follow(reader: _LineReader, offset: int, out: TextIO, sleep: Callable[[float], None], fmt: str) -> None:
     path = reader.path
     inode = _inode(path)
     while True:
@@ -116,13 +136,13 @@ def _follow(reader: _LineReader, offset: int, out: TextIO, sleep: Callable[[floa
             f.seek(offset)
             chunk = f.read()
         offset += len(chunk)
-        for summary in reader.feed(chunk):
-            out.write(summary + "\n")
+        for record in reader.feed(chunk):
+            emit_record(fmt, record, summarize(record), out)
         out.flush()
 
 
 class _LineReader:
-    """Splits appended bytes into complete lines and summarizes each; bad lines go to ``err``."""
+    """Splits appended bytes into complete lines and parses each; bad lines go to ``err``."""
 
     def __init__(self, path: Path, err: TextIO) -> None:
         self.path = path
@@ -134,7 +154,7 @@ class _LineReader:
         self.lineno = 0
         self._partial = b""
 
-    def feed(self, chunk: bytes) -> list[str]:
+    def feed(self, chunk: bytes) -> list[SpanRecord]:
         *complete, self._partial = (self._partial + chunk).split(b"\n")
         out = []
         for raw in complete:
@@ -142,7 +162,7 @@ class _LineReader:
             if not raw.strip():
                 continue
             try:
-                out.append(summarize(parse_record(raw.decode("utf-8", "replace"), f"{self.path}:{self.lineno}")))
+                out.append(parse_record(raw.decode("utf-8", "replace"), f"{self.path}:{self.lineno}"))
             except ConfigError as e:
                 self.err.write(f"agentmesh: warning: {e.message} (skipped)\n")
         return out

@@ -7,26 +7,37 @@ from pathlib import Path
 
 from cryptography import x509
 
+from agentmesh.cli.usage import examples
 from agentmesh.pki import CertificateAuthority
 
 __all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("ca", help="manage the mesh certificate authority")
+    p = sub.add_parser("ca", help="manage the mesh certificate authority", **examples(
+        "agentmesh ca init --dir .mesh/ca --trust-domain example.org",
+        "agentmesh ca rotate --ca .mesh/ca",
+    ))
     s = p.add_subparsers(dest="ca_command", required=True, metavar="SUBCOMMAND")
-    init = s.add_parser("init", help="create a root CA and an issuing intermediate")
+    init = s.add_parser("init", help="create a root CA and an issuing intermediate", **examples(
+        "agentmesh ca init --dir .mesh/ca --trust-domain example.org",
+    ))
     init.add_argument("--dir", required=True, type=Path, help="CA directory (created 0700)")
     init.add_argument("--trust-domain", required=True, help="SPIFFE trust domain, e.g. example.org")
     init.add_argument("--force", action="store_true", help="replace an existing CA")
     init.set_defaults(func=_init)
 
-    rotate = s.add_parser("rotate", help="a new issuing intermediate (new key) under the same root")
+    rotate = s.add_parser("rotate", help="a new issuing intermediate (new key) under the same root",
+                          **examples("agentmesh ca rotate --ca .mesh/ca"))
     rotate.add_argument("--ca", required=True, type=Path, help="CA directory")
     rotate.set_defaults(func=_rotate)
 
     roll = s.add_parser("rollover", help="a new root: members trust old + new, then issue from the new, then "
-                        "--finish drops the old one")
+                        "--finish drops the old one", **examples(
+                            "agentmesh ca rollover --ca .mesh/ca",
+                            "agentmesh ca rollover --ca .mesh/ca --activate",
+                            "agentmesh ca rollover --ca .mesh/ca --finish",
+                        ))
     roll.add_argument("--ca", required=True, type=Path, help="CA directory")
     step = roll.add_mutually_exclusive_group()
     step.add_argument("--activate", action="store_true", help="issue from the new root now (the control plane "

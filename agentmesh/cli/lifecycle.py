@@ -11,6 +11,7 @@ import argparse
 import getpass
 
 from agentmesh.audit import build_audit
+from agentmesh.cli.usage import examples
 from agentmesh.config import MeshConfig
 from agentmesh.configfile import load_config
 from agentmesh.errors import ConfigError
@@ -23,13 +24,15 @@ __all__ = ["register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("revoke-agent", help="kill switch: revoke a member's certificates and tokens, block renewal")
+    p = sub.add_parser("revoke-agent", help="kill switch: revoke a member's certificates and tokens, block renewal",
+                       **examples("agentmesh revoke-agent summarizer --config mesh.yaml --reason \"compromised\""))
     p.add_argument("name", help="member name")
     p.add_argument("--config", required=True, help="mesh config file")
     p.add_argument("--reason", default="", help="why (recorded in the CA index and the audit log)")
     p.set_defaults(func=_revoke_agent)
 
-    r = sub.add_parser("reinstate", help="lift a member's kill switch (it then joins or is issued anew)")
+    r = sub.add_parser("reinstate", help="lift a member's kill switch (it then joins or is issued anew)",
+                       **examples("agentmesh reinstate summarizer --config mesh.yaml"))
     r.add_argument("name", help="member name")
     r.add_argument("--config", required=True, help="mesh config file")
     r.set_defaults(func=_reinstate)

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 
-from agentmesh.errors import MeshError
+from agentmesh.cli.errors import describe, exit_code
+from agentmesh.cli.usage import examples, walk
 
 __all__ = ["main"]
 
 #: command groups, each a module of agentmesh.cli with ``register(subparsers)``
-GROUPS = ("ca", "cert", "token", "control", "agent", "up", "call", "audit", "bridge", "lifecycle")
+GROUPS = ("ca", "cert", "token", "control", "agent", "up", "status", "call", "audit", "bridge", "lifecycle", "policy",
+          "top", "graph")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,7 +26,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="agentmesh", description="A gRPC service mesh for AI agents.")
+    parser = _Parser(prog="agentmesh", description="A gRPC service mesh for AI agents.", **examples(
+        "agentmesh --version",
+        "agentmesh up mesh.yaml",
+        "agentmesh --debug call ingestor Invoke --config mesh.yaml --as bridge",
+    ))
+    parser.add_argument("--version", action="version", version=f"agentmesh {version()}")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of an error (also: AGENTMESH_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for group in GROUPS:
         try:
@@ -31,22 +43,32 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # a group not built into this version
             raise
         module.register(sub)
+    for _, command in walk(parser):  # `agentmesh COMMAND ... --debug` works too
+        if command is not parser and "--debug" not in command._option_string_actions:
+            command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("agentmesh")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        from agentmesh import __version__
+
+        return __version__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except MeshError as e:
-        print(f"agentmesh: error: {e.message}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    except OSError as e:
-        where = f": {e.filename}" if e.filename else ""
-        print(f"agentmesh: error: {e.strerror or e.__class__.__name__}{where}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt as e:
+        return exit_code(e)
+    except Exception as e:  # every failure is one line (agentmesh.cli.errors); the traceback on request
+        if args.debug or os.environ.get("AGENTMESH_DEBUG") == "1":
+            traceback.print_exc()
+        print(f"agentmesh: error: {describe(e)}", file=sys.stderr)
+        return exit_code(e)
 
 
 if __name__ == "__main__":

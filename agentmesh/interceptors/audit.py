@@ -114,7 +114,8 @@ class AuditStage:
             span.set_status(Status(StatusCode.ERROR, code.name))
         span.end()
         if self.sink is not None:
-            self.sink.metrics.record_call(call.decision or "none", code.name, time.perf_counter() - opened.started)
+            self.sink.metrics.record_server(call, code, time.perf_counter() - opened.started, span=span,
+                                            registered=call.method in self._attributes)  # start() keeps served ones
 
     async def fail(self, call: CallContext, err: MeshError, context: grpc.aio.ServicerContext) -> None:
         call.decision = err.decision or call.decision or "deny"  # a refusal by the chain is its own decision

@@ -123,6 +123,19 @@ async def write_responses(inner: Behavior, request: Any, context: grpc.aio.Servi
         raise
 
 
+#: what a failed onward call means for the call that made it: the member it called is gone or going
+_ONWARD_UNAVAILABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+
+
+def _onward(call: CallContext, err: grpc.aio.AioRpcError) -> MeshError | None:
+    """What a handler's failed onward call, left unhandled, means: a member it depends on could not be
+    reached or went away mid-call (UNAVAILABLE, so the caller may retry, not UNKNOWN); None for any other
+    status (the handler's own failure, UNKNOWN as before)."""
+    if err.code() in _ONWARD_UNAVAILABLE:
+        return Unavailable(f"{call.agent} could not finish: a call it made failed ({err.code().name})")
+    return None
+
+
 def _cancelled(call: CallContext) -> MeshError | None:
     """What a CancelledError in a handler means: a revocation ended this call (its error); a call the
     handler made was cancelled under it (its peer was revoked and the connection dropped): UNAVAILABLE,
@@ -301,6 +314,10 @@ class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             except asyncio.CancelledError:
                 if (error := _cancelled(call)) is None:
                     raise  # this call itself was cancelled
+                raise error from None
+            except grpc.aio.AioRpcError as e:  # a call the handler made failed, and the handler let it through
+                if (error := _onward(call, e)) is None:
+                    raise
                 raise error from None
             finally:
                 self.active.discard(task)

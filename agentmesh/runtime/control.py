@@ -26,6 +26,8 @@ from google.protobuf import json_format
 from agentmesh.a2a.cards import jwks_url, mesh_card, sign_card
 from agentmesh.audit import AuditSink, build_audit
 from agentmesh.audit import attributes as A
+from agentmesh.audit.metrics import CERT_EXPIRY, HOUSEKEEPING_METHODS, REVOCATION_AGE
+from agentmesh.audit.prom import MetricsEndpoint, member_registry, metrics_address
 from agentmesh.clock import Clock
 from agentmesh.config import MeshConfig
 from agentmesh.context import CallContext, current_call
@@ -222,13 +224,15 @@ class ControlPlane:
     """The running control plane: its mTLS server, its join server, and their background work."""
 
     def __init__(self, server: MeshServer, join: MeshServer | None, sink: AuditSink, publisher: TrustPublisher,
-                 trust: TrustState, tasks: list[asyncio.Task[None]]) -> None:
+                 trust: TrustState, tasks: list[asyncio.Task[None]],
+                 metrics_endpoint: MetricsEndpoint | None = None) -> None:
         self.server = server
         self.join = join
         self.sink = sink
         self.publisher = publisher
         self.trust = trust
         self._tasks = tasks
+        self.metrics_endpoint = metrics_endpoint  # serving /metrics (the ``metrics`` section), or None
 
     @property
     def port(self) -> int | None:
@@ -244,6 +248,9 @@ class ControlPlane:
         if self.join is not None:
             await self.join.stop(0)
         await self.server.stop(grace)
+        if self.metrics_endpoint is not None:
+            await asyncio.to_thread(self.metrics_endpoint.close)
+            self.metrics_endpoint = None
 
     async def serve_forever(self) -> None:
         """Runs until SIGTERM/SIGINT (draining calls in flight), then stops everything else."""
@@ -277,7 +284,8 @@ async def start_control(config: MeshConfig, *, address: str | None = None,
     name = config.control.name
     authority = TokenAuthority.ensure(config.ca_dir, issuer=config.tokens.issuer)
     identity = member_identity(config, name)
-    sink = build_audit(config.audit, service_name=name)
+    sink = build_audit(config.audit, service_name=name, housekeeping=HOUSEKEEPING_METHODS)
+    sink.metrics.know(members=config.members(), issuers=[i.issuer for i in config.tokens.issuers])
     ca = CertificateAuthority.load(config.ca_dir, clock=clock)  # one, for good: it reads only what is new
     publisher = TrustPublisher(ca, jwks_json=json.dumps(authority.jwks()), issuer=authority.issuer,
                                heartbeat=config.tokens.revocation_refresh, clock=clock)
@@ -317,4 +325,16 @@ async def start_control(config: MeshConfig, *, address: str | None = None,
     tasks = [asyncio.create_task(publisher.run(trust.update)), asyncio.create_task(renewer.run())]
     if jwks_caches:
         tasks.append(asyncio.create_task(refresh_forever(jwks_caches, config.tokens.revocation_refresh)))
-    return ControlPlane(server, join, sink, publisher, trust, tasks)
+    sink.metrics.watch(CERT_EXPIRY, lambda: identity.files.leaf.not_valid_after_utc.timestamp() - clock())
+    sink.metrics.watch(REVOCATION_AGE, lambda: clock() - trust.snapshot.received_at if trust.snapshot else None)
+    endpoint = None
+    metrics_at = metrics_address(config, name)
+    if metrics_at is not None:
+        try:
+            endpoint = MetricsEndpoint(member_registry(sink.metrics, lambda: sink.stats), metrics_at)
+        except BaseException:
+            plane = ControlPlane(server, join, sink, publisher, trust, tasks)
+            await plane.stop(0)
+            raise
+        log.info("control: metrics on %s", endpoint.url)
+    return ControlPlane(server, join, sink, publisher, trust, tasks, endpoint)

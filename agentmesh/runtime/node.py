@@ -32,6 +32,8 @@ from cryptography.exceptions import InvalidSignature
 
 from agentmesh.a2a.ownership import TaskOwners, build_task_owners
 from agentmesh.audit import AuditSink, build_audit
+from agentmesh.audit.metrics import CERT_EXPIRY, REVOCATION_AGE, TOKEN_EXPIRY
+from agentmesh.audit.prom import MetricsEndpoint, member_registry, metrics_address
 from agentmesh.clock import Clock
 from agentmesh.config import MeshConfig
 from agentmesh.errors import MeshError, PKIError, Unavailable
@@ -85,6 +87,8 @@ class MeshNode:
         self.identities = PeerIdentityCache(config.trust_domain, trust=self.trust, clock=clock)
         self.active = ActiveCalls()
         self.sink = sink if sink is not None else build_audit(config.audit, service_name=name)
+        self.sink.metrics.know(members=config.members(), issuers=[i.issuer for i in config.tokens.issuers])
+        self.metrics_endpoint: MetricsEndpoint | None = None  # serving /metrics, after start()
         self.revoked = RevokedSet()
         self._external_keys, self._jwks_caches = keys_from_config(config.tokens, None, clock=clock)
         self.verifier = verifier_from_config(config.tokens, self._external_keys, revoked=self.revoked, clock=clock)
@@ -112,6 +116,7 @@ class MeshNode:
         self._first_update = asyncio.Event()
         self._refused: str | None = None  # why the control plane refused this member at start
         self.trust.on_update(self._apply)
+        self._watch_gauges()
 
     # ------------------------------------------------------------------ wiring
     @property
@@ -130,6 +135,24 @@ class MeshNode:
         if not agent.replicas:
             return agent.address
         return "ipv4:" + ",".join(addresses)
+
+    def _watch_gauges(self) -> None:
+        """The values read when this member's metrics are scraped (in the endpoint's thread: nothing
+        here makes a channel or waits)."""
+        metrics, clock = self.sink.metrics, self.clock
+        metrics.watch(CERT_EXPIRY, lambda: self.identity.files.leaf.not_valid_after_utc.timestamp() - clock())
+
+        def token_expiry() -> float | None:
+            sources = [source for _, source in list(self._controls.values())]
+            expires = sources[-1].expires_at if sources else None
+            return None if expires is None else expires - clock()
+
+        def revocation_age() -> float | None:
+            snapshot = self.trust.snapshot
+            return None if snapshot is None else clock() - snapshot.received_at
+
+        metrics.watch(TOKEN_EXPIRY, token_expiry)
+        metrics.watch(REVOCATION_AGE, revocation_age)
 
     # ------------------------------------------------------------------ the certificates servers present
     async def _check_servers(self) -> None:
@@ -209,6 +232,7 @@ class MeshNode:
                              tasks=self._task_owners)
         kw.setdefault("max_connection_age", self.config.max_connection_age)
         kw.setdefault("grace", self.config.grace_period)
+        kw.setdefault("max_concurrent_streams", self.config.max_concurrent_streams)
         return MeshServer(self.identity, interceptors=chain, **kw)
 
     def stub(self, name: str, stub_class: Callable[[StubChannel], T]) -> T:
@@ -334,6 +358,11 @@ class MeshNode:
         if self._jwks_caches:
             self._tasks.append(asyncio.create_task(refresh_forever(self._jwks_caches,
                                                                    self.config.tokens.revocation_refresh)))
+        address = metrics_address(self.config, self.name)
+        if address is not None and self.metrics_endpoint is None:
+            self.metrics_endpoint = MetricsEndpoint(member_registry(self.sink.metrics, lambda: self.sink.stats),
+                                                    address)
+            log.info("%s: metrics on %s", self.name, self.metrics_endpoint.url)
 
     async def wait_for_trust(self, predicate: Callable[[TrustSnapshot], bool], *, timeout: float = 10.0) -> None:
         """Waits until the trust data satisfies ``predicate`` (e.g. after a revocation)."""
@@ -364,4 +393,7 @@ class MeshNode:
         await self.limiter.aclose()
         if self._task_owners is not None:
             await self._task_owners.aclose()
+        if self.metrics_endpoint is not None:
+            await asyncio.to_thread(self.metrics_endpoint.close)
+            self.metrics_endpoint = None
         self.sink.shutdown(timeout=5)

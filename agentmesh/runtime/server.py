@@ -19,10 +19,12 @@ AddServicer = Callable[[Any, grpc.aio.Server], None]
 
 
 METADATA_LIMIT = 32 * 1024
-#: HTTP/2 streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS); gRPC's own
-#: default is unbounded. A client past it waits (gRPC clients queue the call) instead of costing the server
-#: memory and CPU: a flood of streams opened and reset at once ("rapid reset") stays this wide.
-MAX_CONCURRENT_STREAMS = 100
+#: HTTP/2 streams one connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS; the mesh file's
+#: ``max_concurrent_streams``); gRPC's own default is unbounded. A flood of streams opened and reset at once
+#: ("rapid reset") stays this wide. grpcio's client does not queue calls past it: the server refuses them
+#: (RST_STREAM REFUSED_STREAM) and the caller sees UNAVAILABLE, so it is set well above what one member
+#: keeps in flight to another (agent calls can last seconds: 100 calls/s of 5 s each are 500 at once).
+MAX_CONCURRENT_STREAMS = 1000
 #: connections with no call for this long are closed (GOAWAY); a client reconnects when it next calls
 MAX_CONNECTION_IDLE = 300.0
 

@@ -39,6 +39,11 @@ class AgentTokenSource:
     def _fresh(self, now: float) -> bool:
         return self._token is not None and now < self._issued + (self._expires - self._issued) * self._refresh_at
 
+    @property
+    def expires_at(self) -> float | None:
+        """When the token at hand expires (seconds since the epoch); None before the first one."""
+        return self._expires if self._token is not None else None
+
     def cached(self) -> str | None:
         """The current token while it is fresh, without waiting; None when it must be (re)fetched."""
         return self._token if self._fresh(self._clock()) else None

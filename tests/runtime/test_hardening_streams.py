@@ -1,7 +1,9 @@
 """Issue 13 item 5: an agent caps the HTTP/2 streams one connection may have open at once.
 
-The attack: one connection opens more concurrent calls than the cap. The cap's worth run; the excess waits
-(the client queues it) and runs once a slot frees, so the server never holds more than the cap per connection.
+The attack: one connection opens more concurrent calls than the cap. The cap's worth run; the server never
+holds more than the cap per connection, and the excess is refused (grpcio's client does not queue past the
+server's limit: REFUSED_STREAM, UNAVAILABLE to the caller) or runs once a slot frees. So the default cap sits
+well above what a member keeps in flight to another: 300 concurrent calls on one connection all succeed.
 """
 
 from __future__ import annotations
@@ -82,11 +84,47 @@ async def test_streams_past_the_cap_wait_on_one_connection(tmp_path: Path, cap: 
         await server.stop(0)
 
 
+async def test_a_burst_of_300_calls_on_one_connection_all_succeed_under_the_default_cap(tmp_path: Path) -> None:
+    """With the cap at 100 (before), 153 of 300 such calls failed UNAVAILABLE (REFUSED_STREAM)."""
+    ca = new_ca(tmp_path)
+    server = MeshServer(AgentIdentity(identity_dir(ca, tmp_path, "b"), TD, check_every=0), grace=0.1)
+    gate = Gate()
+    server.add(agent_pb2_grpc.add_AgentServicer_to_server, gate, "agentmesh.v1.Agent")
+    port = await server.start("127.0.0.1:0")
+    ch = raw_channel(f"127.0.0.1:{port}", "b", bundle=ca.bundle, cert_dir=identity_dir(ca, tmp_path, "a"))
+    try:
+        stub = agent_pb2_grpc.AgentStub(ch)
+        calls = [stub.Invoke(task(), timeout=20) for _ in range(300)]
+        await _until(lambda: gate.running == 300, seconds=15)  # all 300 held open at once
+        gate.release.set()
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        assert [r for r in results if isinstance(r, Exception)] == []
+    finally:
+        await ch.close()
+        await server.stop(0)
+
+
 def test_server_options_bound_a_connection() -> None:
     opts = dict(hardening_options())
-    assert opts["grpc.max_concurrent_streams"] == MAX_CONCURRENT_STREAMS == 100
+    assert opts["grpc.max_concurrent_streams"] == MAX_CONCURRENT_STREAMS == 1000
     assert opts["grpc.max_connection_idle_ms"] > 0
     assert opts["grpc.http2.max_ping_strikes"] == 2
     assert opts["grpc.keepalive_permit_without_calls"] == 0
     with pytest.raises(ConfigError):
         hardening_options(0)
+
+
+@pytest.mark.parametrize(("value", "error"), [
+    (0, "max_concurrent_streams: expected an integer >= 1"), ("many", "max_concurrent_streams"), (250, None),
+])
+def test_the_cap_is_configured_in_the_mesh_file(tmp_path: Path, value: object, error: str | None) -> None:
+    from meshkit import write_mesh
+
+    from agentmesh.configfile import load_config
+
+    path = write_mesh(tmp_path, {"a": {}}, max_concurrent_streams=value)
+    if error is None:
+        assert load_config(path).max_concurrent_streams == value
+    else:
+        with pytest.raises(ConfigError, match=error):
+            load_config(path)

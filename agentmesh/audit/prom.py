@@ -1,0 +1,186 @@
+"""A member's metrics as Prometheus series, on its own registry and HTTP endpoint.
+
+:class:`MemberCollector` reads one member's :class:`~agentmesh.audit.metrics.AuditMetrics` (and its
+audit sink's span counts) when scraped, in the endpoint's thread; every member has its own
+``CollectorRegistry`` (never prometheus_client's global one: several members can live in one
+process). :class:`MetricsEndpoint` serves it with prometheus_client's HTTP server. The series and
+their labels are listed in docs/OBSERVABILITY.md.
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, MetricsHandler
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from agentmesh.audit.metrics import BUCKETS, GAUGES, AuditMetrics, Series
+from agentmesh.errors import ConfigError
+
+__all__ = ["METRICS_ADDRESS_ENV", "MemberCollector", "MetricsEndpoint", "member_registry", "metrics_address"]
+
+#: the address this process's member serves its metrics on, over the config (set by ``agentmesh up``,
+#: which runs one member per process)
+METRICS_ADDRESS_ENV = "AGENTMESH_METRICS_ADDRESS"
+
+SERVER_LABELS = ("source", "principal_class", "grpc_service", "grpc_method", "grpc_code", "decision")
+_LE = (*(str(float(b)) for b in BUCKETS), "+Inf")  # as prometheus_client writes them
+
+
+def _buckets(counts: list[int]) -> list[tuple[str, float]]:
+    out, total = [], 0
+    for le, n in zip(_LE, counts, strict=True):
+        total += n
+        out.append((le, float(total)))
+    return out
+
+
+def _histogram(name: str, doc: str, labels: list[str], series: Mapping[tuple[str, ...], Series]
+               ) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, doc, labels=labels)
+    for values, s in series.items():
+        family.add_metric(list(values), _buckets(s.buckets), s.sum)
+    return family
+
+
+def _merged(items: Sequence[tuple[tuple[str, ...], Series]], keep: Callable[[tuple[str, ...]], tuple[str, ...]]
+            ) -> dict[tuple[str, ...], Series]:
+    """The series summed over the labels ``keep`` leaves out."""
+    out: dict[tuple[str, ...], Series] = {}
+    for labels, s in items:
+        m = out.get(key := keep(labels))
+        if m is None:
+            m = out[key] = Series()
+        m.count += s.count
+        m.sum += s.sum
+        m.buckets = [a + b for a, b in zip(m.buckets, s.buckets, strict=True)]
+    return out
+
+
+class MemberCollector(Collector):
+    """The Prometheus series of one member: ``metrics``, and ``stats`` (its audit sink's span counts)."""
+
+    def __init__(self, metrics: AuditMetrics, stats: Callable[[], Mapping[str, Any]] | None = None) -> None:
+        self.metrics = metrics
+        self.stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
+        me = m.member
+        server = list(m.server.items())  # (the loop thread may add series meanwhile: one atomic copy)
+        requests = CounterMetricFamily(
+            "agentmesh_server_requests", "Calls this member served, by caller and outcome.",
+            labels=["destination", *SERVER_LABELS])
+        for labels, s in server:
+            requests.add_metric([me, *labels], float(sum(s.buckets)))
+        yield requests
+        # latency by source, method and status (not by principal class or decision: fewer series)
+        yield _histogram("agentmesh_server_request_duration_seconds",
+                         "Time this member took to answer a call, from its first byte to its status.",
+                         ["destination", "source", "grpc_service", "grpc_method", "grpc_code"],
+                         {(me, *k): s for k, s in _merged(server, lambda v: (v[0], v[2], v[3], v[4])).items()})
+        made = list(m.client.items())
+        calls = CounterMetricFamily("agentmesh_client_requests", "Calls this member made, by target and status.",
+                                    labels=["source", "destination", "grpc_service", "grpc_method", "grpc_code"])
+        for target, s in made:
+            calls.add_metric([me, *target], float(sum(s.buckets)))
+        yield calls
+        yield _histogram("agentmesh_client_request_duration_seconds",
+                         "Time a call this member made took, as its client saw it.",
+                         ["source", "destination", "grpc_service", "grpc_method", "grpc_code"],
+                         {(me, *k): s for k, s in made})
+        yield _counter("agentmesh_ratelimit_decisions", "Rate-limit results of the calls this member served "
+                       "(backend_open / backend_closed: the limiter's backend failed and failure_mode decided).",
+                       ["destination", "result"], {(me, k): v for k, v in list(m.ratelimit.items())})
+        yield _counter("agentmesh_guard_hits", "Payload guard matches, by pattern name and action.",
+                       ["destination", "pattern", "action"], {(me, *k): v for k, v in list(m.guard.items())})
+        yield _counter("agentmesh_auth_failures", "Calls refused by the certificate, token or delegation "
+                       "checks, by the step and a reason from a fixed set.",
+                       ["destination", "stage", "reason"], {(me, *k): v for k, v in list(m.auth_failures.items())})
+        yield _counter("agentmesh_metrics_overflow", "Series folded into 'other' past the bound on series.",
+                       ["member"], {(me,): m.overflow})
+        start = GaugeMetricFamily("agentmesh_member_start_time_seconds",
+                                  "When this member's metrics started (seconds since the epoch).", labels=["member"])
+        start.add_metric([me], m.started)
+        yield start
+        for name, read in list(m.gauges.items()):
+            value = read()
+            if value is not None:
+                gauge = GaugeMetricFamily(name, GAUGES[name], labels=["member"])
+                gauge.add_metric([me], value)
+                yield gauge
+        if self.stats is not None:
+            stats = {k: v for k, v in self.stats().items() if isinstance(v, int)}
+            yield _counter("agentmesh_audit_spans", "Audit spans by outcome (exported, dropped: the queue was "
+                           "full, export_failures: an exporter refused them).",
+                           ["member", "outcome"], {(me, k): v for k, v in stats.items()})
+
+
+def _counter(name: str, doc: str, labels: list[str], values: Mapping[tuple[str, ...], int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, doc, labels=labels)
+    for key, value in values.items():
+        family.add_metric(list(key), float(value))
+    return family
+
+
+def member_registry(metrics: AuditMetrics, stats: Callable[[], Mapping[str, Any]] | None = None
+                    ) -> CollectorRegistry:
+    """A registry of its own for one member (plus nothing else: no process or platform collectors,
+    which would repeat for every member of a process)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MemberCollector(metrics, stats))
+    return registry
+
+
+def metrics_address(config: Any, name: str) -> str | None:
+    """Where member ``name`` serves its metrics: :data:`METRICS_ADDRESS_ENV`, else the config's
+    ``metrics`` section (:meth:`agentmesh.config.MeshConfig.metrics_address`); None: nowhere."""
+    address: str | None = os.environ.get(METRICS_ADDRESS_ENV) or config.metrics_address(name)
+    return address
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True  # a scrape in progress never holds up the process's exit
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class MetricsEndpoint:
+    """``/metrics`` (any path, in fact) of one registry over HTTP at ``address`` (``host:port``; port 0:
+    any free one) with prometheus_client's handler, served by a thread of its own; :attr:`address` is
+    where it listens."""
+
+    #: seconds between the server's checks for :meth:`close`
+    POLL = 0.05
+
+    def __init__(self, registry: CollectorRegistry, address: str) -> None:
+        host, _, port = address.rpartition(":")
+        host = host.strip("[]")
+        server = _Server6 if ":" in host else _Server
+        try:
+            self._httpd = server((host, int(port)), MetricsHandler.factory(registry))
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"metrics: cannot listen on {address}: {getattr(e, 'strerror', None) or e}") from None
+        bound = self._httpd.server_address[1]
+        self.address = f"[{host}]:{bound}" if ":" in host else f"{host}:{bound}"
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": self.POLL},
+                                        name=f"metrics-{self.address}", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}/metrics"
+
+    def close(self) -> None:
+        """Stops serving and closes the socket (blocks about :data:`POLL` seconds)."""
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(5)

@@ -1,0 +1,103 @@
+"""``agentmesh graph [CONFIG] [--endpoint URL]... -o dot|mermaid|json``: the mesh as a picture.
+
+Members are the nodes (those the config names, and every member seen in the metrics), calls the
+edges, labelled with their rate, error and denial shares since the members started (the same data
+as ``agentmesh top``). DOT renders with Graphviz (``agentmesh graph mesh.yaml | dot -Tsvg >
+mesh.svg``), Mermaid in Markdown viewers; an edge with errors is red, one with denials only orange.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from agentmesh.audit.promview import EdgeView, edges, scrape_all
+from agentmesh.cli.top import add_endpoint_arguments, endpoints
+from agentmesh.cli.usage import examples
+from agentmesh.configfile import load_config
+
+__all__ = ["dot", "mermaid", "register"]
+
+FORMATS = ("dot", "mermaid", "json")
+_SAFE = re.compile(r"[^A-Za-z0-9._:@-]")  # names come from scraped labels: nothing else reaches the text
+
+
+def register(sub: argparse._SubParsersAction[Any]) -> None:
+    p = sub.add_parser("graph", help="the mesh as a graph: members, edges, traffic (DOT, Mermaid or JSON)",
+                       **examples(
+                           "agentmesh graph mesh.yaml | dot -Tsvg > mesh.svg",
+                           "agentmesh graph mesh.yaml -o mermaid",
+                           "agentmesh graph --endpoint 127.0.0.1:9464 -o json",
+                       ))
+    add_endpoint_arguments(p)
+    p.add_argument("-o", "--output", choices=FORMATS, default="dot", metavar="FORMAT",
+                   help="dot (default), mermaid or json")
+    p.set_defaults(func=_run)
+
+
+def _name(value: str) -> str:
+    return _SAFE.sub("_", value)[:64] or "_"
+
+
+def _label(e: EdgeView) -> str:
+    parts = [f"{e.rps:.2f} rps"]
+    if e.error_rate:
+        parts.append(f"{e.error_rate:.0%} err")
+    if e.denial_rate:
+        parts.append(f"{e.denial_rate:.0%} denied")
+    return ", ".join(parts)
+
+
+def _color(e: EdgeView) -> str:
+    return "red" if e.error_rate else "orange" if e.denial_rate else "gray30"
+
+
+def dot(members: Iterable[str], rows: Sequence[EdgeView]) -> str:
+    lines = ["digraph agentmesh {", "  rankdir=LR;", '  node [shape=box, style="rounded"];']
+    lines += [f'  "{_name(m)}";' for m in members]
+    lines += [f'  "{_name(e.source)}" -> "{_name(e.destination)}" [label="{_label(e)}", color={_color(e)}, '
+              f"fontcolor={_color(e)}];" for e in rows]
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def mermaid(members: Iterable[str], rows: Sequence[EdgeView]) -> str:
+    ids: dict[str, str] = {}
+    lines = ["flowchart LR"]
+    for m in members:
+        ids[m] = f"m{len(ids)}"
+        lines.append(f'  {ids[m]}["{_name(m)}"]')
+    for i, e in enumerate(rows):
+        lines.append(f'  {ids[e.source]} -->|"{_label(e)}"| {ids[e.destination]}')
+        if _color(e) != "gray30":
+            lines.append(f"  linkStyle {i} stroke:{_color(e)}")
+    return "\n".join(lines) + "\n"
+
+
+def _members(config_path: str | None, seen: Iterable[str], rows: Sequence[EdgeView]) -> list[str]:
+    names = list(load_config(config_path).members()) if config_path else []
+    for name in (*sorted(seen), *(n for e in rows for n in (e.source, e.destination))):
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def _run(args: argparse.Namespace) -> int:
+    urls = endpoints(args.config, args.endpoint)
+    scrape = scrape_all(urls, at=time.time(), timeout=args.timeout, housekeeping=args.housekeeping)
+    rows = edges(scrape)
+    members = _members(args.config, scrape.members, rows)
+    if args.output == "json":
+        text = json.dumps({"members": members, "edges": [r.as_dict() for r in rows],
+                           "unreachable": scrape.unreachable}, indent=2) + "\n"
+    else:
+        text = (dot if args.output == "dot" else mermaid)(members, rows)
+    sys.stdout.write(text)
+    for url, why in sorted(scrape.unreachable.items()):
+        print(f"agentmesh graph: unreachable: {url} ({why})", file=sys.stderr)
+    return 1 if len(scrape.unreachable) == len(urls) else 0
