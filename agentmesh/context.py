@@ -25,6 +25,7 @@ class CallContext:
     agent: str  # the agent serving the call
     metadata: Any = field(default=(), repr=False)  # invocation metadata as received
     request: Any = field(default=None, repr=False)  # the request message, when it is one (not a stream)
+    request_checked: bool = False  # the payload guard checked ``request`` before the handler (in a thread)
     peer: PeerIdentity | None = None  # from the verified client certificate, never from metadata
     principal: str | None = None  # effective subject (the original caller when delegated)
     roles: tuple[str, ...] = ()
