@@ -128,11 +128,16 @@ class AgentConfig:
     descriptors: tuple[str, ...] = DEFAULT_DESCRIPTORS  # generated *_pb2 modules of its services
     replicas: tuple[str, ...] = ()  # extra addresses of replicas behind the same name
     a2a: A2AConfig | None = None  # an A2A agent: app names its a2a-sdk AgentExecutor
+    #: host:port the agent's server binds (e.g. 0.0.0.0:7101); ``address`` stays what others dial.
+    #: None: ``address`` (read :attr:`bind_address`, which follows a replaced ``address``)
+    listen: str | None = None
 
     def __post_init__(self) -> None:
         where = f"agents.{self.name}"
         _agent_names(where, (self.name,))
         host_port(self.address, f"{where}.address")
+        if self.listen is not None:
+            host_port(self.listen, f"{where}.listen")
         app = self.app
         if app is not None and (":" not in app or app.startswith(":") or app.endswith(":")):
             raise ConfigError(f"{where}.app: expected module:Class, got {app!r}")
@@ -143,6 +148,11 @@ class AgentConfig:
                 raise ConfigError(f"{where}.replicas: replicas are IPv4 host:port; for a DNS name with several "
                                   "addresses, put it in 'address' (calls are balanced round-robin over its "
                                   "records)") from None
+
+    @property
+    def bind_address(self) -> str:
+        """Where the agent's server listens: ``listen``, else ``address``."""
+        return self.listen or self.address
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,14 +359,32 @@ class ControlConfig:
     join_address: str | None = None
     cert_ttl: float = 86400.0  # lifetime of the certificates the control plane issues (join, renewal)
     connect_timeout: float = 30.0  # how long a starting member waits for the control plane's trust data
+    listen: str | None = None  # host:port the control plane binds; None: address (what members dial)
+    join_listen: str | None = None  # host:port the join port binds; None: join_address
 
     def __post_init__(self) -> None:
         _agent_names("control.name", (self.name,))
         host_port(self.address, "control.address")
+        if self.listen is not None:
+            host_port(self.listen, "control.listen")
         if self.join_address is not None:
             host_port(self.join_address, "control.join_address")
+        if self.join_listen is not None:
+            if self.join_address is None:
+                raise ConfigError("control.join_listen: set join_address too (what joining members dial)")
+            host_port(self.join_listen, "control.join_listen")
         if self.cert_ttl < 2:
             raise ConfigError("control.cert_ttl: must be at least 2s")
+
+    @property
+    def bind_address(self) -> str:
+        """Where the control plane listens: ``listen``, else ``address``."""
+        return self.listen or self.address
+
+    @property
+    def join_bind_address(self) -> str | None:
+        """Where the join port listens: ``join_listen``, else ``join_address`` (None: no join port)."""
+        return self.join_listen or self.join_address
 
 
 @dataclass(frozen=True, slots=True)

@@ -162,9 +162,10 @@ def _agent(name: str, s: _Section, base: Path, identities: Path) -> AgentConfig:
     roles = s.strs("roles")
     descriptors = s.strs("descriptors", A2A_DESCRIPTORS if a2a is not None else DEFAULT_DESCRIPTORS)
     replicas = s.strs("replicas")
+    listen = s.text("listen")
     s.done()
     return AgentConfig(name=name, address=address, identity_dir=identity_dir, app=app, roles=roles,
-                       descriptors=descriptors, replicas=replicas, a2a=a2a)
+                       descriptors=descriptors, replicas=replicas, a2a=a2a, listen=listen)
 
 
 def _a2a(s: _Section, base: Path) -> A2AConfig:
@@ -370,6 +371,8 @@ def parse_config(raw: object, base: Path, source: Path | None = None) -> MeshCon
         join_address=c.text("join_address"),
         cert_ttl=c.duration("cert_ttl", 86400.0),
         connect_timeout=c.duration("connect_timeout", 30.0),
+        listen=c.text("listen"),
+        join_listen=c.text("join_listen"),
     )
     c.done()
 

@@ -88,6 +88,9 @@ def _methods(where: str, methods: tuple[str, ...], to: tuple[str, ...], cfg: Mes
         except ConfigError as e:
             raise ConfigError(f"agents.{name}.{e.message}") from None
     of = ", ".join(targets) if to else "any agent"
+    from agentmesh.runtime.server import REFLECTION_METHODS  # every member answers them
+
+    known.update(REFLECTION_METHODS)
     for m in methods:
         if "*" in m:
             rx = compile_method_globs((m,))

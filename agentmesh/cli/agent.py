@@ -63,7 +63,7 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     agent = config.agent(args.name)  # a clear error for an unknown name, before anything starts
     import_app(agent)
-    check_listen(getattr(agent, "listen", None) or agent.address, f"agent {args.name}")  # (a separate bind address)
+    check_listen(agent.bind_address, f"agent {args.name}")
     join_first(args, config, args.name)
     asyncio.run(run_agent(config, args.name))
     return 0

@@ -22,14 +22,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 async def _serve(path: str) -> None:
     config = load_config(path)
-    check_listen(config.control.address, "the control plane")
-    if config.control.join_address:
-        check_listen(config.control.join_address, "the control plane's join port")
+    check_listen(config.control.bind_address, "the control plane")
+    if config.control.join_bind_address:
+        check_listen(config.control.join_bind_address, "the control plane's join port")
     server = await start_control(config)
     sink = server.sink
-    joins = f"; joins on {config.control.join_address}" if config.control.join_address else ""
-    print(f"control plane ({config.spiffe_id(config.control.name)}) serving on {config.control.address}{joins}",
-          flush=True)
+    c = config.control
+    joins = f"; joins on {c.join_bind_address}" if c.join_bind_address else ""
+    on = c.address if c.bind_address == c.address else f"{c.bind_address} (dialled as {c.address})"
+    print(f"control plane ({config.spiffe_id(c.name)}) serving on {on}{joins}", flush=True)
     try:
         await server.serve_forever()
     finally:

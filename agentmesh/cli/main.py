@@ -16,8 +16,8 @@ from agentmesh.cli.usage import examples, walk
 __all__ = ["main"]
 
 #: command groups, each a module of agentmesh.cli with ``register(subparsers)``
-GROUPS = ("ca", "cert", "token", "control", "agent", "up", "status", "call", "audit", "bridge", "lifecycle", "policy",
-          "top", "graph")
+GROUPS = ("ca", "cert", "token", "control", "agent", "up", "status", "health", "call", "audit", "bridge",
+          "lifecycle", "policy", "top", "graph")
 
 
 class _Parser(argparse.ArgumentParser):

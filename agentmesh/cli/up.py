@@ -47,11 +47,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def _preflight(config: MeshConfig, with_bridge: bool) -> None:
     """One clear line for an address another process holds (a mesh already running, or the orphans of an
     older ``up``) before anything starts: its health probe could otherwise answer for our child."""
-    check_listen(config.control.address, f"control {config.control.name}")
-    if config.control.join_address:
-        check_listen(config.control.join_address, f"control {config.control.name} (joins)")
+    check_listen(config.control.bind_address, f"control {config.control.name}")
+    if config.control.join_bind_address:
+        check_listen(config.control.join_bind_address, f"control {config.control.name} (joins)")
     for name, agent in config.agents.items():
-        check_listen(agent.address, f"agent {name}")
+        check_listen(agent.bind_address, f"agent {name}")
     if with_bridge:
         check_listen(config.bridge.listen, f"bridge {config.bridge.name}")
 

@@ -28,8 +28,9 @@ async def run_agent(config: MeshConfig, name: str) -> None:
         server = node.server()
         for reg in regs:
             server.add(reg.add, servicer, reg.service)
-        await server.start(spec.address)
-        print(f"agent {name} ({node.spiffe_id}) serving on {spec.address}", flush=True)
+        await server.start(spec.bind_address)
+        on = spec.address if spec.bind_address == spec.address else f"{spec.bind_address} (dialled as {spec.address})"
+        print(f"agent {name} ({node.spiffe_id}) serving on {on}", flush=True)
         await server.serve_forever()
     finally:
         if server is not None:

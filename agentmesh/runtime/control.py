@@ -302,15 +302,16 @@ async def start_control(config: MeshConfig, *, address: str | None = None,
                TokenService(config, authority, clock=clock, checks=checks, trust=trust), "agentmesh.v1.TokenService")
     server.add(control_pb2_grpc.add_IdentityServiceServicer_to_server,
                IdentityService(config, ca, publisher), "agentmesh.v1.IdentityService")
-    await server.start(address or config.control.address)
+    await server.start(address or config.control.bind_address)
     join = None
-    if config.control.join_address:
+    join_at = config.control.join_bind_address
+    if join_at:
         join = MeshServer(identity, interceptors=audit_only_chain(name, sink=sink), grace=config.grace_period,
                           client_auth=False)
         join.add(control_pb2_grpc.add_JoinServiceServicer_to_server, JoinService(config, ca, clock=clock),
                  "agentmesh.v1.JoinService")
         try:
-            await join.start(config.control.join_address)
+            await join.start(join_at)
         except BaseException:
             await server.stop(0)
             raise

@@ -220,7 +220,8 @@ class MeshNode:
                            target_id=str(self.config.spiffe_id(target)))
 
     def server(self, **kw: Any) -> MeshServer:
-        """An mTLS server with the whole server chain, for this node's identity."""
+        """An mTLS server with the whole server chain, for this node's identity; it serves reflection,
+        which the policy decides like any method."""
         if self._task_owners is None:  # one store per node: its servers share the owners of its A2A tasks
             agent = self.config.agents.get(self.name)
             self._task_owners = build_task_owners(self.config.rate_limits, agent.a2a if agent else None,
@@ -233,6 +234,7 @@ class MeshNode:
         kw.setdefault("max_connection_age", self.config.max_connection_age)
         kw.setdefault("grace", self.config.grace_period)
         kw.setdefault("max_concurrent_streams", self.config.max_concurrent_streams)
+        kw.setdefault("reflection", True)
         return MeshServer(self.identity, interceptors=chain, **kw)
 
     def stub(self, name: str, stub_class: Callable[[StubChannel], T]) -> T:

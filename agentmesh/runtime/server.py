@@ -1,4 +1,4 @@
-"""Serving an agent: a grpc.aio server over mutual TLS with the mesh's server chain and health service."""
+"""Serving an agent: a grpc.aio server over mutual TLS with the mesh's server chain, health and reflection."""
 
 from __future__ import annotations
 
@@ -9,13 +9,24 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from agentmesh.errors import ConfigError, Unavailable
 from agentmesh.runtime.credentials import AgentIdentity
 
-__all__ = ["MAX_CONCURRENT_STREAMS", "MeshServer", "hardening_options"]
+__all__ = ["MAX_CONCURRENT_STREAMS", "REFLECTION_METHODS", "MeshServer", "hardening_options"]
 
 AddServicer = Callable[[Any, grpc.aio.Server], None]
+
+#: gRPC server reflection as grpcio-reflection serves it (v1alpha). Not exempt: a call to it passes the
+#: whole chain, so the default-deny policy refuses it unless a rule allows it (docs/SECURITY.md).
+REFLECTION_METHOD = f"/{reflection.SERVICE_NAME}/ServerReflectionInfo"
+#: what reflection clients (grpcurl, grpcui) ask first; not served: a caller the policy allows gets
+#: UNIMPLEMENTED and falls back to v1alpha (a refused one gets PERMISSION_DENIED and stops), so a rule
+#: for reflection allows both: ``methods: ["/grpc.reflection.*/ServerReflectionInfo"]``
+REFLECTION_V1_METHOD = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+#: the methods every member answers beyond its own services, which policy rules may name
+REFLECTION_METHODS = (REFLECTION_METHOD, REFLECTION_V1_METHOD)
 
 
 METADATA_LIMIT = 32 * 1024
@@ -49,7 +60,9 @@ class MeshServer:
     """One agent's gRPC server.
 
     Requires and verifies client certificates (re-read from disk for new handshakes; ``client_auth=False``
-    only for the control plane's join port), serves ``grpc.health.v1``, and drains in-flight calls for
+    only for the control plane's join port), serves ``grpc.health.v1`` and, with ``reflection``, gRPC
+    server reflection listing the services registered by :meth:`add` (plus health and reflection): only
+    behind a chain with a policy stage (:meth:`agentmesh.runtime.node.MeshNode.server`). It drains in-flight calls for
     ``grace`` seconds on stop / SIGTERM. Connections are not closed by age unless ``max_connection_age``
     is set: calls are re-checked against revocations while they run instead. Each connection has at most
     ``max_concurrent_streams`` calls open at once (:func:`hardening_options`); ``options`` may override any.
@@ -65,10 +78,12 @@ class MeshServer:
         options: Sequence[tuple[str, Any]] = (),
         client_auth: bool = True,
         max_concurrent_streams: int = MAX_CONCURRENT_STREAMS,
+        reflection: bool = False,
     ) -> None:
         self.identity = identity
         self.grace = grace
         self.client_auth = client_auth
+        self.reflection = reflection
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         # room for a delegated call's metadata: up to 8 hop links (each carries its signer's certificate,
         # ~1.4 KB) beside the transaction token and the caller's token; gRPC's default soft limit is 8 KiB
@@ -81,17 +96,29 @@ class MeshServer:
         self.server = grpc.aio.server(interceptors=list(interceptors), options=opts)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port: int | None = None
-        self._services: list[str] = []
+        self._services: list[str] = []  # reported healthy
+        self._served: dict[str, None] = {}  # registered, in order: what reflection lists
+        self._reflecting = False
 
     def add(self, add_servicer: AddServicer, servicer: Any, *service_names: str) -> None:
         """Registers a servicer and the service names it reports healthy.
 
         e.g. ``add(agent_pb2_grpc.add_AgentServicer_to_server, MyAgent(), "agentmesh.v1.Agent")``
         """
-        add_servicer(servicer, self.server)
+        add_servicer(servicer, _Recording(self.server, self._served))
         self._services.extend(service_names)
+        self._served.update(dict.fromkeys(service_names))
+
+    @property
+    def services(self) -> list[str]:
+        """The services this server serves (what reflection lists): those added, health, reflection."""
+        extra = [reflection.SERVICE_NAME] if self.reflection else []
+        return sorted({*self._served, health.SERVICE_NAME, *extra})
 
     async def start(self, address: str = "127.0.0.1:0") -> int:
+        if self.reflection and not self._reflecting:  # once every service is added: it lists them
+            self._reflecting = True
+            reflection.enable_server_reflection(self.services, self.server)
         try:
             port = int(self.server.add_secure_port(address,
                                                    self.identity.server_credentials(client_auth=self.client_auth)))
@@ -127,3 +154,25 @@ class MeshServer:
             await self.stop()
         waiter.cancel()
         stop_wait.cancel()
+
+
+class _Recording:
+    """The server as an ``add_XServicer_to_server`` function sees it, noting the services it registers
+    (generated code registers each with ``add_registered_method_handlers`` or a service handler)."""
+
+    def __init__(self, server: grpc.aio.Server, served: dict[str, None]) -> None:
+        self._server = server
+        self._served = served
+
+    def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
+        self._served[service] = None
+        self._server.add_registered_method_handlers(service, handlers)
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[Any]) -> None:
+        for handler in handlers:
+            if isinstance(handler, grpc.ServiceRpcHandler):
+                self._served[handler.service_name()] = None
+        self._server.add_generic_rpc_handlers(handlers)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._server, name)
