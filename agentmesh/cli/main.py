@@ -16,7 +16,7 @@ from agentmesh.cli.usage import examples, walk
 __all__ = ["main"]
 
 #: command groups, each a module of agentmesh.cli with ``register(subparsers)``
-GROUPS = ("ca", "cert", "token", "control", "agent", "up", "status", "health", "call", "audit", "bridge",
+GROUPS = ("init", "ca", "cert", "token", "control", "agent", "up", "status", "health", "call", "audit", "bridge",
           "lifecycle", "policy", "top", "graph")
 
 

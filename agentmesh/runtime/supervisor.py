@@ -39,6 +39,7 @@ from typing import Any, TextIO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from agentmesh.a2a.cards import public_url
 from agentmesh.config import MeshConfig
 from agentmesh.errors import ConfigError, MeshError, Unavailable
 from agentmesh.pki.join import JoinTokens
@@ -420,6 +421,9 @@ async def run_up(config: MeshConfig, config_path: Path, *, with_bridge: bool = T
     try:
         if not sup.stop_requested.is_set():
             print(sup.table(), flush=True)
+            with contextlib.suppress(ConfigError):  # a wildcard listen address without public_url names no URL
+                if with_bridge:  # the name its certificate carries (localhost for loopback), not 127.0.0.1
+                    print(f"bridge at {public_url(config.bridge)}", flush=True)
             print(f"mesh up; logs in {sup.log_dir}; Ctrl-C stops it", flush=True)
             gave_up = await sup.supervise()
         if gave_up is not None:
