@@ -80,6 +80,7 @@ def _bind_everywhere(path: Path) -> dict[str, int]:
     return ports
 
 
+@pytest.mark.slow  # real `up` processes, several seconds: CI runs it (make test stays under 5 min)
 def test_members_bind_listen_and_are_reached_by_name(tmp_path: Path) -> None:
     config = write_up_mesh(tmp_path)
     ports = _bind_everywhere(config)

@@ -106,6 +106,7 @@ async def test_a_crashed_child_is_restarted_and_the_mesh_serves_again(tmp_path: 
     assert up.stop() == 0
 
 
+@pytest.mark.slow  # real `up` processes, several seconds: CI runs it (make test stays under 5 min)
 def test_a_child_that_keeps_crashing_stops_the_mesh(tmp_path: Path, started: list[Up]) -> None:
     config = write_up_mesh(tmp_path, agents=("solo",))
     flag = tmp_path / "crash"
@@ -140,6 +141,7 @@ def test_kill_9_of_up_takes_its_children_and_frees_the_ports(tmp_path: Path, sta
     assert again.stop() == 0
 
 
+@pytest.mark.slow  # real `up` processes, several seconds: CI runs it (make test stays under 5 min)
 async def test_sigint_lets_two_hop_calls_in_flight_finish(tmp_path: Path, started: list[Up]) -> None:
     config = write_up_mesh(tmp_path, agents=("front", "back"), grace="10s")
     up = _start(started, config)
@@ -159,6 +161,7 @@ async def test_sigint_lets_two_hop_calls_in_flight_finish(tmp_path: Path, starte
         in up.lines
 
 
+@pytest.mark.slow  # real `up` processes, several seconds: CI runs it (make test stays under 5 min)
 async def test_the_bridge_answers_503_json_at_the_end_of_its_grace_period(tmp_path: Path,
                                                                          started: list[Up]) -> None:
     config = write_up_mesh(tmp_path, agents=("front",), grace="1s")
