@@ -29,6 +29,7 @@ from agentmesh.interceptors.chain import server_chain
 from agentmesh.ratelimit import build_limiter
 from agentmesh.runtime.control import start_control
 from agentmesh.runtime.credentials import AgentIdentity
+from agentmesh.runtime.gcfreeze import freeze_after_startup
 from agentmesh.runtime.node import MeshNode
 from agentmesh.runtime.server import MeshServer
 from agentmesh.v1 import agent_pb2_grpc
@@ -96,6 +97,7 @@ async def agent(config_path: str, name: str, redis: str | None, check_every: flo
     server = node.server() if stages is None else _chain_prefix(node, stages)
     server.add(agent_pb2_grpc.add_AgentServicer_to_server, Echo(), SERVICE)
     await server.start(node.address)
+    freeze_after_startup()  # as `agentmesh agent` does
     try:
         await server.serve_forever()
     finally:

@@ -103,10 +103,11 @@ def safe_attributes(attributes: Mapping[str, object] | None) -> dict[str, SafeVa
     """A copy of ``attributes`` in which no credential survives (see the module docstring)."""
     if not attributes:
         return {}
-    return {
-        str(k): REDACTED if sensitive_key(str(k)) else safe_value(v)
-        for k, v in attributes.items()
-    }
+    out: dict[str, SafeValue] = {}
+    for k, v in attributes.items():
+        key = k if type(k) is str else str(k)  # (str() of a str key is the key: skip the call)
+        out[key] = REDACTED if sensitive_key(key) else safe_value(v)
+    return out
 
 
 # ----------------------------------------------------------------------------- payloads

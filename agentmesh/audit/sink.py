@@ -50,8 +50,8 @@ class AuditSink:
         queue_size: int = 4096,
         payload_fields: Iterable[str] = (),
         namespace: str = "agentmesh",
-        max_batch: int = 512,
-        schedule_delay: float = 0.5,
+        max_batch: int = 64,
+        schedule_delay: float = 0.05,
         quiet: Collection[str] = (),
     ) -> None:
         self.service_name = service_name

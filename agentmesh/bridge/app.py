@@ -39,6 +39,7 @@ from agentmesh.bridge.middleware import EdgeMiddleware, StrictCORSMiddleware
 from agentmesh.bridge.openapi import openapi_document
 from agentmesh.bridge.routes import Catalog
 from agentmesh.config import MeshConfig
+from agentmesh.runtime.gcfreeze import freeze_after_startup
 from agentmesh.runtime.node import MeshNode
 
 __all__ = ["create_app"]
@@ -65,6 +66,7 @@ def create_app(config: MeshConfig, *, node: MeshNode | None = None) -> Starlette
         own = node if node is not None else MeshNode(config, config.bridge.name)
         if node is None:
             await own.start()
+            freeze_after_startup()  # a bridge process of its own: its start-up objects out of the collector's way
         gateway.attach(own)
         readiness.append(Readiness(config, own.identity, catalog.agents))
         try:

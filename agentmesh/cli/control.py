@@ -9,6 +9,7 @@ from agentmesh.cli.errors import check_listen
 from agentmesh.cli.usage import examples
 from agentmesh.configfile import load_config
 from agentmesh.runtime.control import start_control
+from agentmesh.runtime.gcfreeze import freeze_after_startup
 
 __all__ = ["register"]
 
@@ -26,6 +27,7 @@ async def _serve(path: str) -> None:
     if config.control.join_bind_address:
         check_listen(config.control.join_bind_address, "the control plane's join port")
     server = await start_control(config)
+    freeze_after_startup()
     sink = server.sink
     c = config.control
     joins = f"; joins on {c.join_bind_address}" if c.join_bind_address else ""

@@ -7,6 +7,7 @@ import logging
 from agentmesh.config import MeshConfig
 from agentmesh.errors import ConfigError
 from agentmesh.runtime.app import load_object, servicer_for
+from agentmesh.runtime.gcfreeze import freeze_after_startup
 from agentmesh.runtime.node import MeshNode
 
 __all__ = ["run_agent"]
@@ -29,6 +30,7 @@ async def run_agent(config: MeshConfig, name: str) -> None:
         for reg in regs:
             server.add(reg.add, servicer, reg.service)
         await server.start(spec.bind_address)
+        freeze_after_startup()
         on = spec.address if spec.bind_address == spec.address else f"{spec.bind_address} (dialled as {spec.address})"
         print(f"agent {name} ({node.spiffe_id}) serving on {on}", flush=True)
         await server.serve_forever()

@@ -157,8 +157,8 @@ def test_the_fast_jsonl_line_is_exactly_the_json_of_span_record():
 def test_the_memo_of_attribute_fragments_never_holds_a_secret():
     for span in _varied_spans():
         span_line(span)
-    memo = repr(jsonline._PAIRS) + repr(jsonline._KEYS)
-    assert "rpc.system" in memo
+    memo = repr(jsonline._PAIRS) + repr(jsonline._INT_PAIRS) + repr(jsonline._LIST_PAIRS) + repr(jsonline._KEYS)
+    assert "rpc.system" in memo and "'n', 7" in memo and "('admin', 'client')" in memo
     assert JWT.split(".")[0] not in memo and SECRET not in memo and "Bearer" not in memo
 
 
