@@ -29,7 +29,7 @@ from agentmesh.runtime.node import MeshNode
 from agentmesh.v1 import agent_pb2_grpc
 from benchmarks.echo import request
 from benchmarks.meshdir import CLIENT, apply_tweaks
-from benchmarks.openloop import FixedRateResult, fixed_rate_round, percentile
+from benchmarks.openloop import FixedRateResult, attempt, fixed_rate_round, percentile
 from benchmarks.procs import cpu_seconds
 
 __all__ = ["FixedRateResult", "GrpcTarget", "LoadGenerator", "LoadgenSpec", "RoundResult", "percentile"]
@@ -157,15 +157,7 @@ async def _round(clients: _Clients, key: str, seconds: float, concurrency: int,
             t0 = time.perf_counter_ns()
             if t0 >= stop_at:
                 return
-            try:
-                await call()
-            except grpc.aio.AioRpcError as e:
-                codes[e.code().name] += 1
-                samples.setdefault(e.code().name, e.details() or "")
-            except Exception as e:  # an error of the client chain itself counts as a failed call
-                codes[type(e).__name__] += 1
-                samples.setdefault(type(e).__name__, str(e))
-            else:
+            if await attempt(call, codes, samples):
                 latencies.append(time.perf_counter_ns() - t0)
 
     me = os.getpid()

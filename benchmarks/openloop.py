@@ -104,15 +104,7 @@ async def fixed_rate_round(call: Caller, rate: float, seconds: float, server_pid
     async def one(intended: int) -> None:
         started = time.monotonic_ns()
         lag.append(started - intended)
-        try:
-            await call()
-        except grpc.aio.AioRpcError as e:
-            codes[e.code().name] += 1
-            samples.setdefault(e.code().name, e.details() or "")
-        except Exception as e:  # an error of the client chain itself counts as a failed call
-            codes[type(e).__name__] += 1
-            samples.setdefault(type(e).__name__, str(e))
-        else:
+        if await attempt(call, codes, samples):
             done = time.monotonic_ns()
             latency.append(done - intended)
             service.append(done - started)
@@ -186,3 +178,18 @@ async def fixed_rate_round(call: Caller, rate: float, seconds: float, server_pid
         server_cpu_s={pid: cpu1[pid] - cpu0[pid] for pid in server_pids}, client_cpu_s=cpu1[me] - cpu0[me],
         pacer_cpu_s=(kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime), extra=extra,
     )
+
+
+async def attempt(call: Callable[[], Awaitable[object]], codes: Counter[str], samples: dict[str, str]) -> bool:
+    """Makes one call; False (and the failure counted by status, one sample message each) when it failed."""
+    try:
+        await call()
+    except grpc.aio.AioRpcError as e:
+        codes[e.code().name] += 1
+        samples.setdefault(e.code().name, e.details() or "")
+        return False
+    except Exception as e:  # an error of the client chain itself counts as a failed call
+        codes[type(e).__name__] += 1
+        samples.setdefault(type(e).__name__, str(e))
+        return False
+    return True

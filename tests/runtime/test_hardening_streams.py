@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -41,6 +42,17 @@ class Gate(agent_pb2_grpc.AgentServicer):
         return agent_pb2.TaskResult(task_id=request.id)
 
 
+async def gated(tmp_path: Path, **kw: Any) -> tuple[MeshServer, Gate, grpc.aio.Channel]:
+    """A MeshServer (``kw``: its options) whose Agent holds every call at a gate, and a channel to it over mTLS."""
+    ca = new_ca(tmp_path)
+    server = MeshServer(AgentIdentity(identity_dir(ca, tmp_path, "b"), TD, check_every=0), grace=0.1, **kw)
+    gate = Gate()
+    server.add(agent_pb2_grpc.add_AgentServicer_to_server, gate, "agentmesh.v1.Agent")
+    port = await server.start("127.0.0.1:0")
+    channel = raw_channel(f"127.0.0.1:{port}", "b", bundle=ca.bundle, cert_dir=identity_dir(ca, tmp_path, "a"))
+    return server, gate, channel
+
+
 async def _until(predicate, seconds: float = 5.0) -> None:  # type: ignore[no-untyped-def]
     for _ in range(int(seconds / 0.01)):
         if predicate():
@@ -51,13 +63,7 @@ async def _until(predicate, seconds: float = 5.0) -> None:  # type: ignore[no-un
 
 @pytest.mark.parametrize("cap", [4])
 async def test_streams_past_the_cap_wait_on_one_connection(tmp_path: Path, cap: int) -> None:
-    ca = new_ca(tmp_path)
-    server = MeshServer(AgentIdentity(identity_dir(ca, tmp_path, "b"), TD, check_every=0), grace=0.1,
-                        max_concurrent_streams=cap)
-    gate = Gate()
-    server.add(agent_pb2_grpc.add_AgentServicer_to_server, gate, "agentmesh.v1.Agent")
-    port = await server.start("127.0.0.1:0")
-    ch = raw_channel(f"127.0.0.1:{port}", "b", bundle=ca.bundle, cert_dir=identity_dir(ca, tmp_path, "a"))
+    server, gate, ch = await gated(tmp_path, max_concurrent_streams=cap)
     try:
         stub = agent_pb2_grpc.AgentStub(ch)
         await ch.channel_ready()
@@ -86,12 +92,7 @@ async def test_streams_past_the_cap_wait_on_one_connection(tmp_path: Path, cap: 
 
 async def test_a_burst_of_300_calls_on_one_connection_all_succeed_under_the_default_cap(tmp_path: Path) -> None:
     """With the cap at 100 (before), 153 of 300 such calls failed UNAVAILABLE (REFUSED_STREAM)."""
-    ca = new_ca(tmp_path)
-    server = MeshServer(AgentIdentity(identity_dir(ca, tmp_path, "b"), TD, check_every=0), grace=0.1)
-    gate = Gate()
-    server.add(agent_pb2_grpc.add_AgentServicer_to_server, gate, "agentmesh.v1.Agent")
-    port = await server.start("127.0.0.1:0")
-    ch = raw_channel(f"127.0.0.1:{port}", "b", bundle=ca.bundle, cert_dir=identity_dir(ca, tmp_path, "a"))
+    server, gate, ch = await gated(tmp_path)
     try:
         stub = agent_pb2_grpc.AgentStub(ch)
         calls = [stub.Invoke(task(), timeout=20) for _ in range(300)]
