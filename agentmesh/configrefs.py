@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from agentmesh.config import compile_method_globs, did_you_mean
 from agentmesh.errors import ConfigError
 from agentmesh.identity import SpiffeId
+from agentmesh.metadata import REFLECTION_METHODS
 
 if TYPE_CHECKING:
     from agentmesh.config import MeshConfig
@@ -88,9 +89,7 @@ def _methods(where: str, methods: tuple[str, ...], to: tuple[str, ...], cfg: Mes
         except ConfigError as e:
             raise ConfigError(f"agents.{name}.{e.message}") from None
     of = ", ".join(targets) if to else "any agent"
-    from agentmesh.runtime.server import REFLECTION_METHODS  # every member answers them
-
-    known.update(REFLECTION_METHODS)
+    known.update(REFLECTION_METHODS)  # every member answers them
     for m in methods:
         if "*" in m:
             rx = compile_method_globs((m,))

@@ -18,12 +18,12 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from agentmesh.cli.init import port_free
 from agentmesh.configfile import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,16 +61,6 @@ def _need(binary: str) -> None:
         pytest.skip(f"{binary} not installed: the README's commands need it")
 
 
-def _port_taken(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
-
-
 def test_readme_marks_the_blocks_in_order() -> None:
     text = README.read_text()
     blocks = marked_blocks(text)
@@ -95,7 +85,7 @@ def test_readme_runs_verbatim(tmp_path: Path) -> None:
         if CI:
             pytest.fail("no .venv in the checkout: the README's setup activates it")
         pytest.skip("no .venv in the checkout (make install makes it): the README's setup activates it")
-    taken = [p for p in PORTS if _port_taken(p)]
+    taken = [p for p in PORTS if not port_free(p)]
     if taken:  # init would pick free ports then, and the README's curl names 7302
         if CI:
             pytest.fail(f"ports {taken} are taken: the README's mesh uses {PORTS}")

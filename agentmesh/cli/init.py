@@ -22,7 +22,7 @@ from agentmesh.errors import ConfigError
 from agentmesh.identity import validate_agent_name, validate_trust_domain
 from agentmesh.pki import CertificateAuthority, write_identity
 
-__all__ = ["register", "scaffold"]
+__all__ = ["port_free", "register", "scaffold"]
 
 DEFAULT_BASE_PORT = 7300
 RESERVED = ("control", "bridge")  # the names of the control plane and the bridge in the scaffolded mesh
@@ -116,7 +116,7 @@ def _ports(base: int, count: int) -> tuple[list[int], bool]:
     if not 0 <= base <= 65536 - count:
         raise ConfigError(f"--base-port: {base} leaves no room for the mesh's {count} ports")
     wanted = list(range(base, base + count))
-    if base and all(_free(p) for p in wanted):
+    if base and all(port_free(p) for p in wanted):
         return wanted, False
     held: list[socket.socket] = []
     try:  # held open together so that no two are the same
@@ -130,7 +130,8 @@ def _ports(base: int, count: int) -> tuple[list[int], bool]:
             s.close()
 
 
-def _free(port: int) -> bool:
+def port_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:``port`` now."""
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:

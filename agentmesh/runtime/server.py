@@ -14,19 +14,10 @@ from grpc_reflection.v1alpha import reflection
 from agentmesh.errors import ConfigError, Unavailable
 from agentmesh.runtime.credentials import AgentIdentity
 
-__all__ = ["MAX_CONCURRENT_STREAMS", "REFLECTION_METHODS", "MeshServer", "hardening_options"]
+__all__ = ["MAX_CONCURRENT_STREAMS", "MeshServer", "hardening_options"]
 
 AddServicer = Callable[[Any, grpc.aio.Server], None]
 
-#: gRPC server reflection as grpcio-reflection serves it (v1alpha). Not exempt: a call to it passes the
-#: whole chain, so the default-deny policy refuses it unless a rule allows it (docs/SECURITY.md).
-REFLECTION_METHOD = f"/{reflection.SERVICE_NAME}/ServerReflectionInfo"
-#: what reflection clients (grpcurl, grpcui) ask first; not served: a caller the policy allows gets
-#: UNIMPLEMENTED and falls back to v1alpha (a refused one gets PERMISSION_DENIED and stops), so a rule
-#: for reflection allows both: ``methods: ["/grpc.reflection.*/ServerReflectionInfo"]``
-REFLECTION_V1_METHOD = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
-#: the methods every member answers beyond its own services, which policy rules may name
-REFLECTION_METHODS = (REFLECTION_METHOD, REFLECTION_V1_METHOD)
 
 
 METADATA_LIMIT = 32 * 1024

@@ -24,7 +24,7 @@ from meshkit import Mesh, running_mesh
 from support import TD, raw_channel
 
 from agentmesh.cli.main import main
-from agentmesh.runtime.server import REFLECTION_METHOD, REFLECTION_V1_METHOD
+from agentmesh.metadata import REFLECTION_METHOD, REFLECTION_V1_METHOD
 
 AGENTS = {"svc": {"roles": ["worker"]}, "ops": {"roles": ["operator"]}}
 #: the rule the README shows: v1 too, which grpcurl asks first (UNIMPLEMENTED, then it falls back)
