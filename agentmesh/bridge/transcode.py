@@ -41,6 +41,16 @@ class _DuplicateMember(ValueError):
     pass
 
 
+class _BareConstant(ValueError):
+    pass
+
+
+def _no_bare_constants(name: str) -> Any:
+    """``NaN``, ``Infinity`` and ``-Infinity`` are not JSON (RFC 8259), though Python's parser takes
+    them; the token parser refuses them too. A float field takes the proto3 strings ``"NaN"`` etc."""
+    raise _BareConstant(name)
+
+
 def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A JSON object whose member names are unique: a duplicate could be read differently by the
     agent, a proxy or a log reader (which value counts?), so it is refused, never resolved."""
@@ -64,9 +74,12 @@ def parse_json(body: bytes) -> Any:
     except UnicodeDecodeError as e:
         raise HttpError.invalid(f"request body is not valid UTF-8 (byte {e.start})") from None
     try:
-        return json.loads(text, object_pairs_hook=_unique_members)
+        return json.loads(text, object_pairs_hook=_unique_members, parse_constant=_no_bare_constants)
     except _DuplicateMember as e:
         raise HttpError.invalid(f"request body has the member {e.args[0]!r} twice") from None
+    except _BareConstant as e:
+        raise HttpError.invalid(f"request body is not valid JSON: {e.args[0]} is not a JSON value "
+                                f"(a float field takes the string \"{e.args[0]}\")") from None
     except json.JSONDecodeError as e:
         raise HttpError.invalid(f"request body is not valid JSON: {e.msg} (line {e.lineno}, column {e.colno})") \
             from None

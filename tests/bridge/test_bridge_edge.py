@@ -169,6 +169,8 @@ async def test_double_encoding_is_just_a_name(mesh: BridgeMesh) -> None:
     (b'{"payload": {"color": "PURPLE"}}', "PURPLE"),
     (b'{"payload": {"text": "\\ud800"}}', "text"),
     (b'{"payload": {"i64": ' + b"9" * 5000 + b"}}", "JSON"),
+    (b'{"payload": {"i32": NaN}}', "NaN is not a JSON value"),  # Python's parser takes them: refused
+    (b'{"payload": {"i32": -Infinity}}', "-Infinity is not a JSON value"),
     (b"[]", "JSON object"),
     (b'"x"', "JSON object"),
 ])
