@@ -22,8 +22,8 @@ if TYPE_CHECKING:  # the stubs type descriptors as the pure-Python or the upb cl
     FieldDesc: TypeAlias = FieldDescriptor | _upb.FieldDescriptor
     EnumDesc: TypeAlias = EnumDescriptor | _upb.EnumDescriptor
 
-__all__ = ["BASE64_PATTERN", "FLOAT_JSON_MAX", "INT_PATTERNS", "REF", "FieldDesc", "MessageDesc", "Schema",
-           "SchemaBuilder"]
+# (MessageDesc and FieldDesc exist for type checkers only: import them under TYPE_CHECKING)
+__all__ = ["BASE64_PATTERN", "FLOAT_JSON_MAX", "INT_PATTERNS", "REF", "Schema", "SchemaBuilder"]
 
 REF = "#/components/schemas/"
 Schema = dict[str, Any]
