@@ -52,7 +52,7 @@ fuzz: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e '.[dev,bench]'
-	$(BIN)/python -m benchmarks.run $(if $(QUICK),--quick,)
+	$(BIN)/python -m benchmarks.run $(if $(QUICK),--quick,) $(ARGS)
 
 clean:
 	rm -rf $(VENV) .mesh $(MESH_DIR) build dist .pytest_cache .mypy_cache .ruff_cache
