@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from agentmesh.errors import ConfigError
 from agentmesh.identity import SpiffeId, validate_agent_name, validate_trust_domain
@@ -73,6 +74,17 @@ def host_port(v: str, key: str) -> str:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"{key}: expected host:port, got {v!r}")
     return v
+
+
+def _otlp_target(v: str) -> bool:
+    """``host:port``, ``http://host:port`` or ``https://host:port`` (an OTLP/gRPC collector)."""
+    parts = urlsplit(v if "://" in v else f"grpc://{v}")
+    try:
+        port = parts.port
+    except ValueError:
+        return False
+    return parts.scheme in ("grpc", "http", "https") and bool(parts.hostname) and port is not None \
+        and parts.path in ("", "/") and not (parts.query or parts.fragment or parts.username)
 
 
 def _method_names(where: str, methods: tuple[str, ...]) -> None:
@@ -273,14 +285,23 @@ class RateLimitConfig:
 
 @dataclass(frozen=True, slots=True)
 class AuditConfig:
+    """``audit``. ``required`` (``audit.required: true``, or the name of an exporter, kept in
+    ``required_exporter``): calls fail closed while that exporter cannot take spans; ``true`` names
+    the jsonl exporter when it is enabled, else every enabled one (:attr:`required_exporters`)."""
+
     exporters: tuple[str, ...] = ("jsonl",)  # none | console | jsonl | otlp
     jsonl_path: Path | None = None
     otlp_endpoint: str | None = None
     required: bool = False
+    required_exporter: str | None = None  # audit.required: <exporter name>
     payload_fields: tuple[str, ...] = ()  # allow-list of request fields recorded (after redaction)
-    queue_size: int = 4096
+    queue_size: int = 4096  # spans, per exporter
     service_name: str = "agentmesh"
     trace_housekeeping: bool = False  # spans for members' trust stream and token refreshes (refusals always)
+    otlp_timeout: float = 5.0  # s one OTLP export may take (a silent collector holds the OTLP queue this long)
+    jsonl_rotate_bytes: int = 64 * 1024 * 1024  # rotate the JSONL log past this size (0: never)
+    jsonl_rotate_seconds: float = 0.0  # rotate it this long after its first record (0: never)
+    jsonl_keep: int = 0  # rotated JSONL files kept, oldest deleted first (0: all of them)
 
     def __post_init__(self) -> None:
         for exp in self.exporters:
@@ -289,6 +310,34 @@ class AuditConfig:
                                   f"{did_you_mean(exp, AUDIT_EXPORTERS) or ' (' + ', '.join(AUDIT_EXPORTERS) + ')'}")
         if "otlp" in self.exporters and not self.otlp_endpoint:
             raise ConfigError("audit.otlp_endpoint: required when the otlp exporter is enabled")
+        enabled = [e for e in self.exporters if e != "none"]
+        if self.required_exporter is not None:
+            if not self.required:
+                raise ConfigError("audit.required: an exporter is named but required is false")
+            if self.required_exporter not in enabled:
+                raise ConfigError(f"audit.required: {self.required_exporter!r} is not an enabled exporter "
+                                  f"(audit.exporters: {', '.join(self.exporters) or 'none'})"
+                                  f"{did_you_mean(self.required_exporter, enabled)}")
+        elif self.required and not enabled:
+            raise ConfigError("audit.required: true, but audit.exporters enables no exporter")
+        if not self.otlp_timeout > 0 or not math.isfinite(self.otlp_timeout):
+            raise ConfigError(f"audit.otlp_timeout: expected a duration > 0, got {self.otlp_timeout!r}")
+        for key, value in (("jsonl_rotate_bytes", self.jsonl_rotate_bytes), ("jsonl_keep", self.jsonl_keep)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"audit.{key}: expected an integer >= 0, got {value!r}")
+        if not self.jsonl_rotate_seconds >= 0 or not math.isfinite(self.jsonl_rotate_seconds):
+            raise ConfigError(f"audit.jsonl_rotate_seconds: expected a duration >= 0 (0: never), "
+                              f"got {self.jsonl_rotate_seconds!r}")
+
+    @property
+    def required_exporters(self) -> tuple[str, ...]:
+        """The exporters whose trouble makes calls fail closed: none unless ``required``."""
+        if not self.required:
+            return ()
+        if self.required_exporter is not None:
+            return (self.required_exporter,)
+        enabled = tuple(dict.fromkeys(e for e in self.exporters if e != "none"))
+        return ("jsonl",) if "jsonl" in enabled else enabled
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,13 +346,25 @@ class MetricsConfig:
 
     A member serves ``/metrics`` on ``addresses[name]``, else on ``host:port_base + i``, ``i`` its place
     in :meth:`MeshConfig.members` (control plane, agents in file order, bridge). Port 0: any free port.
+    With ``otlp_endpoint`` (an OTLP/gRPC collector: ``host:port``, ``http://`` plaintext or ``https://``),
+    each member also pushes the same series there every ``otlp_interval`` seconds.
     """
 
     addresses: Mapping[str, str] = field(default_factory=dict)  # member name -> host:port
     host: str = "127.0.0.1"
     port_base: int | None = None
+    otlp_endpoint: str | None = None
+    otlp_interval: float = 15.0  # seconds between pushes
 
     def __post_init__(self) -> None:
+        if self.otlp_endpoint is not None and not (isinstance(self.otlp_endpoint, str)
+                                                   and _otlp_target(self.otlp_endpoint)):
+            raise ConfigError(f"metrics.otlp_endpoint: expected host:port, http://host:port (plaintext) or "
+                              f"https://host:port, got {self.otlp_endpoint!r}")
+        interval = self.otlp_interval
+        if isinstance(interval, bool) or not isinstance(interval, int | float) or not math.isfinite(interval) \
+                or not 0.01 <= interval <= 86400:
+            raise ConfigError(f"metrics.otlp_interval: expected seconds from 0.01 to 86400, got {interval!r}")
         for name, address in self.addresses.items():
             _agent_names("metrics.addresses", (name,))
             host_port(address, f"metrics.addresses.{name}")

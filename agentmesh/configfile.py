@@ -237,12 +237,14 @@ def _rate_rule(i: int, s: _Section) -> RateRule:
 
 
 def _metrics(s: _Section) -> MetricsConfig:
-    """``metrics``: ``addresses`` (member -> host:port), ``host`` and ``port_base``."""
+    """``metrics``: ``addresses`` (member -> host:port), ``host``, ``port_base``, ``otlp_endpoint`` and
+    ``otlp_interval``."""
     addresses = s.section("addresses")
     by_member = {str(name): addresses.text(str(name), required=True) for name in list(addresses.raw)}
     addresses.done()
     cfg = MetricsConfig(addresses=by_member, host=s.text("host", "127.0.0.1"),
-                        port_base=s.integer("port_base", 0, minimum=1, maximum=65535) if s.has("port_base") else None)
+                        port_base=s.integer("port_base", 0, minimum=1, maximum=65535) if s.has("port_base") else None,
+                        otlp_endpoint=s.text("otlp_endpoint"), otlp_interval=s.duration("otlp_interval", 15.0))
     s.done()
     return cfg
 
@@ -310,15 +312,24 @@ def parse_config(raw: object, base: Path, source: Path | None = None) -> MeshCon
     rl.done()
 
     a = top.section("audit")
+    required = a.get("required", False)  # false | true | the name of an exporter
+    if not isinstance(required, bool | str) or required == "":
+        raise ConfigError(f"audit.required: expected true, false or an exporter's name, got {required!r}")
+    never_rotate = type(a.get("jsonl_rotate_bytes")) is int and a.get("jsonl_rotate_bytes") == 0
     audit = AuditConfig(
         exporters=a.strs("exporters", ("jsonl",)),
         jsonl_path=a.path_("jsonl_path", base, ca_dir.parent / "audit.jsonl"),
         otlp_endpoint=a.text("otlp_endpoint"),
-        required=a.flag("required", False),
+        required=required is not False,
+        required_exporter=required if isinstance(required, str) else None,
         payload_fields=a.strs("payload_fields"),
         queue_size=a.integer("queue_size", 4096, minimum=1),
         service_name=a.text("service_name", "agentmesh"),
         trace_housekeeping=a.flag("trace_housekeeping", False),
+        otlp_timeout=a.duration("otlp_timeout", 5.0),
+        jsonl_rotate_bytes=0 if never_rotate else a.size("jsonl_rotate_bytes", 64 * 1024 * 1024),
+        jsonl_rotate_seconds=a.duration("jsonl_rotate_seconds", 0.0),
+        jsonl_keep=a.integer("jsonl_keep", 0),
     )
     a.done()
 

@@ -7,7 +7,8 @@ continuation returning an already finished call. What is left is agentmesh's own
 deterministic, so a change to the chain shows here first, free of the load test's noise.
 
 Each chain is timed twice: the caller's time per call, and the process CPU per call including
-the audit exporter thread (spans flushed at the end), which is what a server pays.
+the audit exporter thread (spans flushed at the end), which is what a server pays. The cost of
+recording the metrics is measured on the same chains (``metricscost.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from agentmesh.tokens import KeySet, TokenAuthority
 from agentmesh.v1 import agent_pb2
 from benchmarks.echo import METHOD, Echo, request
 from benchmarks.meshdir import AGENT, CLIENT, BenchMesh, trust_snapshot
+from benchmarks.metricscost import measure_metrics_cost
 
 __all__ = ["run_chain_micro"]
 
@@ -58,6 +60,9 @@ class _Context:
 
     def time_remaining(self) -> float:
         return 30.0
+
+    def peer(self) -> str:
+        return "ipv4:127.0.0.1:51234"  # one client connection
 
     def code(self) -> None:
         return None
@@ -116,7 +121,7 @@ async def _time(call: Callable[[], Awaitable[object]], seconds: float,
     return statistics.median(walls), (time.process_time() - cpu0) / total * 1e6
 
 
-async def _measure(mesh: BenchMesh, seconds: float) -> dict[str, float]:
+async def _measure(mesh: BenchMesh, seconds: float) -> dict[str, Any]:
     config = mesh.config
     authority = TokenAuthority.load(config.ca_dir, issuer=config.tokens.issuer)
     server = MeshNode(config, AGENT)
@@ -168,6 +173,8 @@ async def _measure(mesh: BenchMesh, seconds: float) -> dict[str, float]:
         bare_wall, bare_cpu = await _time(bare, seconds, lambda: None)
         srv_wall, srv_cpu = await _time(served, seconds, lambda: server.sink.force_flush(10))
         cli_wall, cli_cpu = await _time(called, seconds, lambda: client.sink.force_flush(10))
+        n = max(50, min(2000, int(seconds * 1e6 / 10 / max(srv_wall, 1.0))))
+        metrics_cost = await measure_metrics_cost(served, called, server.sink, client.sink, n)
         parent.end()
         return {
             "handler_alone_us": bare_wall,
@@ -175,11 +182,12 @@ async def _measure(mesh: BenchMesh, seconds: float) -> dict[str, float]:
             "server_chain_cpu_us_incl_export": srv_cpu - bare_cpu,
             "client_chain_us": cli_wall,
             "client_chain_cpu_us_incl_export": cli_cpu,
+            "metrics_cost": metrics_cost,
         }
     finally:
         await server.close()
         await client.close()
 
 
-def run_chain_micro(mesh: BenchMesh, seconds: float) -> dict[str, float]:
+def run_chain_micro(mesh: BenchMesh, seconds: float) -> dict[str, Any]:
     return asyncio.run(_measure(mesh, seconds))

@@ -264,7 +264,8 @@ def _span_summary(r: dict[str, Any]) -> dict[str, Any]:
     d = (denied[0].get("attributes") or {}) if denied else {}
     return {
         "decision": attrs.get("agentmesh.decision"),
-        "grpc_status": attrs.get("rpc.grpc.status_code"),
+        # the status name (this tree), or its number (a tree of before the OpenTelemetry conventions v1.44)
+        "grpc_status": attrs.get("rpc.response.status_code", attrs.get("rpc.grpc.status_code")),
         "principal": attrs.get("enduser.id"),
         "chain": attrs.get("agentmesh.delegation.chain"),
         "peer": attrs.get("agentmesh.peer.spiffe_id"),

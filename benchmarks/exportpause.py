@@ -161,12 +161,17 @@ class TimedExporter:
 def _span_attributes() -> tuple[dict[str, Any], dict[str, Any]]:
     """The start and end attributes of a server span, as interceptors/audit.py sets them (the
     transaction id and the remaining rate-limit budget change from call to call: see ``on_request``)."""
+    import grpc
+
     from agentmesh.audit import attributes as A
     from agentmesh.audit import rpc_attributes
+    from agentmesh.audit.spans import STATUS_ATTRIBUTES
 
     start = {**rpc_attributes(METHOD), A.AGENT: "summarizer"}
     end = {
-        A.RPC_GRPC_STATUS_CODE: 0,
+        **STATUS_ATTRIBUTES[grpc.StatusCode.OK],
+        A.NETWORK_PEER_ADDRESS: "127.0.0.1",
+        A.NETWORK_PEER_PORT: 51234,
         A.PEER_SPIFFE_ID: "spiffe://example.org/agent/ingestor",
         A.ENDUSER_ID: "spiffe://example.org/agent/ingestor",
         A.ROLES: ["ingestor"],

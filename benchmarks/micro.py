@@ -1,5 +1,5 @@
 """In-process micro-benchmarks: the cost of each server-chain stage, of the whole server and client
-chains (``chainbench.py``), and CA issuance throughput.
+chains (``chainbench.py``) and of recording their metrics (``metricscost.py``), and CA issuance throughput.
 
 Each stage is timed with ``time.perf_counter_ns`` over batches sized to the time budget; the
 median of five batches is reported, in microseconds per operation. The objects are built the way
@@ -15,10 +15,12 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+import grpc
 from opentelemetry.trace import SpanKind
 
 from agentmesh.audit import attributes as A
 from agentmesh.audit import build_audit, rpc_attributes
+from agentmesh.audit.spans import STATUS_ATTRIBUTES, rpc_span_name
 from agentmesh.guard import PayloadGuard
 from agentmesh.identity import peer_identity_from_pem
 from agentmesh.interceptors.identity import PeerIdentityCache
@@ -85,12 +87,15 @@ def _span_costs(mesh: BenchMesh, workdir: Path, seconds: float) -> tuple[float, 
     sink = build_audit(cfg, service_name=AGENT)
     tracer = sink.tracer
     start_attrs = {**rpc_attributes(METHOD), A.AGENT: AGENT}
-    end_attrs: dict[str, Any] = {A.RPC_GRPC_STATUS_CODE: 0, A.PEER_SPIFFE_ID: f"spiffe://{TRUST_DOMAIN}/agent/{CLIENT}",
-                 A.ENDUSER_ID: f"spiffe://{TRUST_DOMAIN}/agent/{CLIENT}", A.ROLES: ["loadgen"],
-                 A.DECISION: "allow", A.RULE: "loadgen-to-echo", A.RATELIMIT_REMAINING: 999_999}
+    end_attrs: dict[str, Any] = {  # as interceptors/audit.py sets them when a call ends
+        **STATUS_ATTRIBUTES[grpc.StatusCode.OK], A.NETWORK_PEER_ADDRESS: "127.0.0.1", A.NETWORK_PEER_PORT: 51234,
+        A.PEER_SPIFFE_ID: f"spiffe://{TRUST_DOMAIN}/agent/{CLIENT}", A.ENDUSER_ID: f"spiffe://{TRUST_DOMAIN}/agent/{CLIENT}",
+        A.ROLES: ["loadgen"], A.DECISION: "allow", A.RULE: "loadgen-to-echo", A.RATELIMIT_REMAINING: 999_999}
+
+    name = rpc_span_name(METHOD)
 
     def span() -> None:
-        s = tracer.start_span(METHOD, kind=SpanKind.SERVER, attributes=start_attrs)
+        s = tracer.start_span(name, kind=SpanKind.SERVER, attributes=start_attrs)
         s.set_attributes(end_attrs)
         s.end()
 
@@ -164,6 +169,7 @@ def run_micro(mesh: BenchMesh, workdir: Path, seconds: float, ca_seconds: float)
     chains = run_chain_micro(mesh, max(seconds, 0.1))  # batches large enough to amortise the flushes
     return {
         "chains_in_process": chains,
+        "metrics_cost": chains.pop("metrics_cost"),
         "stages_us": stages,
         "stage_descriptions": STAGES,
         "steady_state_sum_us": sum(stages[k] for k in STEADY_STATE),

@@ -56,7 +56,7 @@ AREAS = (  # (area, substring of the file path), first match wins
 )
 #: (function name on the stack, component); the first rule with a match names a sample's component
 COMPONENTS = (
-    ("QueueSpanProcessor._run", "audit export thread (span_record, redaction, json, write)"),
+    ("ExportQueue._run", "audit export threads (span_record, redaction, json, write; one per exporter)"),
     ("AuditMetrics._run", "audit metrics thread (OTel counter + histogram per call)"),
     ("AuditStage.start", "server: AuditStage.start (traceparent, span, current context)"),
     ("AuditStage.finish", "server: AuditStage.finish (set_attributes, span.end, metrics)"),

@@ -259,6 +259,15 @@ def print_report(doc: Mapping[str, Any]) -> None:
             print(f"  {'whole client chain in-process, caller thread':<64} {chains['client_chain_us']:8.2f}")
             print(f"  {'whole client chain in-process, CPU incl. export thread':<64} "
                   f"{chains['client_chain_cpu_us_incl_export']:8.2f}")
+        cost = micro.get("metrics_cost")
+        if cost:
+            print(f"  {'metrics: AuditMetrics.record_server, per call served':<64} {cost['record_server_us']:8.2f}")
+            print(f"  {'metrics: AuditMetrics.record_client, per call made':<64} {cost['record_client_us']:8.2f}")
+            for side in ("server", "client"):
+                c = cost[f"{side}_chain"]
+                what = f"whole {side} chain with metrics ({cost['rounds']} interleaved rounds)"
+                print(f"  {what:<64} {c['with_us']:8.2f}; without {c['without_us']:.2f}: "
+                      f"{c['added_us']:+.2f} us, x{c['ratio']:.3f}")
         print(f"  CA: {micro['ca_certs_per_s']:.0f} leaf certificates/s (record=True)")
     rot = doc.get("rotation")
     if rot:

@@ -114,3 +114,18 @@ def new_ca(root: Path, td: str = TD) -> CertificateAuthority:
 
 
 __all__ = ["TD", "EchoAgent", "IssuedCert", "custom_leaf", "identity_dir", "new_ca", "raw_channel", "task", "utc"]
+
+
+#: a document for the example workflow (ingestor -> summarizer -> validator): three sections it summarizes
+DOCUMENT = """# Agent meshes
+Agent meshes carry calls between autonomous agents. Every agent holds a certificate from the mesh CA.
+Mutual TLS proves the identity of both agents on every call.
+
+# Tokens and policy
+Each agent receives a short-lived token bound to its certificate. A stolen token is useless to another agent.
+Policy rules decide which agent may call which method, and everything else is denied.
+
+# Operations
+Rate limits protect agents from bursts of calls. Audit spans record every decision in one trace.
+Operators read the audit trail to see who called whom and why the call was allowed.
+"""

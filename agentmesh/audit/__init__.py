@@ -7,10 +7,16 @@
     propagation.py  W3C traceparent in gRPC metadata (inject / extract)
     fastspan.py     FastTracer / FastSpan: the OpenTelemetry tracing API over plain records
     spans.py        helpers that record denials and guard hits on a span
-    processor.py    the non-blocking queue + worker thread
+    processor.py    hands each ended span to every exporter's queue (never blocks the call)
+    exportqueue.py  one bounded queue + worker thread per exporter, exporting in slices
+    failurelog.py   when an exporter's failures are logged: once, then a summary per interval
     exporters.py    console, JSONL (schema in its docstring)
+    jsonlfile.py    the JSONL file: whole-line appends, rotation by size and age across processes
     otlp.py         OTLP: SDK spans built and redacted in the export thread
-    metrics.py      call counters and a latency histogram
+    metrics.py      per-edge call counters and latency histograms (plain arithmetic per call)
+    prom.py         the Prometheus endpoint of a member (its own registry)
+    promview.py     reading members' endpoints back (agentmesh top / graph)
+    otlpmetrics.py  the same metrics pushed over OTLP (metrics.otlp_endpoint)
     sink.py         AuditSink / build_audit: all of the above for one agent
     tree.py         reading a JSONL audit log back as trace trees (``agentmesh audit show``)
 """

@@ -3,21 +3,23 @@
 One JSONL line per span (the input of ``agentmesh audit show``; a stable schema)::
 
     {"trace_id": "<32 hex>", "span_id": "<16 hex>", "parent_span_id": "<16 hex>" | null,
-     "name": "/agentmesh.v1.Agent/Invoke", "kind": "server" | "client" | "internal",
+     "name": "agentmesh.v1.Agent/Invoke", "kind": "server" | "client" | "internal",
      "start": <epoch seconds, float>, "end": <epoch seconds, float>, "duration_ms": <float>,
      "service": "<service.name: the agent>", "status": "OK" | "ERROR",
      "attributes": {...}, "events": [{"name": "...", "time": <epoch seconds>, "attributes": {...}}]}
 
-Attributes and event attributes pass through :func:`agentmesh.audit.redact.safe_attributes`. The
-exporters read the ended spans of fastspan.py directly, in the queue's export thread.
-The file is opened ``O_APPEND`` (created ``0600``, or tightened to it) and every batch of whole lines is written with
-one ``os.write``, so several processes can append to the same log without interleaving lines.
+Attributes and event attributes pass through :func:`agentmesh.audit.redact.safe_attributes`. Each
+exporter reads the ended spans of fastspan.py directly, in the export thread of its own queue
+(processor.py), and has a ``name`` (``console``, ``jsonl``, ``otlp``: the label of its counts and the
+name ``audit.required`` may give) and a ``where`` (what it writes to, as logs may show it).
+The JSONL file is written by jsonlfile.py: ``O_APPEND``, ``0600``, one ``os.write`` per batch of whole
+lines (several processes can append to one log without interleaving lines), and rotation by size and
+age (``audit.jsonl_rotate_bytes``, ``audit.jsonl_rotate_seconds``, ``audit.jsonl_keep``) that never
+splits or loses a line.
 """
 
 from __future__ import annotations
 
-import os
-import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +29,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.trace import StatusCode
 
 from agentmesh.audit.fastspan import FastSpan
+from agentmesh.audit.jsonlfile import RotatingFile
 from agentmesh.audit.jsonline import KINDS, span_line
 from agentmesh.audit.otlp import RedactingExporter, otlp_exporter
 from agentmesh.audit.processor import SpanRecordExporter
@@ -74,36 +77,32 @@ def _lines(spans: Sequence[FastSpan]) -> str:
 
 
 class JsonlExporter:
-    """Appends one JSON line per span to ``path`` (see the module docstring)."""
+    """Appends one JSON line per span to ``path`` (see the module docstring); ``rotate_bytes`` and
+    ``rotate_seconds`` (0: never) and ``keep`` (rotated files kept; 0: all) as in jsonlfile.py."""
 
-    def __init__(self, path: Path) -> None:
+    name = "jsonl"
+
+    def __init__(self, path: Path, *, rotate_bytes: int = 0, rotate_seconds: float = 0.0, keep: int = 0) -> None:
         self.path = path
+        self.where = str(path)
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._file: RotatingFile | None = RotatingFile(
+                path, rotate_bytes=rotate_bytes, rotate_seconds=rotate_seconds, keep=keep)
         except OSError as e:
             raise ConfigError(f"audit.jsonl_path: cannot open {path} for appending ({e.strerror})") from None
-        try:
-            if stat.S_ISREG(os.fstat(fd).st_mode):  # (not a device such as /dev/stdout)
-                os.fchmod(fd, 0o600)  # also tightens a log that existed with wider permissions
-        except OSError as e:
-            os.close(fd)
-            raise ConfigError(f"audit.jsonl_path: cannot make {path} private (mode 0600: {e.strerror})") from None
-        self._fd: int | None = fd
 
     def export(self, spans: Sequence[FastSpan]) -> SpanExportResult:
-        fd = self._fd
-        if fd is None:
+        file = self._file
+        if file is None:
             return SpanExportResult.FAILURE
-        data = _lines(spans).encode("utf-8", "replace")  # one write per batch of whole lines
-        while data:  # a short write (disk full...) is finished, not lost
-            data = data[os.write(fd, data):]
+        file.write(_lines(spans).encode("utf-8", "replace"))  # one write per batch of whole lines
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
+        file, self._file = self._file, None
+        if file is not None:
+            file.close()
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         return True  # os.write leaves nothing buffered in this process
@@ -111,6 +110,9 @@ class JsonlExporter:
 
 class ConsoleExporter:
     """One compact JSON line per span on ``stream`` (default: the current ``sys.stderr``)."""
+
+    name = "console"
+    where = "stderr"
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self._stream = stream
@@ -125,8 +127,9 @@ class ConsoleExporter:
         pass
 
 
-def make_exporters(cfg: AuditConfig, *, otlp_timeout: float = 5.0) -> list[SpanRecordExporter]:
-    """The exporters named by ``cfg.exporters`` ("none" adds nothing)."""
+def make_exporters(cfg: AuditConfig, *, otlp_timeout: float | None = None) -> list[SpanRecordExporter]:
+    """The exporters named by ``cfg.exporters`` ("none" adds nothing); ``otlp_timeout`` (seconds) overrides
+    ``cfg.otlp_timeout``."""
     out: list[SpanRecordExporter] = []
     for name in dict.fromkeys(cfg.exporters):
         if name == "console":
@@ -134,10 +137,10 @@ def make_exporters(cfg: AuditConfig, *, otlp_timeout: float = 5.0) -> list[SpanR
         elif name == "jsonl":
             if cfg.jsonl_path is None:
                 raise ConfigError("audit.jsonl_path: required when the jsonl exporter is enabled")
-            out.append(JsonlExporter(cfg.jsonl_path))
+            out.append(JsonlExporter(cfg.jsonl_path, rotate_bytes=cfg.jsonl_rotate_bytes,
+                                     rotate_seconds=cfg.jsonl_rotate_seconds, keep=cfg.jsonl_keep))
         elif name == "otlp":
-            out.append(otlp_exporter(cfg, otlp_timeout))
+            out.append(otlp_exporter(cfg, cfg.otlp_timeout if otlp_timeout is None else otlp_timeout))
         elif name != "none":
             raise ConfigError(f"audit.exporters: unknown exporter {name!r} (none, console, jsonl, otlp)")
     return out
-

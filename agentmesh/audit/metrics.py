@@ -74,7 +74,7 @@ GAUGES = {
     REVOCATION_AGE: "Seconds since the trust data the member checks revocations with was signed.",
 }
 
-_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+_CODE_NAMES = frozenset(code.name for code in grpc.StatusCode)
 _CHECK = re.compile(r"[a-z][a-z0-9-]{0,31}")  # a DelegationError.check: a short name chosen in code
 #: (words in a refusal's reason, the reason label): the first that matches names it
 _REASONS = (
@@ -261,11 +261,10 @@ class AuditMetrics:
     # ------------------------------------------------------------------ client side
     def record_client(self, span: FastSpan) -> None:
         """A client span that just ended (kind CLIENT): the call this member made to
-        ``agentmesh.target``, its status (``rpc.grpc.status_code``; none: it never started) and its
+        ``agentmesh.target``, its status (``rpc.response.status_code``; none: it never started) and its
         duration."""
         attrs = span.attributes
-        status = attrs.get(A.RPC_GRPC_STATUS_CODE)
-        key = (attrs.get(A.TARGET), attrs.get(A.RPC_SERVICE), attrs.get(A.RPC_METHOD), status)
+        key = (attrs.get(A.TARGET), attrs.get(A.RPC_METHOD), attrs.get(A.RPC_RESPONSE_STATUS_CODE))
         series = self._client_keys.get(key)
         if series is None:
             series = self._client_series(key)
@@ -274,9 +273,9 @@ class AuditMetrics:
     def _client_series(self, key: tuple[Any, ...]) -> Series:
         if len(self._client_keys) >= 4 * self.max_series:
             self._client_keys.clear()
-        target, service, method, status = key
-        found = _BY_VALUE.get(status) if isinstance(status, int) else None
-        code = found.name if found is not None else "NOT_STARTED"  # ended before it was sent
+        target, full_method, status = key  # rpc.method: "pkg.Service/Method"
+        service, _, method = full_method.rpartition("/") if isinstance(full_method, str) else ("", "", "")
+        code = status if status in _CODE_NAMES else "NOT_STARTED"  # none: ended before it was sent
         labels: ClientLabels = (str(target or UNKNOWN), str(service or UNKNOWN), str(method or UNKNOWN), code)
         series = self.client.get(labels)
         if series is None:

@@ -23,11 +23,16 @@ from prometheus_client.registry import Collector
 from agentmesh.audit.metrics import BUCKETS, GAUGES, AuditMetrics, Series
 from agentmesh.errors import ConfigError
 
-__all__ = ["METRICS_ADDRESS_ENV", "MemberCollector", "MetricsEndpoint", "member_registry", "metrics_address"]
+__all__ = [
+    "METRICS_ADDRESS_ENV", "METRICS_FD_ENV", "MemberCollector", "MetricsEndpoint", "member_registry", "metrics_address",
+]
 
 #: the address this process's member serves its metrics on, over the config (set by ``agentmesh up``,
 #: which runs one member per process)
 METRICS_ADDRESS_ENV = "AGENTMESH_METRICS_ADDRESS"
+#: with it, the descriptor of a socket already listening there: ``up`` binds it and holds it across the
+#: member's restarts, so a restarted member is back on the same address and no other process takes it meanwhile
+METRICS_FD_ENV = "AGENTMESH_METRICS_FD"
 
 SERVER_LABELS = ("source", "principal_class", "grpc_service", "grpc_method", "grpc_code", "decision")
 _LE = (*(str(float(b)) for b in BUCKETS), "+Inf")  # as prometheus_client writes them
@@ -116,10 +121,21 @@ class MemberCollector(Collector):
                 gauge.add_metric([me], value)
                 yield gauge
         if self.stats is not None:
-            stats = {k: v for k, v in self.stats().items() if isinstance(v, int)}
-            yield _counter("agentmesh_audit_spans", "Audit spans by outcome (exported, dropped: the queue was "
-                           "full, export_failures: an exporter refused them).",
-                           ["member", "outcome"], {(me, k): v for k, v in stats.items()})
+            yield _audit_spans(me, self.stats())
+
+
+def _audit_spans(member: str, stats: Mapping[str, Any]) -> CounterMetricFamily:
+    """``agentmesh_audit_spans_total`` from an audit sink's stats: by exporter when they have ``exporters``
+    (``{name: {outcome: n}}``: :attr:`agentmesh.audit.sink.AuditSink.stats`), else by outcome only."""
+    doc = ("Audit spans by exporter and outcome (exported; dropped: its queue was full; export_failures: "
+           "it refused them).")
+    by_exporter = stats.get("exporters")
+    if isinstance(by_exporter, Mapping):
+        return _counter("agentmesh_audit_spans", doc, ["member", "exporter", "outcome"], {
+            (member, name, k): v for name, counts in by_exporter.items() for k, v in counts.items()
+            if isinstance(v, int)})
+    return _counter("agentmesh_audit_spans", doc, ["member", "outcome"],
+                    {(member, k): v for k, v in stats.items() if isinstance(v, int)})
 
 
 def _counter(name: str, doc: str, labels: list[str], values: Mapping[tuple[str, ...], int]) -> CounterMetricFamily:
@@ -145,6 +161,17 @@ def metrics_address(config: Any, name: str) -> str | None:
     return address
 
 
+def _inherited(address: str) -> socket.socket | None:
+    """The listening socket :data:`METRICS_FD_ENV` hands this process for ``address`` (taken once)."""
+    fd = os.environ.get(METRICS_FD_ENV)
+    if not fd or address != os.environ.get(METRICS_ADDRESS_ENV):
+        return None
+    del os.environ[METRICS_FD_ENV]
+    sock = socket.socket(fileno=int(fd))
+    sock.set_inheritable(False)
+    return sock
+
+
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True  # a scrape in progress never holds up the process's exit
 
@@ -166,7 +193,13 @@ class MetricsEndpoint:
         host = host.strip("[]")
         server = _Server6 if ":" in host else _Server
         try:
-            self._httpd = server((host, int(port)), MetricsHandler.factory(registry))
+            inherited = _inherited(address)
+            self._httpd = server((host, int(port)), MetricsHandler.factory(registry),
+                                 bind_and_activate=inherited is None)
+            if inherited is not None:  # already bound and listening
+                self._httpd.socket.close()
+                self._httpd.socket = inherited
+                self._httpd.server_address = inherited.getsockname()
         except (OSError, ValueError) as e:
             raise ConfigError(f"metrics: cannot listen on {address}: {getattr(e, 'strerror', None) or e}") from None
         bound = self._httpd.server_address[1]

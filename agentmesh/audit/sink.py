@@ -8,12 +8,17 @@ sampled flag off cannot switch auditing off.
 Each span that ends passes :meth:`AuditSink._on_end`: a client span is counted in the member's
 metrics; a span of a ``quiet`` method (the control plane's housekeeping, unless
 ``audit.trace_housekeeping``) that ended OK or cancelled by its client is not exported, while one
-refused or failed is.
+refused or failed is. The others go to every exporter's own queue (processor.py).
+
+:meth:`AuditSink.available` says whether the *required* exporters (``audit.required``:
+:attr:`agentmesh.config.AuditConfig.required_exporters`) can take spans: a dead OTLP collector does not
+refuse calls when the JSONL log is the one required.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Sequence
+from typing import Any
 
 from google.protobuf.message import Message
 from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_NAMESPACE, Resource
@@ -31,7 +36,7 @@ __all__ = ["AuditSink", "build_audit"]
 
 #: the statuses of a quiet method's span that leave no audit record: OK, and CANCELLED (its client
 #: ended it: a member renewing onto a new channel, or stopping)
-_QUIET_CODES = frozenset({0, 1})
+_QUIET_CODES = frozenset({"OK", "CANCELLED"})
 
 
 class AuditSink:
@@ -39,7 +44,9 @@ class AuditSink:
 
     ``exporters`` may be empty ("none"): spans are still created (for trace propagation) but
     never queued. ``quiet``: methods (``/pkg.Service/Method``) whose spans are exported only when
-    refused or failed.
+    refused or failed. ``required``: the names of the exporters :meth:`available` checks (None: all).
+    ``processor`` keyword arguments (``slice_budget``, ``clock``, ``log_interval``...) go to the
+    :class:`QueueSpanProcessor`.
     """
 
     def __init__(
@@ -53,6 +60,8 @@ class AuditSink:
         max_batch: int = 64,
         schedule_delay: float = 0.05,
         quiet: Collection[str] = (),
+        required: Collection[str] | None = None,
+        **processor: Any,
     ) -> None:
         self.service_name = service_name
         self.payload_fields = tuple(payload_fields)
@@ -65,7 +74,11 @@ class AuditSink:
                 max_batch=max_batch,
                 schedule_delay=schedule_delay,
                 name=f"audit-{service_name}",
+                **processor,
             )
+            if unknown := set(required or ()) - set(self._processor.queues):
+                raise ValueError(f"required exporters {sorted(unknown)} not among {sorted(self._processor.queues)}")
+        self.required = None if required is None else tuple(required)
         self._export = self._processor.on_end if self._processor is not None else None
         self._quiet = frozenset(m.lstrip("/") for m in quiet)  # (span names may drop the leading "/")
         self.tracer = FastTracer(service_name, resource, self._on_end)
@@ -75,21 +88,22 @@ class AuditSink:
         if span.kind is SpanKind.CLIENT:
             self.metrics.record_client(span)
         elif self._quiet and span.name.lstrip("/") in self._quiet \
-                and span.attributes.get(A.RPC_GRPC_STATUS_CODE) in _QUIET_CODES:
+                and span.attributes.get(A.RPC_RESPONSE_STATUS_CODE) in _QUIET_CODES:
             return
         if self._export is not None:
             self._export(span)
 
     @property
-    def stats(self) -> dict[str, int]:
-        """``dropped``, ``export_failures`` and ``exported``, all counted in spans."""
+    def stats(self) -> dict[str, Any]:
+        """``dropped``, ``export_failures`` and ``exported``, counted in spans and summed over the
+        exporters (a span two exporters took counts twice), and ``exporters``: the same per exporter name."""
         if self._processor is None:
-            return {"dropped": 0, "export_failures": 0, "exported": 0}
-        return self._processor.stats
+            return {"dropped": 0, "export_failures": 0, "exported": 0, "exporters": {}}
+        return {**self._processor.stats, "exporters": self._processor.stats_by_exporter}
 
     def available(self) -> bool:
-        """False while the queue is full or since the last export failed (``audit.required``)."""
-        return self._processor is None or self._processor.healthy()
+        """False while a required exporter's queue is full or since its last export failed (``audit.required``)."""
+        return self._processor is None or self._processor.healthy(self.required)
 
     def payload_attributes(self, message: Message) -> dict[str, SafeValue]:
         """The allow-listed (``audit.payload_fields``), redacted fields of a request."""
@@ -97,11 +111,12 @@ class AuditSink:
             return {}
         return payload_attributes(message, self.payload_fields)
 
-    def force_flush(self, timeout: float = 5.0) -> bool:
-        """Waits up to ``timeout`` seconds until every span ended so far was exported (or failed)."""
+    def force_flush(self, timeout: float = 5.0, exporters: Collection[str] | None = None) -> bool:
+        """Waits up to ``timeout`` seconds until every span ended so far was exported (or failed) by
+        ``exporters`` (names; None: all of them)."""
         if self._processor is None:
             return True
-        return self._processor.force_flush(int(timeout * 1000))
+        return self._processor.force_flush(int(timeout * 1000), exporters)
 
     def shutdown(self, timeout: float = 5.0) -> bool:
         """Exports what is queued, then closes the exporters; False if that took over ``timeout``."""
@@ -124,4 +139,5 @@ def build_audit(cfg: AuditConfig, *, service_name: str, housekeeping: Collection
         payload_fields=cfg.payload_fields,
         namespace=cfg.service_name,
         quiet=() if cfg.trace_housekeeping else housekeeping,
+        required=cfg.required_exporters,
     )

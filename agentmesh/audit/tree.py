@@ -4,12 +4,17 @@ A client span whose only child is a server span is folded into one hop, so a tra
 ``caller -> callee`` lines::
 
     trace 4bf92f3577b34da6a3ce929d0e0e4736  (5 spans)
-    └─ bridge -> ingestor  /agentmesh.v1.Agent/Invoke  allow (client-starts-workflow)  OK  12.3 ms
-       └─ ingestor -> summarizer  /agentmesh.v1.Agent/Invoke  allow (ingestor-to-summarizer)  OK  8.1 ms
+    └─ bridge -> ingestor  agentmesh.v1.Agent/Invoke  allow (client-starts-workflow)  OK  12.3 ms
+       └─ ingestor -> summarizer  agentmesh.v1.Agent/Invoke  allow (ingestor-to-summarizer)  OK  8.1 ms
 
 The caller of a server span is its ``agentmesh.peer.spiffe_id`` (shown as the agent name when it
 is an agent ID), the callee its ``agentmesh.agent``; for a folded hop the duration is the client's
 (what the caller waited). Denials and guard hits follow the status, e.g. ``denied[policy]: ...``.
+
+Both shapes of record are read: those of the OpenTelemetry conventions v1.44 (``rpc.method``
+"pkg.Service/Method", ``rpc.response.status_code`` "PERMISSION_DENIED", span names without a leading
+"/") and those written before (span names "/pkg.Service/Method", ``rpc.service`` with a short
+``rpc.method``, ``rpc.grpc.status_code`` 7); a method is shown as "pkg.Service/Method" either way.
 """
 
 from __future__ import annotations
@@ -26,9 +31,11 @@ import grpc
 from agentmesh.audit import attributes as A
 from agentmesh.errors import ConfigError
 
-__all__ = ["SpanRecord", "Trace", "build_traces", "parse_record", "render_trace", "summarize"]
+__all__ = ["SpanRecord", "Trace", "build_traces", "method_of", "parse_record", "render_trace", "status_of",
+           "summarize"]
 
 _CODE_NAMES: dict[int, str] = {c.value[0]: c.name for c in grpc.StatusCode}
+_NAMES = frozenset(_CODE_NAMES.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,8 +149,8 @@ def _line(span: SpanRecord) -> str:
         return _hop(span)
     if span.kind == "client":
         who = f"{span.attributes.get(A.AGENT) or span.service} -> {span.attributes.get(A.TARGET) or '?'}"
-        return _join(who, span.name, _status(span), _ms(span.duration_ms), _notes(span))
-    return _join(span.service, span.name, _status(span), _ms(span.duration_ms), _notes(span))
+        return _join(who, method_of(span), _status(span), _ms(span.duration_ms), _notes(span))
+    return _join(span.service, method_of(span), _status(span), _ms(span.duration_ms), _notes(span))
 
 
 def _hop(server: SpanRecord, client: SpanRecord | None = None) -> str:
@@ -151,7 +158,8 @@ def _hop(server: SpanRecord, client: SpanRecord | None = None) -> str:
     callee = server.attributes.get(A.AGENT) or server.service
     duration = client.duration_ms if client else server.duration_ms
     notes = _notes(client) + " " + _notes(server) if client else _notes(server)
-    return _join(f"{caller} -> {callee}", server.name, _decision(server), _status(server), _ms(duration), notes)
+    return _join(f"{caller} -> {callee}", method_of(server), _decision(server), _status(server), _ms(duration),
+                 notes)
 
 
 def _caller(server: SpanRecord) -> str:
@@ -171,11 +179,36 @@ def _decision(span: SpanRecord) -> str:
     return f"{decision} ({rule})" if rule else str(decision)
 
 
-def _status(span: SpanRecord) -> str:
-    code = span.attributes.get(A.RPC_GRPC_STATUS_CODE)
+def method_of(span: SpanRecord) -> str:
+    """What an RPC span called, "pkg.Service/Method" (``_OTHER``: a method the server does not serve),
+    from either shape of record; any other span's name."""
+    attrs = span.attributes
+    method = attrs.get(A.RPC_METHOD)
+    if isinstance(method, str) and method:
+        service = attrs.get(A.LEGACY_RPC_SERVICE)  # written before: "rpc.service" + short "rpc.method"
+        return f"{service}/{method}" if isinstance(service, str) and service and "/" not in method else method
+    if span.kind in ("server", "client") and span.name.startswith("/"):  # written before: "/pkg.Service/Method"
+        return span.name[1:]
+    return span.name
+
+
+def status_of(span: SpanRecord) -> str | None:
+    """The gRPC status name of an RPC span ("OK", "PERMISSION_DENIED"), from either shape of record;
+    None for a span without one."""
+    name = span.attributes.get(A.RPC_RESPONSE_STATUS_CODE)
+    if isinstance(name, str) and name in _NAMES:
+        return name
+    code = span.attributes.get(A.LEGACY_RPC_GRPC_STATUS_CODE)
     if isinstance(code, int) and not isinstance(code, bool) and code in _CODE_NAMES:
         return _CODE_NAMES[code]
-    http = span.attributes.get("http.response.status_code")  # the bridge's HTTP spans
+    return None
+
+
+def _status(span: SpanRecord) -> str:
+    name = status_of(span)
+    if name is not None:
+        return name
+    http = span.attributes.get(A.HTTP_RESPONSE_STATUS_CODE)  # the bridge's HTTP spans
     if isinstance(http, int) and not isinstance(http, bool):
         return f"HTTP {http}"
     return span.status

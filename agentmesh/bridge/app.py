@@ -2,7 +2,8 @@
 
 ::
 
-    EdgeMiddleware         server span (continues traceparent), access log, request id, path guard
+    EdgeMiddleware         server span (continues traceparent; none for a probe that succeeds unless
+                           audit.trace_housekeeping), access log, request id, path guard
     StrictCORSMiddleware   explicit origins only; refused preflights get no CORS headers
     routes                 /healthz /readyz /openapi.json /docs /static  GET /v1/agents
                            /.well-known/{agent-card,jwks}.json  GET /v1/agents/*/.well-known/agent-card.json
@@ -35,7 +36,7 @@ from agentmesh.bridge.errors import HttpError
 from agentmesh.bridge.gateway import Gateway
 from agentmesh.bridge.health import Readiness
 from agentmesh.bridge.jsonrpc import JsonRpc
-from agentmesh.bridge.middleware import EdgeMiddleware, StrictCORSMiddleware
+from agentmesh.bridge.middleware import PROBES, EdgeMiddleware, StrictCORSMiddleware
 from agentmesh.bridge.openapi import openapi_document
 from agentmesh.bridge.routes import Catalog
 from agentmesh.config import MeshConfig
@@ -112,7 +113,8 @@ def create_app(config: MeshConfig, *, node: MeshNode | None = None) -> Starlette
             Mount("/v1/agents", agents),
         ],
         middleware=[
-            Middleware(EdgeMiddleware, tracer=tracer, agent=config.bridge.name),
+            Middleware(EdgeMiddleware, tracer=tracer, agent=config.bridge.name,
+                       quiet=() if config.audit.trace_housekeeping else PROBES),  # probes: traced when failed
             Middleware(StrictCORSMiddleware, allow_origins=config.bridge.cors_origins),
         ],
         exception_handlers={HTTPException: _http_exception, Exception: _internal_error},

@@ -24,6 +24,7 @@ from urllib.parse import unquote_to_bytes
 
 import grpc
 
+from agentmesh.audit.spans import REQUEST_ID_KEY, safe_request_id
 from agentmesh.bridge.errors import HttpError
 from agentmesh.errors import TokenError
 from agentmesh.metadata import bearer
@@ -45,7 +46,7 @@ __all__ = [
 #: A2A service parameters: gRPC metadata key -> HTTP header, forwarded to the agent and back
 A2A_SERVICE_PARAMETERS = {"a2a-version": "A2A-Version", "a2a-extensions": "A2A-Extensions"}
 #: client headers forwarded to the agent as gRPC metadata; nothing else a client sends is
-FORWARDED_HEADERS = ("x-request-id", *A2A_SERVICE_PARAMETERS)
+FORWARDED_HEADERS = (REQUEST_ID_KEY, *A2A_SERVICE_PARAMETERS)
 #: the A2A service parameters of one request, all values together (bytes): beyond, 431
 MAX_SERVICE_PARAMETERS = 4096
 WWW_AUTH_MISSING = 'Bearer realm="agentmesh"'
@@ -54,7 +55,6 @@ WWW_AUTH_INVALID = 'Bearer error="invalid_token"'
 _ENCODED_SEPARATOR = re.compile(rb"%(?:2[fFeE]|5[cC]|00)")
 _GRPC_TIMEOUT = re.compile(r"([0-9]{1,8})([HMSmun])")
 _UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 #: a service parameter value: printable ASCII (what gRPC metadata carries), trimmed, at most 1 KiB
 _PARAMETER = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]{0,1022}[\x21-\x7e])?")
 
@@ -121,10 +121,9 @@ def parse_timeout(grpc_timeout: str | None, request_timeout: str | None, *, defa
 
 
 def request_id(value: str | None) -> str:
-    """The client's ``X-Request-Id`` if it is a safe token, else a fresh one."""
-    if value is not None and _REQUEST_ID.fullmatch(value):
-        return value
-    return uuid.uuid4().hex
+    """The client's ``X-Request-Id`` if it is a safe token (1-128 characters of ``A-Za-z0-9._:@/+=-``,
+    as every member checks it: :func:`agentmesh.audit.spans.safe_request_id`), else a fresh one."""
+    return safe_request_id(value) or uuid.uuid4().hex
 
 
 def forwarded_metadata(headers: Iterable[tuple[str, str]], request_id: str) -> list[tuple[str, str]]:
@@ -133,7 +132,7 @@ def forwarded_metadata(headers: Iterable[tuple[str, str]], request_id: str) -> l
     Identity headers, ``Grpc-Metadata-*``, ``x-forwarded-client-cert`` and everything else a
     client sends are dropped here (the client chain drops identity headers a second time).
     """
-    out = [("x-request-id", request_id)]
+    out = [(REQUEST_ID_KEY, request_id)]
     size = 0
     for key, value in headers:
         k = key.lower()

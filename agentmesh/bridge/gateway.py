@@ -130,7 +130,7 @@ class Gateway:
         _, raw_token = self.authenticate(request)
         match = self._match(request)
         op = match.op
-        request.state.route = f"{op.agent} {op.method}"
+        request.state.http_route = op.route(match.rule)  # the span's http.route: a template, never the path
         timeout = self.timeout(request)
         body = await self._body(request, match)
         message = build_request(op.info.input(), match.rule, body, match.params, request.query_params.multi_items())
@@ -179,12 +179,12 @@ class Gateway:
         token, the bridge node's client chain, the forwarded headers, the deadline. A unary call is
         cancelled if the client goes away; a stream is returned once its first message is in (or after
         ``first_wait``). Raises :class:`HttpError` for every failure before the reply (or first message)."""
-        request.state.route = f"{op.agent} {op.method}"
+        request.state.target = op.agent
         metadata = forwarded_metadata(request.headers.items(), request.state.request_id)
         channel, call = self._callable(op)
         await self._connected(op.agent, channel, timeout)
         txn = await self._exchange(raw_token, op, request)
-        with delegating(txn.token):  # the client chain reads it when the call is created
+        with delegating(txn.token, txn.txn):  # the client chain reads it when the call is created
             grpc_call = call(message, timeout=timeout, metadata=metadata, wait_for_ready=False)
         try:
             if not op.streaming:

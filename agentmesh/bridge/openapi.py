@@ -49,8 +49,8 @@ def openapi_document(catalog: Catalog, *, title: str, version: str) -> dict[str,
         for i, rule in enumerate(op.rules):
             if rule.verb not in _STANDARD_VERBS:
                 continue
-            path = f"/{'/'.join(PREFIX)}/{op.agent}{rule.template.openapi_path()}"
-            paths.setdefault(path, {})[rule.verb.lower()] = _operation(op, rule, builder, f"{op.operation_id}.http{i}")
+            operation = _operation(op, rule, builder, f"{op.operation_id}.http{i}")
+            paths.setdefault(op.route(rule), {})[rule.verb.lower()] = operation
     return {
         "openapi": "3.1.0",
         "info": {"title": title, "version": version, "description": _DESCRIPTION},

@@ -75,6 +75,11 @@ class Operation:
     def operation_id(self) -> str:
         return f"{self.agent}.{self.info.service}.{self.info.name}"
 
+    def route(self, rule: HttpRule | None) -> str:
+        """The path template of this operation's route by ``rule`` (None: the default route), as
+        openapi.json lists it: "/v1/agents/a/v1/things/{id}" (its spans' ``http.route``)."""
+        return self.path if rule is None else f"/{'/'.join(PREFIX)}/{self.agent}{rule.template.openapi_path()}"
+
 
 @dataclass(frozen=True, slots=True)
 class Match:

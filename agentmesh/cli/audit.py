@@ -1,7 +1,8 @@
 """``agentmesh audit show|tail``: reading the JSONL audit log.
 
-``show [--trace ID] FILE``   every trace (or those whose id starts with ID: ``agentmesh call`` prints
-the id of its call) as a caller -> callee tree.
+``show [--trace ID] [--all] FILE``   every trace (or those whose id starts with ID: ``agentmesh call`` prints
+the id of its call) as a caller -> callee tree; ``--all`` reads the rotated files of the log too
+(``FILE.<UTC time>``, oldest first: agentmesh/audit/jsonlfile.py).
 ``tail [-n N] [--follow] FILE``  the last N spans as one-line summaries; ``--follow`` then polls the
 file for new lines (surviving truncation and rotation) until Ctrl-C.
 ``-o json|yaml``: the records themselves (``show``: a list of traces; ``tail``: one JSON object per line,
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from agentmesh.audit.jsonlfile import log_files
 from agentmesh.audit.tree import SpanRecord, build_traces, parse_record, render_trace, summarize
 from agentmesh.cli.output import add_output, emit, emit_record
 from agentmesh.cli.usage import examples
@@ -49,6 +51,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     ))
     show.add_argument("--trace", metavar="ID", help="only the trace whose id starts with ID (agentmesh call "
                       "prints it)")
+    show.add_argument("--all", action="store_true", help="read the log's rotated files too, oldest first")
     show.add_argument("file", type=Path, metavar="FILE")
     add_output(show)
     show.set_defaults(func=cmd_show)
@@ -67,18 +70,18 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
 
 def cmd_show(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
-    data = _read(args.file)
-    lines = data.split(b"\n")
     records: list[SpanRecord] = []
-    for i, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            records.append(parse_record(raw.decode("utf-8", "replace"), f"{args.file}:{i}"))
-        except ConfigError:
-            if i == len(lines):  # no newline after it: a write in progress
+    for path in (log_files(args.file) or [args.file]) if getattr(args, "all", False) else [args.file]:
+        lines = _read(path).split(b"\n")
+        for i, raw in enumerate(lines, start=1):
+            if not raw.strip():
                 continue
-            raise
+            try:
+                records.append(parse_record(raw.decode("utf-8", "replace"), f"{path}:{i}"))
+            except ConfigError:
+                if i == len(lines):  # no newline after it: a write in progress
+                    continue
+                raise
     traces = build_traces(records, args.trace)
     if args.trace and not traces:
         raise ConfigError(f"no trace with an id starting {args.trace!r} in {args.file}")

@@ -84,7 +84,7 @@ async def _call(args: argparse.Namespace, config: MeshConfig, trace_ids: list[st
         kind = channel.unary_stream if info.server_streaming else channel.unary_unary
         rpc = kind(info.full_name, request_serializer=info.input.SerializeToString,
                    response_deserializer=info.output.FromString)
-        root = node.sink.tracer.start_span(f"agentmesh call {args.agent} {info.full_name}", kind=SpanKind.INTERNAL,
+        root = node.sink.tracer.start_span(f"agentmesh call {args.agent} {info.full_name[1:]}", kind=SpanKind.INTERNAL,
                                            attributes={A.AGENT: args.as_, A.TARGET: args.agent})
         trace_ids.append(format_trace_id(root.get_span_context().trace_id))
         out: list[dict[str, Any]] = []

@@ -6,9 +6,10 @@ Per member (the control plane, every agent, the bridge):
   plane's by default: ``status`` runs where ``up`` does); the bridge: ``/readyz`` over HTTPS;
 * **certificate expiry**: of the certificate the member serves right now (its own TLS handshake, so a
   renewal shows at once);
-* **token expiry**: the member's own token, read from its metrics endpoint when the mesh file has a
-  ``metrics`` section (``agentmesh_token_expiry_seconds``); a member holds a token only once it has made
-  a call, and refreshes it on its next call when it has expired, so "expired" is no fault;
+* **token expiry**: the member's own token, read from its metrics endpoint (``agentmesh_token_expiry_seconds``)
+  where ``up`` recorded it for this run, else where the mesh file's ``metrics`` section puts it; a member
+  holds a token only once it has made a call, and refreshes it on its next call when it has expired, so
+  "expired" is no fault;
 * **pid, restarts, last exit**: from the run ``up`` records (``<logs>/latest/run.json``);
 * **last errors**: the last lines of this run's log of that member that report an error.
 
@@ -84,6 +85,7 @@ class MemberStatus:
     certificate_serial: str | None = None
     token_expires: datetime | None = None
     token_note: str = ""  # how token_expires is known, or why not
+    metrics: str | None = None  # where its metrics endpoint listens (as up recorded it, else the config's)
     pid: int | None = None
     status: str | None = None  # as up recorded it
     restarts: int = 0
@@ -185,12 +187,11 @@ def _metrics(address: str, timeout: float) -> dict[str, float]:
     return out
 
 
-async def _token(config: MeshConfig, m: MemberStatus, timeout: float,
-                 now: float) -> tuple[datetime | None, str, dict[str, float]]:
+async def _token(m: MemberStatus, timeout: float, now: float) -> tuple[datetime | None, str, dict[str, float]]:
     """When the member's own token expires (None: not known), how that is known or why not, and its gauges."""
     if m.kind == "control":
         return None, "none (the control plane issues the tokens)", {}
-    address = config.metrics_address(m.name)
+    address = m.metrics
     if not address or address.rsplit(":", 1)[-1] == "0":
         return None, "unknown (no metrics endpoint at a known address: see the metrics section of the mesh file)", {}
     try:
@@ -233,11 +234,12 @@ async def collect(config: MeshConfig, *, prober: str | None = None, timeout: flo
             await _bridge(config, m, timeout)
         else:
             await asyncio.gather(_grpc_health(identity, m, timeout), _grpc_certificate(config, prober, m, timeout))
-        m.token_expires, m.token_note, gauges = await _token(config, m, timeout, now)
+        seen: dict[str, Any] = recorded.get(m.name, {})
+        m.metrics = (seen.get("metrics") if up_running else None) or config.metrics_address(m.name)
+        m.token_expires, m.token_note, gauges = await _token(m, timeout, now)
         served = gauges.get("agentmesh_certificate_expiry_seconds")
         if m.certificate_expires is None and served is not None:
             m.certificate_expires = datetime.fromtimestamp(now + served, UTC)
-        seen: dict[str, Any] = recorded.get(m.name, {})
         m.pid = seen.get("pid") if up_running else None
         m.status = seen.get("status")
         m.restarts, m.last_exit = int(seen.get("restarts") or 0), seen.get("last_exit")
@@ -262,12 +264,12 @@ def _lines(s: MeshStatus) -> Iterator[str]:
     else:
         up = f"up pid {s.up_pid} running" if s.up_running else "up not running"
         yield f"mesh {s.trust_domain}: {up} ({s.state or 'unknown'}), run {s.run}, logs {s.logs}"
-    rows = [("NAME", "KIND", "ADDRESS", "HEALTH", "PID", "RESTARTS", "CERTIFICATE EXPIRES", "TOKEN EXPIRES",
-             "LAST ERROR")]
+    rows = [("NAME", "KIND", "ADDRESS", "METRICS", "HEALTH", "PID", "RESTARTS", "CERTIFICATE EXPIRES",
+             "TOKEN EXPIRES", "LAST ERROR")]
     for m in s.members:
         token = _when(m.token_expires, s.checked_at, "-")
         error = m.last_errors[-1] if m.last_errors else "-"
-        rows.append((m.name, m.kind, m.address, m.health, str(m.pid or "-"),
+        rows.append((m.name, m.kind, m.address, m.metrics or "-", m.health, str(m.pid or "-"),
                      f"{m.restarts}" + (f" (last: {m.last_exit})" if m.last_exit else ""),
                      _when(m.certificate_expires, s.checked_at, "-"), token,
                      error if len(error) <= 80 else error[:77] + "..."))

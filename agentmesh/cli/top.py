@@ -5,8 +5,9 @@ the share of requests that failed (ERR) or that the mesh refused (DENY: policy, 
 guard). The first frame counts since each member started; each next one (every ``--interval``
 seconds) the window since the previous frame. ``--once`` prints the first frame and exits.
 
-The endpoints are those of the config's ``metrics`` section (docs/OBSERVABILITY.md) and any
-``--endpoint`` (``host:port`` or a URL). The control plane's housekeeping (members' trust stream and
+The endpoints are those of the config's ``metrics`` section (docs/OBSERVABILITY.md), those the running
+``agentmesh up`` of that config recorded in its ``run.json`` (the free ports it picked when the config names
+none), and any ``--endpoint`` (``host:port`` or a URL). The control plane's housekeeping (members' trust stream and
 token refreshes) is left out unless ``--housekeeping``.
 """
 
@@ -23,6 +24,7 @@ from agentmesh.cli.output import add_output, emit, table
 from agentmesh.cli.usage import examples
 from agentmesh.configfile import load_config
 from agentmesh.errors import ConfigError
+from agentmesh.runtime.runlogs import running_metrics
 
 __all__ = ["endpoints", "frame_lines", "register"]
 
@@ -53,16 +55,18 @@ def add_endpoint_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def endpoints(config_path: str | None, extra: Sequence[str]) -> list[str]:
-    """The metrics URLs of every member the config gives an address (not port 0: any free port, known
-    to the member only), then ``extra``."""
+    """The metrics URLs of every member of the config: where the ``agentmesh up`` running it serves them, else
+    the config's address (not port 0: any free port, known to the member only); then ``extra``."""
     urls: list[str] = []
     if config_path:
         config = load_config(config_path)
-        addresses = [config.metrics_address(n) for n in config.members()]
+        recorded = running_metrics(config.ca_dir.parent / "logs")
+        addresses = [recorded.get(n) or config.metrics_address(n) for n in config.members()]
         urls += [metrics_url(a) for a in addresses if a is not None and not a.endswith(":0")]
     urls += [metrics_url(e) for e in extra]
     if not urls:
-        raise ConfigError("no metrics endpoints: give a config with a metrics section, or --endpoint host:port")
+        raise ConfigError("no metrics endpoints: give a config with a metrics section or one that agentmesh up "
+                          "runs, or --endpoint host:port")
     return list(dict.fromkeys(urls))
 
 

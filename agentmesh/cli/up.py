@@ -29,7 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                     "whom, from the policy), the control plane, each draining its calls for grace_period; a\n"
                     "second Ctrl-C stops everything at once. Children die with up, even on kill -9. Each run logs\n"
                     "into a fresh directory, <ca>/../logs/<run>/ (<ca>/../logs/NAME.log follows the current run);\n"
-                    "agentmesh status reports on the running mesh.",
+                    "agentmesh status reports on the running mesh.\n\n"
+                    "Every member serves Prometheus metrics: where the config's metrics section says, else on a\n"
+                    "free loopback port each, kept across restarts; the table shows them, and agentmesh top\n"
+                    "FILE finds them (docs/OBSERVABILITY.md).",
         **examples("agentmesh up mesh.yaml",
                    "agentmesh up mesh.yaml --no-bridge --max-crashes 3 --crash-window 30"))
     p.add_argument("config", type=Path, help="mesh config file")
@@ -39,6 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         f"(default {_DEFAULTS.max_crashes})")
     p.add_argument("--crash-window", type=float, default=_DEFAULTS.window, metavar="SECONDS",
                    help=f"the crash window (default {_DEFAULTS.window:g})")
+    p.add_argument("--no-metrics", action="store_true",
+                   help="no metrics endpoints for the members the config's metrics section does not name")
     p.add_argument("--keep-logs", type=int, default=KEEP_RUNS, metavar="RUNS",
                    help=f"log directories of earlier runs to keep (default {KEEP_RUNS})")
     p.set_defaults(func=_run)
@@ -54,6 +59,10 @@ def _preflight(config: MeshConfig, with_bridge: bool) -> None:
         check_listen(agent.bind_address, f"agent {name}")
     if with_bridge:
         check_listen(config.bridge.listen, f"bridge {config.bridge.name}")
+    for name in config.members():
+        address = config.metrics_address(name)
+        if address is not None and (with_bridge or name != config.bridge.name):
+            check_listen(address, f"metrics of {name}")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -61,4 +70,4 @@ def _run(args: argparse.Namespace) -> int:
     restart = RestartPolicy(max_crashes=args.max_crashes, window=args.crash_window)
     _preflight(config, not args.no_bridge)
     return asyncio.run(run_up(config, args.config, with_bridge=not args.no_bridge, restart=restart,
-                              keep_runs=args.keep_logs))
+                              keep_runs=args.keep_logs, metrics=not args.no_metrics))

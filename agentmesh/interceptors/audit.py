@@ -9,6 +9,13 @@ handler's (``abort``/``set_code`` with a ``grpc.StatusCode`` or its integer valu
 (DEADLINE_EXCEEDED). grpc.aio tells a handler neither apart (both cancel its task, or fail its next
 write): the deadline is the one if it had passed by then, within :data:`DEADLINE_SLACK`. A status not
 sent by the call's deadline (whatever the handler did) is DEADLINE_EXCEEDED for its client.
+
+The span follows the OpenTelemetry conventions for gRPC server spans (see agentmesh/audit/spans.py):
+named by ``rpc.method``, with ``rpc.response.status_code`` and ``error.type`` (the status name, unless
+OK) and the peer's address. Its status is ERROR only for the statuses that mean the server failed
+(:data:`~agentmesh.audit.spans.SERVER_ERROR_CODES`); a refusal (PERMISSION_DENIED, UNAUTHENTICATED,
+RESOURCE_EXHAUSTED...) is the server doing its job: UNSET, recorded by ``agentmesh.decision`` and the
+``agentmesh.denied`` event.
 """
 
 from __future__ import annotations
@@ -21,11 +28,19 @@ import grpc
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind, StatusCode
 
 from agentmesh.audit import AuditSink, record_denial, remote_parent, rpc_attributes
 from agentmesh.audit import attributes as A
 from agentmesh.audit.fastspan import FastSpan, FastTracer
+from agentmesh.audit.spans import (
+    REQUEST_ID_KEY,
+    SERVER_ERROR_CODES,
+    STATUS_ATTRIBUTES,
+    peer_attributes,
+    rpc_span_name,
+    safe_request_id,
+)
 from agentmesh.context import CallContext
 from agentmesh.errors import (
     DelegationError,
@@ -41,6 +56,9 @@ __all__ = ["DEADLINE_SLACK", "AuditStage", "PayloadRecordStage"]
 #: client's deadline and the server's differ by the time the request took to arrive
 DEADLINE_SLACK = 0.05
 _BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+_MAX_PEERS = 4096  # remembered peer strings (one per client connection), parsed once each
+#: per status: the span's end attributes, and whether the span is an ERROR (one lookup per call)
+_ENDS = {code: (STATUS_ATTRIBUTES[code], code in SERVER_ERROR_CODES) for code in grpc.StatusCode}
 
 
 class Opened(NamedTuple):
@@ -63,7 +81,10 @@ class AuditStage:
         self.sink = sink
         self.required = required
         self._tracer = sink.tracer if sink is not None else FastTracer(agent)
-        self._attributes: dict[str, dict[str, Any]] = {}  # span start attributes, per method
+        # span name and start attributes, per served method; those of a method not served (_OTHER)
+        self._attributes: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._other = (rpc_span_name(None), {**rpc_attributes(None), A.AGENT: agent})
+        self._peers: dict[str, dict[str, Any]] = {}  # context.peer() -> network.peer.* attributes
 
     def open(self, details: grpc.HandlerCallDetails) -> CallContext:
         return CallContext(method=details.method, agent=self.agent, metadata=details.invocation_metadata)
@@ -71,12 +92,14 @@ class AuditStage:
     def start(self, call: CallContext, context: grpc.aio.ServicerContext, registered: bool = True) -> Opened:
         """Starts the call's span and makes it the current span until :meth:`finish`."""
         started = time.perf_counter()
-        attrs = self._attributes.get(call.method)
-        if attrs is None:
-            attrs = {**rpc_attributes(call.method), A.AGENT: self.agent}
-            if registered:  # an unregistered method's name is the caller's choice: not kept
-                self._attributes[call.method] = attrs
-        span = self._tracer.start_child(call.method, remote_parent(call.metadata), SpanKind.SERVER, attrs)
+        named = self._attributes.get(call.method)
+        if named is None:
+            if registered:
+                named = self._attributes[call.method] = (
+                    rpc_span_name(call.method), {**rpc_attributes(call.method), A.AGENT: self.agent})
+            else:  # an unregistered method's name is the caller's choice: neither kept nor recorded
+                named = self._other
+        span = self._tracer.start_child(named[0], remote_parent(call.metadata), SpanKind.SERVER, named[1])
         call.span = span
         remaining = context.time_remaining()
         if remaining is not None:
@@ -84,15 +107,20 @@ class AuditStage:
         return Opened(span, otel_context.attach(trace.set_span_in_context(span)), started)
 
     def check_sink(self) -> None:
-        if self.required and self.sink is not None and not self.sink.available():
-            raise Unavailable("audit sink unavailable and audit.required is set")
+        if self.required and self.sink is not None and not self.sink.available():  # (the required exporters)
+            raise Unavailable(f"audit sink unavailable ({', '.join(self.sink.required or ('all',))}) "
+                              "and audit.required is set")
 
     def finish(self, call: CallContext, opened: Opened, context: grpc.aio.ServicerContext, failed: bool,
                ended: grpc.StatusCode | None) -> None:
         otel_context.detach(opened.token)
         code = ended if ended is not None else self._code(context, call, failed)
         span = opened.span
-        attrs: dict[str, Any] = {A.RPC_GRPC_STATUS_CODE: code.value[0]}
+        end, error = _ENDS[code]
+        attrs: dict[str, Any] = {**end, **self._peer(context)}
+        rid = call.metadata_value(REQUEST_ID_KEY)
+        if rid is not None and safe_request_id(rid) is not None:
+            attrs[A.REQUEST_ID] = rid
         if call.peer is not None:
             attrs[A.PEER_SPIFFE_ID] = call.peer.uri
         if call.principal is not None:
@@ -110,12 +138,22 @@ class AuditStage:
         if call.ratelimit_remaining is not None:
             attrs[A.RATELIMIT_REMAINING] = call.ratelimit_remaining
         span.set_attributes(attrs)
-        if code != grpc.StatusCode.OK:
-            span.set_status(Status(StatusCode.ERROR, code.name))
+        if error:
+            span.set_status(StatusCode.ERROR)
         span.end()
         if self.sink is not None:
             self.sink.metrics.record_server(call, code, time.perf_counter() - opened.started, span=span,
                                             registered=call.method in self._attributes)  # start() keeps served ones
+
+    def _peer(self, context: grpc.aio.ServicerContext) -> dict[str, Any]:
+        """``network.peer.address`` and ``.port`` of the call's connection (each peer string parsed once)."""
+        peer = context.peer()
+        found = self._peers.get(peer)
+        if found is None:
+            if len(self._peers) >= _MAX_PEERS:
+                self._peers.clear()
+            found = self._peers[peer] = peer_attributes(peer) if isinstance(peer, str) else {}
+        return found
 
     async def fail(self, call: CallContext, err: MeshError, context: grpc.aio.ServicerContext) -> None:
         call.decision = err.decision or call.decision or "deny"  # a refusal by the chain is its own decision

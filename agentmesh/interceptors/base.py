@@ -323,16 +323,16 @@ class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 self.active.discard(task)
             failed = False
             return result
-        except MeshError as e:
-            opened.span.fail(e)  # as trace.use_span records an exception leaving the span's block
+        except MeshError as e:  # the exception's type recorded as trace.use_span does; the span's status is
+            opened.span.fail(e, set_status=False)  # the finish's, from the status the call ended with
             await around.fail(call, e, context)
         except ENDED as e:
             if isinstance(e, Exception):
-                opened.span.fail(e)
+                opened.span.fail(e, set_status=False)
             ended = around.ended(call)
             raise
         except Exception as e:
-            opened.span.fail(e)
+            opened.span.fail(e, set_status=False)
             raise
         finally:
             around.finish(call, opened, context, failed, ended)

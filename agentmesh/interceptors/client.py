@@ -3,6 +3,12 @@
 by the call being served; record a client span and propagate W3C trace context.
 
 :meth:`ClientSteps._build` does these steps in this order, for all four call shapes.
+
+The client span follows the OpenTelemetry conventions for gRPC client spans (agentmesh/audit/spans.py):
+named by ``rpc.method``, with ``server.address``/``server.port`` of the target as configured, and at its
+end ``rpc.response.status_code``; every status but OK is an error (span status ERROR, ``error.type``).
+A call made while serving one carries on that call's ``x-request-id`` (unless the handler set its own),
+and its span the request id and the transaction id.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from agentmesh.audit import attributes as A
 from agentmesh.audit import inject, rpc_attributes
+from agentmesh.audit.spans import REQUEST_ID_KEY, STATUS_ATTRIBUTES, rpc_span_name, safe_request_id, server_address
 from agentmesh.context import maybe_current_call
 from agentmesh.errors import TokenError
 from agentmesh.metadata import AUTHORIZATION, IDENTITY_HEADERS, TRACE_HEADERS, TXN_LINKS, TXN_TOKEN
@@ -46,18 +53,20 @@ class Delegation:
 
     txn_token: str
     links: tuple[str, ...] = ()
+    txn: str | None = None  # its transaction id, for the client span (None: not known here)
 
 
 _delegation: contextvars.ContextVar[Delegation | None] = contextvars.ContextVar("agentmesh_delegation", default=None)
 
 
 @contextlib.contextmanager
-def delegating(txn_token: str) -> Iterator[None]:
+def delegating(txn_token: str, txn: str | None = None) -> Iterator[None]:
     """Calls in this block act for the principal of ``txn_token``, a transaction token this member
     obtained from the control plane (:meth:`agentmesh.runtime.node.MeshNode.exchange` at the edge, or
     :meth:`~agentmesh.runtime.node.MeshNode.narrow` for a narrower scope): this member is the first hop.
-    Agents serving a delegated call delegate onward by themselves, appending their own link."""
-    reset = _delegation.set(Delegation(txn_token))
+    Agents serving a delegated call delegate onward by themselves, appending their own link. ``txn``:
+    the token's transaction id (its ``txn`` claim), recorded on the client spans."""
+    reset = _delegation.set(Delegation(txn_token, txn=txn))
     try:
         yield
     finally:
@@ -70,7 +79,7 @@ def _outgoing_delegation() -> Delegation | None:
         return explicit
     call = maybe_current_call()
     if call is not None and call.txn_token is not None:
-        return Delegation(call.txn_token, call.links)
+        return Delegation(call.txn_token, call.links, call.txn_id)
     return None
 
 
@@ -84,22 +93,25 @@ class ClientSteps:
 
     def __init__(self, agent: str, target: str, tokens: TokenSource | None, tracer: trace.Tracer | None = None,
                  *, hops: HopSigner | None = None,
-                 target_id: str = "") -> None:
+                 target_id: str = "", address: str = "") -> None:
         self.agent = agent
         self.target = target
         self.tokens = tokens
         self.hops = hops  # signs this member's hop links (None: this channel cannot delegate)
         self.target_id = target_id  # the target's SPIFFE ID: the audience of the links
         self.tracer = tracer or trace.NoOpTracer()
-        self._attributes: dict[str, dict[str, Any]] = {}  # span start attributes, per method
+        # server.address/port: the gRPC target the channel dials, as configured ("" not known)
+        self._server = server_address(address) if address else {}
+        self._attributes: dict[str, tuple[str, dict[str, Any]]] = {}  # span name and start attributes, per method
 
-    def _span_attributes(self, method: str) -> dict[str, Any]:
-        attrs = self._attributes.get(method)
-        if attrs is None:
-            attrs = {**rpc_attributes(method), A.AGENT: self.agent, A.TARGET: self.target}
+    def _span_attributes(self, method: str) -> tuple[str, dict[str, Any]]:
+        named = self._attributes.get(method)
+        if named is None:
+            named = (rpc_span_name(method),
+                     {**rpc_attributes(method), **self._server, A.AGENT: self.agent, A.TARGET: self.target})
             if len(self._attributes) < 1024:
-                self._attributes[method] = attrs
-        return attrs
+                self._attributes[method] = named
+        return named
 
     def prepare_now(self, method: str, metadata: Any, timeout: float | None) -> Prepared | None:
         """(metadata, timeout, span) for a call, or None when the token must be fetched first."""
@@ -124,12 +136,21 @@ class ClientSteps:
             link = self.hops.link(deleg.txn_token, deleg.links, self.target_id)
             md.append((TXN_TOKEN, deleg.txn_token))
             md.append((TXN_LINKS, ",".join((*deleg.links, link))))
-        call = maybe_current_call()  # deadline: never outlive the call being served
-        if call is not None and call.deadline is not None:  # (a call with no deadline gets none, as in gRPC)
-            left = max(0.0, call.deadline - time.monotonic())
-            timeout = left if timeout is None else min(timeout, left)
-        span = self.tracer.start_span(method, kind=SpanKind.CLIENT,  # client_span
-                                      attributes=self._span_attributes(method))
+        call = maybe_current_call()
+        rid = None
+        if call is not None:
+            if call.deadline is not None:  # deadline: never outlive the call being served (none: none, as in gRPC)
+                left = max(0.0, call.deadline - time.monotonic())
+                timeout = left if timeout is None else min(timeout, left)
+            rid = _request_id(md, call.metadata_value(REQUEST_ID_KEY))  # request id: carried on
+        elif metadata:
+            rid = _request_id(md, None)
+        name, attrs = self._span_attributes(method)  # client_span
+        span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attrs)
+        if rid is not None:
+            span.set_attribute(A.REQUEST_ID, rid)
+        if deleg is not None and deleg.txn is not None:
+            span.set_attribute(A.TXN, deleg.txn)
         inject(md, trace.set_span_in_context(span))  # trace_context
         return md, timeout, span
 
@@ -152,8 +173,21 @@ class ClientSteps:
 
     @staticmethod
     def not_started(span: Span) -> None:
+        span.set_attribute(A.ERROR_TYPE, A.ERROR_TYPE_OTHER)  # (no status: the call never started)
         span.set_status(Status(StatusCode.ERROR, "call not started"))
         span.end()
+
+
+def _request_id(md: list[tuple[str, str]], served: str | None) -> str | None:
+    """The request id of an outgoing call: the one in its metadata ``md`` if valid, else ``served`` (the
+    call being served's), added to ``md``; None when neither is a valid one."""
+    for key, value in md:
+        if key == REQUEST_ID_KEY:
+            return safe_request_id(value)
+    if served is not None and safe_request_id(served) is not None:
+        md.append((REQUEST_ID_KEY, served))
+        return served
+    return None
 
 
 _BY_CYGRPC = {code.value[0]: code for code in grpc.StatusCode}  # cygrpc status codes are the integer values
@@ -181,7 +215,7 @@ async def _end_span(span: Span, call: Any) -> None:
 
 
 def _end(span: Span, code: grpc.StatusCode) -> None:
-    span.set_attribute(A.RPC_GRPC_STATUS_CODE, code.value[0])
-    if code != grpc.StatusCode.OK:
-        span.set_status(Status(StatusCode.ERROR, code.name))
+    span.set_attributes(STATUS_ATTRIBUTES[code])  # rpc.response.status_code, and error.type unless OK
+    if code is not grpc.StatusCode.OK:  # a client span: every status but OK is an error
+        span.set_status(StatusCode.ERROR)
     span.end()

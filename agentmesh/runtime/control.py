@@ -27,6 +27,7 @@ from agentmesh.a2a.cards import jwks_url, mesh_card, sign_card
 from agentmesh.audit import AuditSink, build_audit
 from agentmesh.audit import attributes as A
 from agentmesh.audit.metrics import CERT_EXPIRY, HOUSEKEEPING_METHODS, REVOCATION_AGE
+from agentmesh.audit.otlpmetrics import OtlpMetrics, otlp_metrics
 from agentmesh.audit.prom import MetricsEndpoint, member_registry, metrics_address
 from agentmesh.clock import Clock
 from agentmesh.config import MeshConfig
@@ -233,6 +234,7 @@ class ControlPlane:
         self.trust = trust
         self._tasks = tasks
         self.metrics_endpoint = metrics_endpoint  # serving /metrics (the ``metrics`` section), or None
+        self.metrics_push: OtlpMetrics | None = None  # pushing them over OTLP (metrics.otlp_endpoint), or None
 
     @property
     def port(self) -> int | None:
@@ -251,6 +253,9 @@ class ControlPlane:
         if self.metrics_endpoint is not None:
             await asyncio.to_thread(self.metrics_endpoint.close)
             self.metrics_endpoint = None
+        if self.metrics_push is not None:
+            await asyncio.to_thread(self.metrics_push.close)
+            self.metrics_push = None
 
     async def serve_forever(self) -> None:
         """Runs until SIGTERM/SIGINT (draining calls in flight), then stops everything else."""
@@ -328,14 +333,14 @@ async def start_control(config: MeshConfig, *, address: str | None = None,
         tasks.append(asyncio.create_task(refresh_forever(jwks_caches, config.tokens.revocation_refresh)))
     sink.metrics.watch(CERT_EXPIRY, lambda: identity.files.leaf.not_valid_after_utc.timestamp() - clock())
     sink.metrics.watch(REVOCATION_AGE, lambda: clock() - trust.snapshot.received_at if trust.snapshot else None)
-    endpoint = None
+    plane = ControlPlane(server, join, sink, publisher, trust, tasks)
     metrics_at = metrics_address(config, name)
-    if metrics_at is not None:
-        try:
-            endpoint = MetricsEndpoint(member_registry(sink.metrics, lambda: sink.stats), metrics_at)
-        except BaseException:
-            plane = ControlPlane(server, join, sink, publisher, trust, tasks)
-            await plane.stop(0)
-            raise
-        log.info("control: metrics on %s", endpoint.url)
-    return ControlPlane(server, join, sink, publisher, trust, tasks, endpoint)
+    try:
+        if metrics_at is not None:
+            plane.metrics_endpoint = MetricsEndpoint(member_registry(sink.metrics, lambda: sink.stats), metrics_at)
+            log.info("control: metrics on %s", plane.metrics_endpoint.url)
+        plane.metrics_push = otlp_metrics(config, sink.metrics, lambda: sink.stats)
+    except BaseException:
+        await plane.stop(0)
+        raise
+    return plane

@@ -33,6 +33,7 @@ from cryptography.exceptions import InvalidSignature
 from agentmesh.a2a.ownership import TaskOwners, build_task_owners
 from agentmesh.audit import AuditSink, build_audit
 from agentmesh.audit.metrics import CERT_EXPIRY, REVOCATION_AGE, TOKEN_EXPIRY
+from agentmesh.audit.otlpmetrics import OtlpMetrics, otlp_metrics
 from agentmesh.audit.prom import MetricsEndpoint, member_registry, metrics_address
 from agentmesh.clock import Clock
 from agentmesh.config import MeshConfig
@@ -89,6 +90,7 @@ class MeshNode:
         self.sink = sink if sink is not None else build_audit(config.audit, service_name=name)
         self.sink.metrics.know(members=config.members(), issuers=[i.issuer for i in config.tokens.issuers])
         self.metrics_endpoint: MetricsEndpoint | None = None  # serving /metrics, after start()
+        self.metrics_push: OtlpMetrics | None = None  # pushing them over OTLP (metrics.otlp_endpoint), after start()
         self.revoked = RevokedSet()
         self._external_keys, self._jwks_caches = keys_from_config(config.tokens, None, clock=clock)
         self.verifier = verifier_from_config(config.tokens, self._external_keys, revoked=self.revoked, clock=clock)
@@ -217,7 +219,8 @@ class MeshNode:
     def _client_steps(self, target: str, files: IdentityFiles) -> ClientSteps:
         return ClientSteps(self.name, target, self._control_for(files)[1], self.sink.tracer,
                            hops=self.delegation.hop_signer(files),
-                           target_id=str(self.config.spiffe_id(target)))
+                           target_id=str(self.config.spiffe_id(target)),
+                           address=self._target(target))  # (what the channel dials: its spans' server.address)
 
     def server(self, **kw: Any) -> MeshServer:
         """An mTLS server with the whole server chain, for this node's identity; it serves reflection,
@@ -365,6 +368,8 @@ class MeshNode:
             self.metrics_endpoint = MetricsEndpoint(member_registry(self.sink.metrics, lambda: self.sink.stats),
                                                     address)
             log.info("%s: metrics on %s", self.name, self.metrics_endpoint.url)
+        if self.metrics_push is None:
+            self.metrics_push = otlp_metrics(self.config, self.sink.metrics, lambda: self.sink.stats)
 
     async def wait_for_trust(self, predicate: Callable[[TrustSnapshot], bool], *, timeout: float = 10.0) -> None:
         """Waits until the trust data satisfies ``predicate`` (e.g. after a revocation)."""
@@ -398,4 +403,7 @@ class MeshNode:
         if self.metrics_endpoint is not None:
             await asyncio.to_thread(self.metrics_endpoint.close)
             self.metrics_endpoint = None
+        if self.metrics_push is not None:
+            await asyncio.to_thread(self.metrics_push.close)
+            self.metrics_push = None
         self.sink.shutdown(timeout=5)

@@ -4,12 +4,14 @@
 
     <logs>/20261130-141923-4711/      one run (start time, pid of ``up``): sortable by name
         control.log  ingestor.log ...  each child's output, this run only (restarts append, marked)
-        run.json                       what ``up`` knows: its pid, each child's pid, status, restarts, last exit
+        run.json                       what ``up`` knows: its pid, each child's pid, status, restarts, last exit,
+                                       metrics address
     <logs>/latest -> 20261130-141923-4711
     <logs>/ingestor.log -> latest/ingestor.log      (``tail -f`` follows the current run)
 
 A new run removes the oldest run directories beyond ``keep`` (never one whose ``up`` is still running).
-``agentmesh status`` reads ``latest``.
+``agentmesh status`` reads ``latest``; ``agentmesh top`` the metrics addresses of a run still going
+(:func:`running_metrics`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["KEEP_RUNS", "RunLogs", "latest_run", "pid_alive", "read_state"]
+__all__ = ["KEEP_RUNS", "RunLogs", "latest_run", "pid_alive", "read_state", "running_metrics"]
 
 KEEP_RUNS = 5
 _RUN_ID = re.compile(r"^\d{8}-\d{6}-\d+(\.\d+)?$")
@@ -58,6 +60,19 @@ def latest_run(root: Path) -> Path | None:
         return link.resolve()
     runs = sorted(p for p in root.glob("*") if p.is_dir() and _RUN_ID.match(p.name)) if root.is_dir() else []
     return runs[-1] if runs else None
+
+
+def running_metrics(root: Path) -> dict[str, str]:
+    """Each member's metrics address as the ``up`` of the newest run under ``root`` recorded it, while that
+    ``up`` runs ({} when none does: the addresses of a stopped run may be anyone's now)."""
+    run = latest_run(root)
+    state = read_state(run) if run is not None else {}
+    pid = state.get("pid")
+    if not isinstance(pid, int) or not pid_alive(pid) or state.get("state") == "stopped":
+        return {}
+    children = state.get("children")
+    return {c["name"]: c["metrics"] for c in children if isinstance(c, dict) and isinstance(c.get("name"), str)
+            and isinstance(c.get("metrics"), str)} if isinstance(children, list) else {}
 
 
 def _symlink(target: str, path: Path) -> None:

@@ -6,6 +6,9 @@ earlier crash still inside ``window`` (up to ``max_delay``); the ``max_crashes``
 ``window`` gives up (the mesh stops, ``up`` exits non-zero). A child that stays up for ``window``
 starts again from the first delay.
 
+Metrics: each member serves its Prometheus endpoint where the config's ``metrics`` section says; a config
+that names no address gets one free port on ``metrics.host`` per member (:func:`metrics_addresses`).
+
 Stop order: the bridge first, then the agents from the edge inward, the control plane last. "Inward"
 follows who may call whom, read from the policy: policy is default deny, so its allow rules are the
 whole call graph (``via`` / ``from`` / the last member of a ``chain`` name the caller; a rule that names
@@ -20,12 +23,13 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from agentmesh.config import MeshConfig, PolicyRule
 from agentmesh.errors import ConfigError
 
-__all__ = ["CrashHistory", "RestartPolicy", "callers_of", "stop_waves"]
+__all__ = ["CrashHistory", "RestartPolicy", "callers_of", "listen_ports", "metrics_addresses", "stop_waves"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +70,25 @@ class CrashHistory:
     def recent(self) -> int:
         """Crashes counted in the window (as of the last one)."""
         return len(self._times)
+
+
+def metrics_addresses(config: MeshConfig, names: Sequence[str], *, auto: bool = True) -> dict[str, str | None]:
+    """Where each member of ``names`` serves its metrics: the addresses of the config's ``metrics`` section
+    when it names any (None: that member serves none); else, with ``auto``, any free port on
+    ``metrics.host`` (``host:0``) for each; else nowhere."""
+    configured = {n: config.metrics_address(n) for n in names}
+    if not auto or any(a is not None for a in configured.values()):
+        return configured
+    return {n: f"{config.metrics.host}:0" for n in names}
+
+
+def listen_ports(config: MeshConfig) -> set[int]:
+    """The ports the config's members serve on (a free port picked for metrics must not be one of them: the
+    member that is to listen there may not have started yet)."""
+    addresses = [config.control.bind_address, config.control.join_bind_address, config.bridge.listen,
+                 *(a.bind_address for a in config.agents.values()),
+                 *(config.metrics_address(n) for n in config.members())]
+    return {int(port) for a in addresses if a and (port := a.rpartition(":")[2]).isdigit() and int(port)}
 
 
 def _member(peer: str) -> str:

@@ -17,6 +17,9 @@ bridge first, then the agents from the edge inward
 Children die with ``up`` even when it is killed with SIGKILL (:mod:`agentmesh.runtime.tether`). Each run
 logs into a fresh directory (:mod:`agentmesh.runtime.runlogs`), so "last log lines" come from this run.
 
+Metrics: ``up`` binds each member's metrics socket (a free port each when the config names none) and hands
+it to every incarnation of the child (:mod:`agentmesh.runtime.children`); the table and ``run.json`` say where.
+
 A member without an identity yet joins: ``up`` runs beside the CA (it starts the control plane), so it
 makes a one-time join token for that member and hands it to the child on stdin (``--join -``); the
 child makes its own key and sends only a CSR (``control.join_address`` must be set).
@@ -27,12 +30,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 import signal
 import ssl
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -44,78 +47,23 @@ from agentmesh.config import MeshConfig
 from agentmesh.errors import ConfigError, MeshError, Unavailable
 from agentmesh.pki.join import JoinTokens
 from agentmesh.runtime.channel import secure_channel
+from agentmesh.runtime.children import Child, exit_text
 from agentmesh.runtime.credentials import AgentIdentity
 from agentmesh.runtime.runlogs import KEEP_RUNS, RunLogs
-from agentmesh.runtime.supervision import CrashHistory, RestartPolicy, stop_waves
+from agentmesh.runtime.supervision import CrashHistory, RestartPolicy, listen_ports, metrics_addresses, stop_waves
 
-__all__ = ["STOP_MARGIN", "Child", "Supervisor", "run_up"]
+__all__ = ["STOP_MARGIN", "Child", "Supervisor", "exit_text", "run_up"]
 
 #: seconds a stopping child may take beyond its grace period (closing its node, flushing audit) before SIGKILL
 STOP_MARGIN = 5.0
 _POLL = 0.1
 
 
-def exit_text(code: int | None) -> str:
-    """``status 3`` or ``signal SIGKILL`` (asyncio reports death by a signal as a negative code)."""
-    if code is None:
-        return "still running"
-    if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"status {code}"
-
-
-@dataclass
-class Child:
-    name: str
-    kind: str  # control | agent | bridge
-    address: str
-    args: list[str]  # the agentmesh command that runs it
-    log_path: Path
-    history: CrashHistory = field(default_factory=lambda: CrashHistory(RestartPolicy()))
-    proc: asyncio.subprocess.Process | None = None
-    status: str = "stopped"
-    restarts: int = 0
-    last_exit: int | None = None
-    log_start: int = 0  # where this incarnation's output starts in the log
-
-    def last_lines(self, n: int = 10) -> list[str]:
-        """The last ``n`` lines this incarnation of the child wrote (this run, since its last start)."""
-        try:
-            with open(self.log_path, "rb") as f:
-                f.seek(self.log_start)
-                text = f.read().decode(errors="replace")
-        except OSError:
-            return []
-        return [line for line in text.splitlines() if line.strip()][-n:]
-
-    def last_line(self) -> str:
-        lines = self.last_lines(1)
-        return lines[0] if lines else "(no output)"
-
-    @property
-    def label(self) -> str:
-        """``agent ingestor``, ``bridge`` (not ``bridge bridge``)."""
-        return self.name if self.name == self.kind else f"{self.kind} {self.name}"
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.returncode is None
-
-    def state(self) -> dict[str, object]:
-        return {"name": self.name, "kind": self.kind, "address": self.address, "status": self.status,
-                "pid": self.proc.pid if self.proc is not None else None, "restarts": self.restarts,
-                "last_exit": exit_text(self.last_exit) if self.last_exit is not None else None,
-                "log": str(self.log_path)}
-
-
 class Supervisor:
     def __init__(self, config: MeshConfig, config_path: Path, *, log_dir: Path | None = None,
                  with_bridge: bool = True, start_timeout: float = 30.0, restart: RestartPolicy | None = None,
                  keep_runs: int = KEEP_RUNS, out: TextIO | None = None, err: TextIO | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, metrics: bool = True) -> None:
         self.config = config
         self.config_path = config_path
         self.log_root = log_dir or config.ca_dir.parent / "logs"
@@ -132,8 +80,10 @@ class Supervisor:
         if with_bridge:
             b = config.bridge
             self.children.append(Child(b.name, "bridge", b.listen, ["bridge", *cfg], Path()))
+        where = metrics_addresses(config, [c.name for c in self.children], auto=metrics)
         for child in self.children:
             child.history = CrashHistory(self.restart)
+            child.metrics = where[child.name]
         self.run: RunLogs | None = None
         self.stop_requested = asyncio.Event()  # a signal (or the caller) asked the mesh to stop
         self.hurry = asyncio.Event()  # a second signal: kill what is still running
@@ -154,6 +104,13 @@ class Supervisor:
     async def start(self) -> None:
         """Starts every child, each awaited until healthy; returns early if a stop is requested meanwhile.
         A child that fails stops the mesh (:class:`Unavailable`, with its last log lines)."""
+        try:
+            ports = listen_ports(self.config)
+            for child in self.children:
+                child.listen_metrics(ports)
+        except ConfigError:
+            await self.stop()
+            raise
         self.run = RunLogs.create(self.log_root, [c.name for c in self.children], keep=self.keep_runs)
         for child in self.children:
             child.log_path = self.run.log(child.name)
@@ -205,7 +162,8 @@ class Supervisor:
     async def _spawn(self, child: Child) -> None:
         token = self._join_token(child)
         assert self._lifeline is not None
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRPC_VERBOSITY": os.environ.get("GRPC_VERBOSITY", "ERROR")}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRPC_VERBOSITY": os.environ.get("GRPC_VERBOSITY", "ERROR"),
+               **child.metrics_env()}
         with open(child.log_path, "ab") as log:  # handed to the child; closed here once it has it
             if child.restarts:
                 log.write(f"--- agentmesh up: restart {child.restarts} at {time.strftime('%H:%M:%S')} ---\n"
@@ -214,7 +172,7 @@ class Supervisor:
             child.proc = await asyncio.create_subprocess_exec(
                 *self._argv(child, token is not None), stdout=log, stderr=log, env=env,
                 stdin=asyncio.subprocess.PIPE if token else asyncio.subprocess.DEVNULL,
-                start_new_session=True, cwd=os.getcwd(), pass_fds=(self._lifeline[0],))
+                start_new_session=True, cwd=os.getcwd(), pass_fds=(self._lifeline[0], *child.fds))
         if token and child.proc.stdin is not None:
             child.proc.stdin.write(token.encode() + b"\n")  # never on a command line, where ps shows it
             await child.proc.stdin.drain()
@@ -276,10 +234,10 @@ class Supervisor:
 
     # ------------------------------------------------------------------ supervise
     def table(self) -> str:
-        rows = [("NAME", "KIND", "SPIFFE ID", "ADDRESS", "STATUS")]
+        rows = [("NAME", "KIND", "SPIFFE ID", "ADDRESS", "METRICS", "STATUS")]
         for c in self.children:
-            rows.append((c.name, c.kind, str(self.config.spiffe_id(c.name)), c.address, c.status))
-        widths = [max(len(r[i]) for r in rows) for i in range(5)]
+            rows.append((c.name, c.kind, str(self.config.spiffe_id(c.name)), c.address, c.metrics or "-", c.status))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows)
 
     async def supervise(self) -> str | None:
@@ -383,6 +341,8 @@ class Supervisor:
             for fd in self._lifeline:
                 os.close(fd)
             self._lifeline = None
+        for c in self.children:
+            c.close_metrics()
         self.state = "stopped"
         self._save()
 
@@ -407,8 +367,9 @@ class Supervisor:
 
 
 async def run_up(config: MeshConfig, config_path: Path, *, with_bridge: bool = True,
-                 restart: RestartPolicy | None = None, keep_runs: int = KEEP_RUNS) -> int:
-    sup = Supervisor(config, config_path, with_bridge=with_bridge, restart=restart, keep_runs=keep_runs)
+                 restart: RestartPolicy | None = None, keep_runs: int = KEEP_RUNS, metrics: bool = True) -> int:
+    sup = Supervisor(config, config_path, with_bridge=with_bridge, restart=restart, keep_runs=keep_runs,
+                     metrics=metrics)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, sup.request_stop)
@@ -424,6 +385,8 @@ async def run_up(config: MeshConfig, config_path: Path, *, with_bridge: bool = T
             with contextlib.suppress(ConfigError):  # a wildcard listen address without public_url names no URL
                 if with_bridge:  # the name its certificate carries (localhost for loopback), not 127.0.0.1
                     print(f"bridge at {public_url(config.bridge)}", flush=True)
+            if any(c.metrics for c in sup.children):  # top finds the addresses in this run's run.json
+                print(f"live view: agentmesh top {shlex.quote(str(config_path))}", flush=True)
             print(f"mesh up; logs in {sup.log_dir}; Ctrl-C stops it", flush=True)
             gave_up = await sup.supervise()
         if gave_up is not None:

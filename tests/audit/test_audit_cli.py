@@ -1,4 +1,5 @@
-"""``agentmesh audit show|tail`` on hand-written audit logs."""
+"""``agentmesh audit show|tail`` on hand-written audit logs, of today's shape and of the one written
+before the OpenTelemetry conventions v1.44 (months of logs operators still read)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from agentmesh.errors import ConfigError
 
 T1 = "4bf92f3577b34da6a3ce929d0e0e4736"
 T2 = "0af7651916cd43dd8448eb211c80319c"
-INVOKE = "/agentmesh.v1.Agent/Invoke"
+INVOKE = "agentmesh.v1.Agent/Invoke"
 T0 = 1_700_000_000.0
 
 
@@ -30,16 +31,39 @@ def _span(trace: str, span: str, parent: str | None, kind: str, service: str, st
     }
 
 
-def _server(agent: str, caller: str, decision: str, rule: str, code: int = 0) -> dict[str, Any]:
+def _server(agent: str, caller: str, decision: str, rule: str, code: str = "OK") -> dict[str, Any]:
     return {
-        "rpc.system": "grpc", "rpc.grpc.status_code": code, "agentmesh.agent": agent,
+        "rpc.system.name": "grpc", "rpc.method": INVOKE, "rpc.response.status_code": code,
+        **({"error.type": code} if code != "OK" else {}), "agentmesh.agent": agent,
         "agentmesh.peer.spiffe_id": f"spiffe://example.org/agent/{caller}",
         "agentmesh.decision": decision, "agentmesh.rule": rule,
     }
 
 
-def _client(agent: str, target: str) -> dict[str, Any]:
-    return {"agentmesh.agent": agent, "agentmesh.target": target}
+def _client(agent: str, target: str, code: str | None = "OK") -> dict[str, Any]:
+    return {"rpc.system.name": "grpc", "rpc.method": INVOKE, "agentmesh.agent": agent, "agentmesh.target": target,
+            **({"rpc.response.status_code": code} if code else {})}
+
+
+CODES = {"OK": 0, "PERMISSION_DENIED": 7, "RESOURCE_EXHAUSTED": 8}
+
+
+def _legacy(record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` as written before the v1.44 conventions: "/pkg.Service/Method" span names, ``rpc.system``,
+    ``rpc.service`` with a short ``rpc.method``, the status as ``rpc.grpc.status_code`` (an int), no
+    ``error.type``; and a refused server span's status ERROR."""
+    attrs = dict(record["attributes"])
+    if "rpc.system.name" not in attrs:
+        return record
+    service, _, method = attrs.pop("rpc.method").rpartition("/")
+    del attrs["rpc.system.name"]
+    attrs.pop("error.type", None)
+    old = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
+    code = attrs.pop("rpc.response.status_code", None)
+    if code is not None:
+        old["rpc.grpc.status_code"] = CODES[code]
+    status = "ERROR" if code not in (None, "OK") else record["status"]
+    return {**record, "name": "/" + record["name"], "status": status, "attributes": {**old, **attrs}}
 
 
 DENIED = {"name": "agentmesh.denied", "time": T0, "attributes": {"stage": "policy", "reason": "deny rule matched"}}
@@ -48,9 +72,9 @@ DENIED = {"name": "agentmesh.denied", "time": T0, "attributes": {"stage": "polic
 # T2 is a lone server span whose parent is not in the log (its caller audits elsewhere).
 RECORDS = [
     _span(T1, "00000000000000c3", "00000000000000d2", "client", "summarizer", 6, 2.0,
-          _client("summarizer", "validator"), status="ERROR"),
-    _span(T1, "00000000000000d3", "00000000000000c3", "server", "validator", 6.5, 0.9,
-          _server("validator", "summarizer", "deny", "no-outside-validator", 7), status="ERROR", events=[DENIED]),
+          _client("summarizer", "validator", "PERMISSION_DENIED"), status="ERROR"),
+    _span(T1, "00000000000000d3", "00000000000000c3", "server", "validator", 6.5, 0.9,  # a refusal: status UNSET
+          _server("validator", "summarizer", "deny", "no-outside-validator", "PERMISSION_DENIED"), events=[DENIED]),
     _span(T1, "00000000000000e2", "00000000000000d2", "internal", "summarizer", 3, 2.5, {}, name="summarize"),
     _span(T1, "00000000000000d2", "00000000000000c2", "server", "summarizer", 2.5, 7.5,
           _server("summarizer", "ingestor", "allow", "ingestor-to-summarizer")),
@@ -60,7 +84,7 @@ RECORDS = [
           _server("ingestor", "bridge", "allow", "client-starts-workflow")),
     _span(T1, "00000000000000a1", None, "client", "bridge", 0, 12.3, _client("bridge", "ingestor")),
     _span(T2, "00000000000000f1", "ffffffffffffffff", "server", "ingestor", 100, 0.4,
-          _server("ingestor", "bridge", "deny", "", 8), status="ERROR",
+          _server("ingestor", "bridge", "deny", "", "RESOURCE_EXHAUSTED"),
           events=[{"name": "agentmesh.denied", "attributes": {"stage": "ratelimit", "reason": "bucket empty"}}]),
 ]
 
@@ -95,6 +119,22 @@ def test_show_renders_each_trace_as_a_caller_callee_tree(tmp_path, capsys):
     log = _write(tmp_path / "audit.jsonl", RECORDS)
     assert _run(["audit", "show", str(log)]) == 0
     assert capsys.readouterr().out == EXPECTED_T1 + "\n" + EXPECTED_T2
+
+
+def test_show_reads_a_log_written_before_the_v1_44_conventions_and_one_of_both_shapes(tmp_path, capsys):
+    legacy = [_legacy(r) for r in RECORDS]
+    assert legacy[1]["name"] == "/agentmesh.v1.Agent/Invoke" and legacy[1]["attributes"]["rpc.service"] == \
+        "agentmesh.v1.Agent" and legacy[1]["attributes"]["rpc.method"] == "Invoke"
+    assert legacy[1]["attributes"]["rpc.grpc.status_code"] == 7 and legacy[1]["status"] == "ERROR"
+    old = _write(tmp_path / "old.jsonl", legacy)
+    assert _run(["audit", "show", str(old)]) == 0
+    assert capsys.readouterr().out == EXPECTED_T1 + "\n" + EXPECTED_T2
+    mixed = _write(tmp_path / "mixed.jsonl", [legacy[0], *RECORDS[1:4], *legacy[4:]])  # written across an upgrade
+    assert _run(["audit", "show", str(mixed)]) == 0
+    assert capsys.readouterr().out == EXPECTED_T1 + "\n" + EXPECTED_T2
+    assert _run(["audit", "tail", "-n", "1", str(old)]) == 0
+    assert capsys.readouterr().out.split("  ", 3)[3].strip() == \
+        f"bridge -> ingestor  {INVOKE}  deny  RESOURCE_EXHAUSTED  0.4 ms  denied[ratelimit]: bucket empty"
 
 
 def test_show_trace_filters_by_id_prefix(tmp_path, capsys):
@@ -176,12 +216,13 @@ def test_tail_rejects_a_negative_count(tmp_path):
 
 
 def test_control_characters_from_callers_are_shown_escaped(tmp_path, capsys):
-    evil = _span(T2, "00000000000000f1", None, "server", "ingestor", 0, 1.0,
-                 _server("ingestor", "bridge", "deny", "x"), name="/a\x1b[2J/B\u202e",
+    before = {"rpc.system": "grpc", "rpc.grpc.status_code": 7, "agentmesh.agent": "ingestor",
+              "agentmesh.decision": "deny"}  # a log of before: an unserved method's span named by its caller
+    evil = _span(T2, "00000000000000f1", None, "server", "ingestor", 0, 1.0, before, name="/a\x1b[2J/B\u202e",
                  events=[{"name": "agentmesh.denied", "attributes": {"stage": "token", "reason": "a\nFAKE LINE"}}])
     log = _write(tmp_path / "audit.jsonl", [evil])
     assert _run(["audit", "show", str(log)]) == 0
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\u202e" not in out
     assert out.splitlines()[1].endswith("denied[token]: a\\u000aFAKE LINE")
-    assert "/a\\u001b[2J/B\\u202e" in out
+    assert "a\\u001b[2J/B\\u202e" in out

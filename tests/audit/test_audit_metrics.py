@@ -12,7 +12,7 @@ from opentelemetry.trace import SpanKind
 from prometheus_client import generate_latest
 
 from agentmesh.audit import attributes as A
-from agentmesh.audit import record_denial, record_guard
+from agentmesh.audit import record_denial, record_guard, rpc_attributes
 from agentmesh.audit.fastspan import FastTracer
 from agentmesh.audit.metrics import (
     BUCKETS,
@@ -25,6 +25,7 @@ from agentmesh.audit.metrics import (
 )
 from agentmesh.audit.prom import member_registry
 from agentmesh.audit.promview import edges, parse, quantile
+from agentmesh.audit.spans import STATUS_ATTRIBUTES
 from agentmesh.context import CallContext
 from agentmesh.identity import PeerIdentity, SpiffeId
 
@@ -147,10 +148,10 @@ def test_every_token_refusal_has_a_reason_from_the_fixed_set() -> None:
 def test_client_calls_are_counted_from_their_spans() -> None:
     metrics = AuditMetrics("ingestor")
     tracer = FastTracer("ingestor", on_end=metrics.on_span_end)
-    attrs = {A.RPC_SERVICE: "agentmesh.v1.Agent", A.RPC_METHOD: "Invoke", A.TARGET: "summarizer"}
-    for code in (0, 0, 7):
+    attrs = {**rpc_attributes(METHOD), A.TARGET: "summarizer"}
+    for code in (grpc.StatusCode.OK, grpc.StatusCode.OK, grpc.StatusCode.PERMISSION_DENIED):
         span = tracer.start_span(METHOD, kind=SpanKind.CLIENT, attributes=attrs)
-        span.set_attribute(A.RPC_GRPC_STATUS_CODE, code)
+        span.set_attributes(STATUS_ATTRIBUTES[code])
         span.end()
     span = tracer.start_span(METHOD, kind=SpanKind.CLIENT, attributes=attrs)
     span.end()  # never sent (no status)
@@ -207,10 +208,10 @@ def test_a_frame_counts_the_window_since_the_previous_one() -> None:
 def test_an_edge_whose_destination_was_not_scraped_is_seen_by_its_caller() -> None:
     metrics = AuditMetrics("ingestor", clock=lambda: 100.0)
     tracer = FastTracer("ingestor", on_end=metrics.on_span_end)
-    attrs = {A.RPC_SERVICE: "agentmesh.v1.Agent", A.RPC_METHOD: "Invoke", A.TARGET: "summarizer"}
-    for code in (0, 0, 0, 7):
+    attrs = {**rpc_attributes(METHOD), A.TARGET: "summarizer"}
+    for code in (grpc.StatusCode.OK,) * 3 + (grpc.StatusCode.PERMISSION_DENIED,):
         span = tracer.start_span(METHOD, kind=SpanKind.CLIENT, attributes=attrs)
-        span.set_attribute(A.RPC_GRPC_STATUS_CODE, code)
+        span.set_attributes(STATUS_ATTRIBUTES[code])
         span.end()
     (row,) = edges(parse([generate_latest(member_registry(metrics)).decode()], at=104.0))
     assert (row.source, row.destination, row.seen_by, row.requests) == ("ingestor", "summarizer", "client", 4)

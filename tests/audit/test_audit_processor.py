@@ -1,4 +1,5 @@
-"""A slow, failing or unreachable exporter never blocks a call: spans are dropped and counted."""
+"""A slow, failing or unreachable exporter never blocks a call, nor another exporter: its spans are
+dropped and counted, in its own queue."""
 
 from __future__ import annotations
 
@@ -15,6 +16,11 @@ from agentmesh.errors import ConfigError
 
 #: Generous bound for one span.end() on a loaded CI machine; typical is a few microseconds.
 FAST = 0.005
+
+
+def totals(sink) -> dict[str, int]:
+    """The sink's counts summed over its exporters (without the per-exporter ones)."""
+    return {k: v for k, v in sink.stats.items() if k != "exporters"}
 
 
 def _end_spans(sink, n: int) -> float:
@@ -38,11 +44,11 @@ def test_a_full_queue_drops_and_counts_without_blocking(make_sink, blocking):
     assert not sink.available()
     worst = _end_spans(sink, 1000)  # all dropped
     assert worst < FAST
-    assert sink.stats == {"dropped": 1000, "export_failures": 0, "exported": 0}
+    assert totals(sink) == {"dropped": 1000, "export_failures": 0, "exported": 0}
 
     blocking.release.set()
     assert sink.force_flush(5)
-    assert sink.stats == {"dropped": 1000, "export_failures": 0, "exported": 5}
+    assert totals(sink) == {"dropped": 1000, "export_failures": 0, "exported": 5}
     assert sink.available()
     assert len(blocking.spans) == 5
 
@@ -52,22 +58,48 @@ def test_a_raising_exporter_is_counted_and_makes_the_sink_unavailable_until_it_r
     recording.fail = True
     assert _end_spans(sink, 3) < FAST
     assert sink.force_flush(5)
-    assert sink.stats == {"dropped": 0, "export_failures": 3, "exported": 0}
+    assert totals(sink) == {"dropped": 0, "export_failures": 3, "exported": 0}
     assert not sink.available()
 
     recording.fail = False
     _end_spans(sink, 2)
     assert sink.force_flush(5)
-    assert sink.stats == {"dropped": 0, "export_failures": 3, "exported": 2}
+    assert totals(sink) == {"dropped": 0, "export_failures": 3, "exported": 2}
     assert sink.available()
 
 
-def test_one_failing_exporter_fails_the_batch_but_the_others_still_get_it(make_sink, recording, broken):
+def test_a_failing_exporter_fails_only_its_own_spans(make_sink, recording, broken):
     sink = make_sink("ingestor", [broken, recording])
     _end_spans(sink, 2)
     assert sink.force_flush(5)
     assert len(recording.spans) == 2
-    assert sink.stats["export_failures"] == 2 and not sink.available()
+    assert sink.stats["exporters"] == {
+        "recordingexporter": {"dropped": 0, "export_failures": 2, "exported": 0},  # (broken: the first one)
+        "recordingexporter-2": {"dropped": 0, "export_failures": 0, "exported": 2},
+    }
+    assert not sink.available()  # no exporter named as required: every one must be healthy
+
+
+def test_a_hung_exporter_fills_and_drops_from_its_own_queue_only(make_sink, blocking, recording):
+    sink = make_sink("ingestor", [blocking, recording], queue_size=4, max_batch=1, required=["recordingexporter"])
+    _end_spans(sink, 1)
+    assert blocking.entered.wait(5)  # its worker now holds span 0 inside export()
+    for _ in range(25):  # (the recording queue is drained between rounds: it never fills)
+        assert _end_spans(sink, 4) < FAST
+        assert sink.force_flush(5, exporters=["recordingexporter"])
+    assert len(recording.spans) == 101
+    stats = sink.stats["exporters"]
+    assert stats["recordingexporter"] == {"dropped": 0, "export_failures": 0, "exported": 101}
+    assert stats["blockingexporter"] == {"dropped": 96, "export_failures": 0, "exported": 0}  # 1 held + 4 queued
+    assert sink.available()  # the required exporter is fine
+    assert sink.force_flush(0.05) is False  # everything: the hung one too
+
+
+def test_a_stopping_queue_whose_exporter_fails_drops_the_rest_instead_of_retrying(make_sink, broken):
+    sink = make_sink("ingestor", [broken], schedule_delay=60, max_batch=2)
+    _end_spans(sink, 9)
+    assert sink.shutdown(5)
+    assert totals(sink) == {"dropped": 7, "export_failures": 2, "exported": 0}  # one slice tried, then given up
 
 
 def test_shutdown_with_a_hung_exporter_gives_up_after_its_timeout(make_sink, blocking):
@@ -106,7 +138,7 @@ def test_an_unreachable_otlp_collector_never_blocks_calls(make_sink):
     sink = make_sink("ingestor", make_exporters(cfg, otlp_timeout=0.5), queue_size=8)
     assert _end_spans(sink, 50) < FAST
     assert sink.force_flush(10)
-    stats = sink.stats
+    stats = totals(sink)
     assert stats["exported"] == 0
     assert stats["export_failures"] >= 1
     assert stats["dropped"] + stats["export_failures"] == 50
@@ -118,3 +150,22 @@ def test_a_missing_otlp_package_is_a_config_error_naming_the_extra(monkeypatch):
     cfg = AuditConfig(exporters=("otlp",), otlp_endpoint="http://127.0.0.1:4317")
     with pytest.raises(ConfigError, match=r"install agentmesh\[otlp\]"):
         make_exporters(cfg)
+
+
+def test_a_close_during_a_backlog_gives_up_after_the_slice_in_flight_fails(blocking):
+    """A slow, failing exporter working through a backlog when the sink closes: the slice it holds fails, the
+    rest is dropped (counted) rather than tried one slow slice after another past the close's timeout."""
+    from agentmesh.audit.fastspan import FastTracer
+    from agentmesh.audit.processor import QueueSpanProcessor
+
+    blocking.fail = True  # (once released: it raises)
+    processor = QueueSpanProcessor([blocking], queue_size=100, schedule_delay=3600)
+    tracer = FastTracer("ingestor", on_end=processor.on_end)
+    for i in range(60):
+        tracer.start_span(f"call-{i}", kind=SpanKind.SERVER).end()
+    flushed = processor.queues["blockingexporter"].flush_request()  # the worker takes the 60 on: a first slice
+    assert blocking.entered.wait(5)
+    processor.queues["blockingexporter"].stop()
+    blocking.release.set()
+    assert processor.close(5) and flushed.wait(5)
+    assert processor.stats == {"dropped": 52, "export_failures": 8, "exported": 0}  # 8: the first slice

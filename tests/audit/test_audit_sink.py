@@ -9,11 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import grpc
 import pytest
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from agentmesh.audit import AuditSink, build_audit, extract, inject, record_denial, record_guard, rpc_attributes
 from agentmesh.audit import attributes as A
+from agentmesh.audit.spans import STATUS_ATTRIBUTES, rpc_span_name
 from agentmesh.config import AuditConfig
 from agentmesh.errors import ConfigError
 
@@ -29,7 +31,7 @@ def _jsonl_sink(tmp_path: Path, service: str = "ingestor") -> tuple[AuditSink, P
 def test_server_and_client_spans_reach_the_jsonl_file_with_their_attributes(tmp_path, read_jsonl):
     sink, path = _jsonl_sink(tmp_path)
     try:
-        with sink.tracer.start_as_current_span(METHOD, kind=SpanKind.SERVER) as server:
+        with sink.tracer.start_as_current_span(rpc_span_name(METHOD), kind=SpanKind.SERVER) as server:
             server.set_attributes({
                 **rpc_attributes(METHOD),
                 A.AGENT: "ingestor",
@@ -40,15 +42,16 @@ def test_server_and_client_spans_reach_the_jsonl_file_with_their_attributes(tmp_
                 A.RULE: "client-starts-workflow",
                 A.DELEGATION_CHAIN: ["spiffe://example.org/agent/bridge"],
                 A.RATELIMIT_REMAINING: 9,
-                A.RPC_GRPC_STATUS_CODE: 0,
+                **STATUS_ATTRIBUTES[grpc.StatusCode.OK],
             })
             record_guard(server, "flag", "email-address")
-            with sink.tracer.start_as_current_span(METHOD, kind=SpanKind.CLIENT) as client:
+            with sink.tracer.start_as_current_span(rpc_span_name(METHOD), kind=SpanKind.CLIENT) as client:
                 client.set_attributes({A.AGENT: "ingestor", A.TARGET: "summarizer"})
                 record_denial(client, "policy", "no rule allows ingestor -> summarizer")
                 client.set_status(Status(StatusCode.ERROR))
         assert sink.force_flush(5)
-        assert sink.stats == {"dropped": 0, "export_failures": 0, "exported": 2}
+        assert sink.stats == {"dropped": 0, "export_failures": 0, "exported": 2,
+                              "exporters": {"jsonl": {"dropped": 0, "export_failures": 0, "exported": 2}}}
     finally:
         sink.shutdown(5)
 
@@ -64,15 +67,14 @@ def test_server_and_client_spans_reach_the_jsonl_file_with_their_attributes(tmp_
     assert client_rec["parent_span_id"] == server_rec["span_id"]
     assert (server_rec["kind"], client_rec["kind"]) == ("server", "client")
     assert (server_rec["status"], client_rec["status"]) == ("OK", "ERROR")
-    assert server_rec["service"] == "ingestor" and server_rec["name"] == METHOD
+    assert server_rec["service"] == "ingestor" and server_rec["name"] == "agentmesh.v1.Agent/Invoke"
     assert server_rec["end"] >= server_rec["start"] > 1.6e9
     assert server_rec["duration_ms"] == pytest.approx((server_rec["end"] - server_rec["start"]) * 1000, abs=0.01)
     attrs = server_rec["attributes"]
     assert attrs == {
-        "rpc.system": "grpc",
-        "rpc.service": "agentmesh.v1.Agent",
-        "rpc.method": "Invoke",
-        "rpc.grpc.status_code": 0,
+        "rpc.system.name": "grpc",
+        "rpc.method": "agentmesh.v1.Agent/Invoke",
+        "rpc.response.status_code": "OK",
         "agentmesh.agent": "ingestor",
         "agentmesh.peer.spiffe_id": "spiffe://example.org/agent/bridge",
         "enduser.id": "alice",
@@ -144,7 +146,7 @@ def test_none_exporter_still_traces_but_queues_nothing():
     with sink.tracer.start_as_current_span("x") as span:
         assert span.get_span_context().is_valid
     assert sink.available() and sink.force_flush(1)
-    assert sink.stats == {"dropped": 0, "export_failures": 0, "exported": 0}
+    assert sink.stats == {"dropped": 0, "export_failures": 0, "exported": 0, "exporters": {}}
     assert sink.shutdown(1)
 
 

@@ -83,7 +83,9 @@ async def test_an_allowed_client_gets_501_after_the_agent_authenticated_and_audi
     assert r.status_code == 501 and r.json()["code"] == "UNIMPLEMENTED", r.text
     span = await half_span(half, principal)
     assert span is not None, "the agent did not audit the call"
-    assert span["name"] == "/bridgetest.v1.Probe/Echo" and span["attributes"]["rpc.grpc.status_code"] == 12
+    # declared, not served: the agent records no method name (its caller's choice): rpc.method _OTHER
+    assert span["name"] == "grpc" and span["attributes"]["rpc.method"] == "_OTHER"
+    assert span["attributes"]["rpc.response.status_code"] == "UNIMPLEMENTED" and span["status"] == "ERROR"
     assert span["attributes"]["agentmesh.decision"] == "allow"
     assert span["attributes"]["agentmesh.delegation.chain"][-1].endswith("/agent/bridge")
 
@@ -93,7 +95,8 @@ async def test_a_client_the_policy_refuses_gets_403_not_501(half: BridgeMesh) ->
     r = await half.client.post(ECHO, json={"name": "x"}, headers=half.auth(principal, roles=["viewer"]))
     assert r.status_code == 403 and r.json()["code"] == "PERMISSION_DENIED", r.text
     span = await half_span(half, principal)
-    assert span is not None and span["attributes"]["rpc.grpc.status_code"] == 7
+    assert span is not None and span["attributes"]["rpc.response.status_code"] == "PERMISSION_DENIED"
+    assert span["status"] == "OK" and span["attributes"]["error.type"] == "PERMISSION_DENIED"  # UNSET: a refusal
     assert span["attributes"]["agentmesh.decision"] == "deny"
 
 

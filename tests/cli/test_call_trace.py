@@ -68,8 +68,8 @@ async def test_call_prints_the_trace_that_audit_show_finds(mesh: Mesh, capsys: p
     assert trace_id.startswith(prefix) and path == str(mesh.audit_path)
     tree = audit_show(mesh, capsys, prefix).splitlines()
     assert tree[0].startswith(f"trace {trace_id}")
-    assert tree[1].startswith("└─ beta  agentmesh call alpha /agentmesh.v1.Agent/Invoke  OK")
-    assert tree[2].lstrip(" └├─").startswith("beta -> alpha  /agentmesh.v1.Agent/Invoke  allow (beta-calls-alpha)  OK")
+    assert tree[1].startswith("└─ beta  agentmesh call alpha agentmesh.v1.Agent/Invoke  OK")
+    assert tree[2].lstrip(" └├─").startswith("beta -> alpha  agentmesh.v1.Agent/Invoke  allow (beta-calls-alpha)  OK")
 
 
 async def test_a_delegated_call_is_one_trace_with_its_exchange(mesh: Mesh, capsys: pytest.CaptureFixture[str]) -> None:
@@ -82,8 +82,8 @@ async def test_a_delegated_call_is_one_trace_with_its_exchange(mesh: Mesh, capsy
                                                                "principal=carol@example.org")
     assert TRACE_LINE.match(err.strip()) and data["trace_id"] in err and token not in out + err
     tree = audit_show(mesh, capsys, data["trace_id"][:12])
-    assert "bridge -> control  /agentmesh.v1.TokenService/ExchangeTransactionToken" in tree
-    assert "bridge -> alpha  /agentmesh.v1.Agent/Invoke  allow (clients-via-bridge)  OK" in tree
+    assert "bridge -> control  agentmesh.v1.TokenService/ExchangeTransactionToken" in tree
+    assert "bridge -> alpha  agentmesh.v1.Agent/Invoke  allow (clients-via-bridge)  OK" in tree
     mesh.flush()
     spans = [json.loads(line) for line in mesh.audit_path.read_text().splitlines()]
     assert {s["service"] for s in spans if s["trace_id"] == data["trace_id"]} >= {"bridge", "control", "alpha"}
@@ -98,7 +98,7 @@ async def test_a_refused_call_names_its_trace_in_the_error_line(mesh: Mesh,
     match = re.fullmatch(r"agentmesh: error: PERMISSION_DENIED: no rule allows .* \(trace ([0-9a-f]{32})\)", lines[0])
     assert match, lines[0]
     tree = audit_show(mesh, capsys, match.group(1)[:8])
-    assert "bridge -> alpha  /agentmesh.v1.Agent/Invoke  deny  PERMISSION_DENIED" in tree
+    assert "bridge -> alpha  agentmesh.v1.Agent/Invoke  deny  PERMISSION_DENIED" in tree
 
 
 async def test_audit_show_json_for_one_trace(mesh: Mesh, capsys: pytest.CaptureFixture[str]) -> None:
@@ -144,12 +144,12 @@ async def _until_ready(client: httpx.AsyncClient, proc: asyncio.subprocess.Proce
     raise AssertionError("the bridge did not come up")
 
 
-async def test_every_bridge_response_carries_traceparent(
+async def test_every_bridge_response_but_a_probe_that_succeeded_carries_traceparent(
         mesh: Mesh, bridge: tuple[httpx.AsyncClient, asyncio.subprocess.Process],
         capsys: pytest.CaptureFixture[str]) -> None:
     client, proc = bridge
     route = "/v1/agents/alpha/agentmesh.v1.Agent/Invoke"
-    answers = [await client.get("/healthz"), await client.get("/nowhere"),
+    answers = [await client.get("/openapi.json"), await client.get("/nowhere"),
                await client.post(route, json={}),  # no token: 401
                await client.post(route, json={"id": "b1"},
                                  headers={"authorization": f"Bearer {mesh.client_token('dave@example.org')}"})]
@@ -160,13 +160,15 @@ async def test_every_bridge_response_carries_traceparent(
         assert match, (r.status_code, r.headers)
         ids.append(match.group(1))
     assert len(set(ids)) == 4  # a new trace for each request that brings none
+    probe = await client.get("/healthz")  # but a probe that succeeds: no span (audit.trace_housekeeping)
+    assert probe.status_code == 200 and "traceparent" not in probe.headers and probe.headers["x-request-id"]
     ours = "4bf92f3577b34da6a3ce929d0e0e4736"
-    continued = await client.get("/healthz", headers={"traceparent": f"00-{ours}-00f067aa0ba902b7-01"})
+    continued = await client.get("/openapi.json", headers={"traceparent": f"00-{ours}-00f067aa0ba902b7-01"})
     match = TRACEPARENT.match(continued.headers["traceparent"])
     assert match and match.group(1) == ours and match.group(2) != "00f067aa0ba902b7"  # the bridge's own span
     proc.send_signal(signal.SIGINT)  # its spans are written by the time it has stopped
     await asyncio.wait_for(proc.communicate(), 30)
     tree = audit_show(mesh, capsys, ids[3][:8])
     assert f"trace {ids[3]}" in tree
-    assert "dave@example.org -> bridge  POST alpha /agentmesh.v1.Agent/Invoke" in tree
-    assert "bridge -> alpha  /agentmesh.v1.Agent/Invoke  allow (clients-via-bridge)  OK" in tree
+    assert "dave@example.org -> bridge  POST /v1/agents/alpha/agentmesh.v1.Agent/Invoke" in tree
+    assert "bridge -> alpha  agentmesh.v1.Agent/Invoke  allow (clients-via-bridge)  OK" in tree

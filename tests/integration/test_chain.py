@@ -282,7 +282,8 @@ async def test_payload_guard_blocks_injection_and_oversize(mesh: Mesh) -> None:
     assert mesh.agents["summarizer"].calls == 0
 
     def oversize(recorded: Spans) -> Spans:
-        return [r for r in recorded if r["kind"] == "server" and r["attributes"].get("rpc.grpc.status_code") == 3]
+        return [r for r in recorded
+                if r["kind"] == "server" and r["attributes"].get("rpc.response.status_code") == "INVALID_ARGUMENT"]
 
     def guard_events(recorded: Spans) -> list[dict[str, Any]]:
         return [e for r in recorded for e in r["events"] if e["name"] == "agentmesh.guard"]

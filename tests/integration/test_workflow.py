@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from support import DOCUMENT
 
 from agentmesh.config import MeshConfig
 from agentmesh.configfile import load_config
@@ -27,18 +28,6 @@ from examples.workflow.summarizer import summarize
 from examples.workflow.text import split_sections
 from examples.workflow.validator import validate
 
-DOCUMENT = """# Agent meshes
-Agent meshes carry calls between autonomous agents. Every agent holds a certificate from the mesh CA.
-Mutual TLS proves the identity of both agents on every call.
-
-# Tokens and policy
-Each agent receives a short-lived token bound to its certificate. A stolen token is useless to another agent.
-Policy rules decide which agent may call which method, and everything else is denied.
-
-# Operations
-Rate limits protect agents from bursts of calls. Audit spans record every decision in one trace.
-Operators read the audit trail to see who called whom and why the call was allowed.
-"""
 REPO = Path(__file__).resolve().parents[2]
 
 

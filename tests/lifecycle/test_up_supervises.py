@@ -22,22 +22,12 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from upkit import Bridge, Up, alive, child_pids, cli, descendants, wait_until, write_up_mesh
 
 from agentmesh.configfile import load_config
-
-
-@pytest.fixture
-def started() -> Iterator[list[Up]]:
-    """The ``up`` processes a test starts: all ended afterwards, with everything they started."""
-    ups: list[Up] = []
-    yield ups
-    for up in ups:
-        up.close()
 
 
 def _start(ups: list[Up], config: Path, *args: str, **kw: str) -> Up:

@@ -35,9 +35,15 @@ async def test_client_spans_end_in_the_done_callback_with_the_status_seen(tmp_pa
         mesh.flush()
         records = [json.loads(line) for line in mesh.audit_path.read_text().splitlines()]
     spans = {(r["service"], r["attributes"]["agentmesh.target"]): r
-             for r in records if r["kind"] == "client" and r["name"].endswith("/Invoke")}
-    assert spans[("bridge", "a")]["attributes"]["rpc.grpc.status_code"] == 0
+             for r in records if r["kind"] == "client" and r["name"] == "agentmesh.v1.Agent/Invoke"}
+    ok = spans[("bridge", "a")]
+    assert ok["attributes"]["rpc.response.status_code"] == "OK" and "error.type" not in ok["attributes"]
+    assert ok["attributes"]["rpc.method"] == "agentmesh.v1.Agent/Invoke"
+    address = mesh.config.agent("a").address
+    assert (ok["attributes"]["server.address"], ok["attributes"]["server.port"]) == (
+        address.rpartition(":")[0], int(address.rpartition(":")[2]))
     denied = spans[("a", "b")]
-    assert denied["attributes"]["rpc.grpc.status_code"] == grpc.StatusCode.PERMISSION_DENIED.value[0]
-    assert denied["status"] == "ERROR" and spans[("bridge", "a")]["status"] == "OK"
+    assert denied["attributes"]["rpc.response.status_code"] == "PERMISSION_DENIED"
+    assert denied["attributes"]["error.type"] == "PERMISSION_DENIED"  # a client span: every status but OK errs
+    assert denied["status"] == "ERROR" and ok["status"] == "OK"
     assert awaited == []  # every span ended in the callback, none in a task
