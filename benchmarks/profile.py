@@ -2,7 +2,7 @@
 (server chain) and the load generator (client chain through ``MeshNode.stub``).
 
     python -m benchmarks.profile [--seconds 10] [--no-gil] [--native] [--out /tmp/agentmesh-profile]
-    python -m benchmarks.profile --bridge          # variant 5: the REST bridge and its agent, under wrk
+    python -m benchmarks.profile --bridge          # variant 5: the REST bridge, its agent and the control plane, under wrk
     python -m benchmarks.profile --ablate          # server CPU per call, the chain grown stage by stage
 
 Writes py-spy's collapsed stacks (``<process>.txt``: open them in speedscope or flamegraph.pl) and
@@ -216,12 +216,14 @@ def profile_bridge(a: argparse.Namespace, flags: Sequence[str]) -> None:
             with ThreadPoolExecutor(1) as pool:
                 load = pool.submit(http.run, target, a.seconds + 2, a.concurrency)
                 time.sleep(1.0)
-                _record({"bridge": bridge.pid, "agent": agent.pid}, a.out, a.seconds, a.rate, flags)
+                _record({"bridge": bridge.pid, "agent": agent.pid, "control": procs.started[0].pid}, a.out,
+                        a.seconds, a.rate, flags)
                 r = load.result()
             print(f"load while sampling ({http.tool}): {r.rps:.0f} rps, p50 {r.p50_ms:.2f} ms, "
                   f"p99 {r.p99_ms:.2f} ms, errors {r.errors}")
             print(summarize(a.out / "bridge.txt", "REST bridge (HTTP in, client chain, gRPC out)"))
             print(summarize(a.out / "agent.txt", "agent behind the bridge (whole server chain)"))
+            print(summarize(a.out / "control.txt", "control plane (a transaction token per request)"))
         finally:
             procs.stop_all()
 
