@@ -28,10 +28,11 @@ from typing import ClassVar, Literal
 import grpc
 
 #: the steps of the server chain a refusal is recorded under (audit attribute ``stage``)
-DenialStage = Literal["identity", "token", "delegation", "policy", "ratelimit", "guard"]
+DenialStage = Literal["identity", "token", "delegation", "policy", "ratelimit", "guard", "audit"]
 
 __all__ = [
     "GRPC_TO_HTTP",
+    "AuditUnavailable",
     "AuthenticationError",
     "ConfigError",
     "DelegationError",
@@ -193,7 +194,17 @@ class RateLimited(MeshError):
 
 
 class Unavailable(MeshError):
-    """A backend the call depends on (audit sink, rate-limit store, control plane) is unreachable."""
+    """A backend the call depends on (audit sink, rate-limit store, control plane) is unreachable.
+
+    Raised in a server chain, it refuses the call (a backend failing closed): the span's decision is deny.
+    """
 
     grpc_code = grpc.StatusCode.UNAVAILABLE
     stage: ClassVar[DenialStage] = "ratelimit"
+    decision: ClassVar[str | None] = "deny"
+
+
+class AuditUnavailable(Unavailable):
+    """``audit.required`` is set and the required exporter cannot take records: calls are refused."""
+
+    stage: ClassVar[DenialStage] = "audit"

@@ -42,11 +42,7 @@ from agentmesh.audit.spans import (
     safe_request_id,
 )
 from agentmesh.context import CallContext
-from agentmesh.errors import (
-    DelegationError,
-    MeshError,
-    Unavailable,
-)
+from agentmesh.errors import AuditUnavailable, DelegationError, MeshError
 from agentmesh.interceptors.stage import Stage
 from agentmesh.interceptors.status import status_of
 
@@ -89,7 +85,7 @@ class AuditStage:
     def open(self, details: grpc.HandlerCallDetails) -> CallContext:
         return CallContext(method=details.method, agent=self.agent, metadata=details.invocation_metadata)
 
-    def start(self, call: CallContext, context: grpc.aio.ServicerContext, registered: bool = True) -> Opened:
+    def start(self, call: CallContext, context: grpc.aio.ServicerContext[Any, Any], registered: bool = True) -> Opened:
         """Starts the call's span and makes it the current span until :meth:`finish`."""
         started = time.perf_counter()
         named = self._attributes.get(call.method)
@@ -101,17 +97,17 @@ class AuditStage:
                 named = self._other
         span = self._tracer.start_child(named[0], remote_parent(call.metadata), SpanKind.SERVER, named[1])
         call.span = span
-        remaining = context.time_remaining()
+        remaining: float | None = context.time_remaining()  # grpc.aio: None without a deadline (stubs: float)
         if remaining is not None:
             call.deadline = time.monotonic() + remaining
         return Opened(span, otel_context.attach(trace.set_span_in_context(span)), started)
 
     def check_sink(self) -> None:
         if self.required and self.sink is not None and not self.sink.available():  # (the required exporters)
-            raise Unavailable(f"audit sink unavailable ({', '.join(self.sink.required or ('all',))}) "
+            raise AuditUnavailable(f"audit sink unavailable ({', '.join(self.sink.required or ('all',))}) "
                               "and audit.required is set")
 
-    def finish(self, call: CallContext, opened: Opened, context: grpc.aio.ServicerContext, failed: bool,
+    def finish(self, call: CallContext, opened: Opened, context: grpc.aio.ServicerContext[Any, Any], failed: bool,
                ended: grpc.StatusCode | None) -> None:
         otel_context.detach(opened.token)
         code = ended if ended is not None else self._code(context, call, failed)
@@ -145,7 +141,7 @@ class AuditStage:
             self.sink.metrics.record_server(call, code, time.perf_counter() - opened.started, span=span,
                                             registered=call.method in self._attributes)  # start() keeps served ones
 
-    def _peer(self, context: grpc.aio.ServicerContext) -> dict[str, Any]:
+    def _peer(self, context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, Any]:
         """``network.peer.address`` and ``.port`` of the call's connection (each peer string parsed once)."""
         peer = context.peer()
         found = self._peers.get(peer)
@@ -155,7 +151,7 @@ class AuditStage:
             found = self._peers[peer] = peer_attributes(peer) if isinstance(peer, str) else {}
         return found
 
-    async def fail(self, call: CallContext, err: MeshError, context: grpc.aio.ServicerContext) -> None:
+    async def fail(self, call: CallContext, err: MeshError, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         call.decision = err.decision or call.decision or "deny"  # a refusal by the chain is its own decision
         record_denial(call.span, err.stage, err.message)
         if isinstance(err, DelegationError):
@@ -172,7 +168,7 @@ class AuditStage:
         return grpc.StatusCode.CANCELLED
 
     @staticmethod
-    def _code(context: grpc.aio.ServicerContext, call: CallContext, failed: bool) -> grpc.StatusCode:
+    def _code(context: grpc.aio.ServicerContext[Any, Any], call: CallContext, failed: bool) -> grpc.StatusCode:
         if call.status is not None:
             return call.status
         if call.deadline is not None and time.monotonic() >= call.deadline and not context.done():

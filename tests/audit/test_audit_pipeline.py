@@ -189,6 +189,10 @@ async def test_calls_fail_closed_only_when_the_required_exporter_is_down(
     if jsonl == "file":
         records = [json.loads(line) for line in path.read_bytes().splitlines()]
         assert [r["status"] for r in records] == (["OK", "ERROR"] if refused else ["OK"] * 4)  # refusals audited too
+        if refused:  # a refusal by the mesh (audit.required): decision deny, at the audit stage
+            assert records[1]["attributes"]["agentmesh.decision"] == "deny"
+            assert [e["attributes"]["stage"] for e in records[1]["events"] if e["name"] == "agentmesh.denied"] \
+                == ["audit"]
 
 
 def test_the_prometheus_family_counts_spans_per_exporter(tmp_path: Path, make_sink, broken) -> None:

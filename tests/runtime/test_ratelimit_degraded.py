@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from meshkit import Mesh, free_port, running_mesh
 from support import task
@@ -34,3 +35,25 @@ async def test_a_degraded_limiter_leaves_its_trace(tmp_path: Path, backend: str)
         assert attrs["agentmesh.ratelimit.remaining"] == 9 and "agentmesh.ratelimit.degraded" not in attrs
     else:
         assert attrs["agentmesh.ratelimit.degraded"] is True and "agentmesh.ratelimit.remaining" not in attrs
+
+
+@pytest.mark.parametrize("backend", ["memory", "dead-redis"])
+async def test_a_limiter_failing_closed_is_a_refusal_on_the_span(tmp_path: Path, backend: str) -> None:
+    """With ``failure_mode: closed`` a dead backend refuses the call: UNAVAILABLE, recorded as the mesh's
+    refusal (decision deny, the ratelimit stage), not as a call the policy allowed that then failed."""
+    url = "memory" if backend == "memory" else f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    limits = {"backend": url, "failure_mode": "closed", "rules": RULES}
+    async with running_mesh(tmp_path, {"a": {"roles": ["a"]}}, policy=POLICY, rate_limits=limits) as mesh:
+        stub = mesh.nodes["bridge"].stub("a", agent_pb2_grpc.AgentStub)
+        if backend == "memory":
+            await stub.Invoke(task(), timeout=10)
+        else:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await stub.Invoke(task(), timeout=10)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        span = server_span(mesh)
+    denied = [e["attributes"]["stage"] for e in span["events"] if e["name"] == "agentmesh.denied"]
+    if backend == "memory":
+        assert span["attributes"]["agentmesh.decision"] == "allow" and denied == []
+    else:
+        assert span["attributes"]["agentmesh.decision"] == "deny" and denied == ["ratelimit"]
