@@ -42,6 +42,7 @@ __all__ = [
     "compile_method_globs",
     "did_you_mean",
     "host_port",
+    "safe_endpoint",
 ]
 
 DEFAULT_DESCRIPTORS = ("agentmesh.v1.agent_pb2",)
@@ -76,6 +77,22 @@ def host_port(v: str, key: str) -> str:
     return v
 
 
+def safe_endpoint(endpoint: str) -> str:
+    """An endpoint as it may be logged or quoted in an error: scheme, host and port (no user name, password,
+    path, query or fragment); ``?`` for a part that cannot be read (``http://host:?``, or ``?``)."""
+    try:
+        parts = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
+        host = parts.hostname or "?"
+    except ValueError:
+        return "?"
+    try:
+        port = f":{parts.port}" if parts.port is not None else ""
+    except ValueError:
+        port = ":?"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}{port}" if parts.scheme else f"{host}{port}"
+
+
 def _otlp_target(v: str) -> bool:
     """``host:port``, ``http://host:port`` or ``https://host:port`` (an OTLP/gRPC collector)."""
     parts = urlsplit(v if "://" in v else f"grpc://{v}")
@@ -84,7 +101,29 @@ def _otlp_target(v: str) -> bool:
     except ValueError:
         return False
     return parts.scheme in ("grpc", "http", "https") and bool(parts.hostname) and port is not None \
-        and parts.path in ("", "/") and not (parts.query or parts.fragment or parts.username)
+        and parts.path in ("", "/")
+
+
+def _check_otlp_endpoint(value: object, key: str) -> None:
+    """An OTLP/gRPC collector's endpoint (``key``): ``host:port``, ``http://host:port`` (plaintext) or
+    ``https://host:port``, and nothing that could carry a secret: no user info (any ``@``: a user name or a
+    password), no query, no fragment (the OpenTelemetry exporter logs its endpoint with every failed
+    export). The ConfigError is one line quoting the endpoint as :func:`safe_endpoint` shows it
+    (scheme://host:port), never the value itself."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected host:port, http://host:port (plaintext) or https://host:port")
+    if "@" in value:
+        reason = ("must not carry a user name or password (a collector's credentials go in "
+                  "OTEL_EXPORTER_OTLP_HEADERS)")
+    elif "?" in value or "#" in value:
+        reason = "must not carry a query or fragment"
+    elif not _otlp_target(value):
+        reason = "expected host:port, http://host:port (plaintext) or https://host:port"
+    else:
+        return
+    shown = safe_endpoint(value)
+    got = f"got {shown!r}" + (" (shown as scheme://host:port only)" if shown != value else "")
+    raise ConfigError(f"{key}: {reason}, {got}")
 
 
 def _method_names(where: str, methods: tuple[str, ...]) -> None:
@@ -310,6 +349,8 @@ class AuditConfig:
                                   f"{did_you_mean(exp, AUDIT_EXPORTERS) or ' (' + ', '.join(AUDIT_EXPORTERS) + ')'}")
         if "otlp" in self.exporters and not self.otlp_endpoint:
             raise ConfigError("audit.otlp_endpoint: required when the otlp exporter is enabled")
+        if self.otlp_endpoint is not None:
+            _check_otlp_endpoint(self.otlp_endpoint, "audit.otlp_endpoint")
         enabled = [e for e in self.exporters if e != "none"]
         if self.required_exporter is not None:
             if not self.required:
@@ -357,10 +398,8 @@ class MetricsConfig:
     otlp_interval: float = 15.0  # seconds between pushes
 
     def __post_init__(self) -> None:
-        if self.otlp_endpoint is not None and not (isinstance(self.otlp_endpoint, str)
-                                                   and _otlp_target(self.otlp_endpoint)):
-            raise ConfigError(f"metrics.otlp_endpoint: expected host:port, http://host:port (plaintext) or "
-                              f"https://host:port, got {self.otlp_endpoint!r}")
+        if self.otlp_endpoint is not None:
+            _check_otlp_endpoint(self.otlp_endpoint, "metrics.otlp_endpoint")
         interval = self.otlp_interval
         if isinstance(interval, bool) or not isinstance(interval, int | float) or not math.isfinite(interval) \
                 or not 0.01 <= interval <= 86400:

@@ -11,6 +11,8 @@ import contextvars
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
+
 from agentmesh.errors import MeshError
 from agentmesh.identity import PeerIdentity
 
@@ -40,7 +42,7 @@ class CallContext:
     ratelimit_remaining: int | None = None
     span: Any = field(default=None, repr=False)  # the server span of this call
     deadline: float | None = None  # time.monotonic() by which the call must end
-    status: Any = None  # grpc.StatusCode the chain ended the call with, if it did
+    status: grpc.StatusCode | None = None  # the status the chain ended the call with, if it did
     ended_by: MeshError | None = None  # set when a revocation ends the call while it runs
 
     def metadata_value(self, key: str) -> str | None:

@@ -2,7 +2,7 @@
 (server chain) and the load generator (client chain through ``MeshNode.stub``).
 
     python -m benchmarks.profile [--seconds 10] [--no-gil] [--native] [--out /tmp/agentmesh-profile]
-    python -m benchmarks.profile --bridge          # variant 5: the REST bridge, its agent and the control plane, under wrk
+    python -m benchmarks.profile --bridge          # variant 5: the REST bridge, its agent, the control plane; wrk
     python -m benchmarks.profile --ablate          # server CPU per call, the chain grown stage by stage
 
 Writes py-spy's collapsed stacks (``<process>.txt``: open them in speedscope or flamegraph.pl) and

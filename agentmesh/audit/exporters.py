@@ -13,13 +13,17 @@ exporter reads the ended spans of fastspan.py directly, in the export thread of 
 (processor.py), and has a ``name`` (``console``, ``jsonl``, ``otlp``: the label of its counts and the
 name ``audit.required`` may give) and a ``where`` (what it writes to, as logs may show it).
 The JSONL file is written by jsonlfile.py: ``O_APPEND``, ``0600``, one ``os.write`` per batch of whole
-lines (several processes can append to one log without interleaving lines), and rotation by size and
-age (``audit.jsonl_rotate_bytes``, ``audit.jsonl_rotate_seconds``, ``audit.jsonl_keep``) that never
-splits or loses a line.
+lines (several processes can append to one log without interleaving lines), never through a symbolic
+link, and rotation by size and age (``audit.jsonl_rotate_bytes``, ``audit.jsonl_rotate_seconds``,
+``audit.jsonl_keep``) that never splits or loses a line. A write that fails (``ENOSPC``...) is a refused
+export whose ``error`` is the errno's name; :attr:`JsonlExporter.landed` says how many of its spans were
+written whole all the same (a write that failed part way), the others are lost, and the line it cut is
+ended by the next write.
 """
 
 from __future__ import annotations
 
+import errno
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +33,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.trace import StatusCode
 
 from agentmesh.audit.fastspan import FastSpan
-from agentmesh.audit.jsonlfile import RotatingFile
+from agentmesh.audit.jsonlfile import PartialWrite, RotatingFile
 from agentmesh.audit.jsonline import KINDS, span_line
 from agentmesh.audit.otlp import RedactingExporter, otlp_exporter
 from agentmesh.audit.processor import SpanRecordExporter
@@ -85,6 +89,8 @@ class JsonlExporter:
     def __init__(self, path: Path, *, rotate_bytes: int = 0, rotate_seconds: float = 0.0, keep: int = 0) -> None:
         self.path = path
         self.where = str(path)
+        self.error: str | None = None  # the errno name of the last refused export (ENOSPC, ELOOP...)
+        self.landed = 0  # spans of the last export whose line was written whole
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._file: RotatingFile | None = RotatingFile(
@@ -93,10 +99,17 @@ class JsonlExporter:
             raise ConfigError(f"audit.jsonl_path: cannot open {path} for appending ({e.strerror})") from None
 
     def export(self, spans: Sequence[FastSpan]) -> SpanExportResult:
+        self.error, self.landed = None, 0
         file = self._file
         if file is None:
             return SpanExportResult.FAILURE
-        file.write(_lines(spans).encode("utf-8", "replace"))  # one write per batch of whole lines
+        try:
+            file.write(_lines(spans).encode("utf-8", "replace"))  # one write per batch of whole lines
+        except OSError as e:
+            self.landed = e.lines if isinstance(e, PartialWrite) else 0
+            self.error = errno.errorcode.get(e.errno or 0, type(e).__name__)  # (never the message: it names paths)
+            return SpanExportResult.FAILURE
+        self.landed = len(spans)
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:

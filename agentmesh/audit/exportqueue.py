@@ -208,12 +208,12 @@ class ExportQueue:
         except Exception as e:
             error = type(e).__name__  # (the class only: a message could carry a secret)
         ok = error is None
-        if ok:
-            self.exported += len(batch)
-        else:
-            self.export_failures += len(batch)
+        # a failed export may have written some spans whole first (JsonlExporter.landed: a disk that filled)
+        landed = len(batch) if ok else min(len(batch), max(0, int(getattr(self.exporter, "landed", 0) or 0)))
+        self.exported += landed
+        self.export_failures += len(batch) - landed
         self._last_ok = ok
-        self._report(Seen(ok, len(batch), error, self.dropped))
+        self._report(Seen(ok, len(batch) - landed, error, self.dropped))
         return ok
 
     def _report(self, seen: Seen) -> None:

@@ -5,13 +5,15 @@ trouble starts (which exporter, where it writes, the error class: never a messag
 secret), then at most one summary per ``interval`` seconds while it lasts, with what failed and what
 was dropped since the previous line, and one line when it recovers (a slice exported, no new drops).
 An exporter that is fine logs nothing. :func:`next_line` takes the state, what the worker just saw and
-the time, and returns the new state and the line to log, if any; the worker (processor.py) logs it.
+the time, and returns the new state and the line to log, if any; the worker logs it: the span queues'
+(exportqueue.py) and the OTLP metrics push (otlpmetrics.py, counting series rather than spans) alike.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from urllib.parse import urlsplit
+
+from agentmesh.config import safe_endpoint  # (what ``where`` shows of an endpoint: scheme://host:port)
 
 __all__ = ["FailureLog", "Seen", "next_line", "safe_endpoint"]
 
@@ -39,8 +41,9 @@ class Seen:
 
 
 def next_line(state: FailureLog, seen: Seen, now: float, *, name: str, where: str,
-              interval: float = 60.0) -> tuple[FailureLog, str | None]:
-    """The state after ``seen`` at ``now`` (seconds, any monotonic clock), and the line to log."""
+              interval: float = 60.0, unit: str = "spans") -> tuple[FailureLog, str | None]:
+    """The state after ``seen`` at ``now`` (seconds, any monotonic clock), and the line to log; ``unit``:
+    what ``Seen.spans`` counts, as the line names it."""
     new_drops = max(0, seen.dropped - state.seen_dropped)
     failed = seen.spans if seen.ok is False else 0
     if not state.trouble:
@@ -48,30 +51,18 @@ def next_line(state: FailureLog, seen: Seen, now: float, *, name: str, where: st
         if seen.ok is not False and not new_drops:
             return state, None
         if seen.ok is False:
-            cause = f"failing: {seen.error or 'export refused'} ({failed} spans not exported"
+            cause = f"failing: {seen.error or 'export refused'} ({failed} {unit} not exported"
             cause += f", {new_drops} dropped)" if new_drops else ")"
         else:
-            cause = f"cannot keep up: its queue is full ({new_drops} spans dropped)"
+            cause = f"cannot keep up: its queue is full ({new_drops} {unit} dropped)"
         line = f"{name} exporter ({where}) {cause}; a summary at most every {interval:g} s until it recovers"
         return FailureLog(True, now, 0, 0, seen.dropped), line
     failed += state.failed
     dropped = state.dropped + new_drops
     if seen.ok is True and not new_drops:
         return FailureLog(False, now, 0, 0, seen.dropped), (
-            f"{name} exporter ({where}) recovered: {failed} spans failed / {dropped} dropped since the last line")
+            f"{name} exporter ({where}) recovered: {failed} {unit} failed / {dropped} dropped since the last line")
     if now - state.since >= interval and (failed or dropped):
         return FailureLog(True, now, 0, 0, seen.dropped), (
-            f"{name} exporter: {failed} spans failed / {dropped} dropped in the last {now - state.since:.0f} s")
+            f"{name} exporter: {failed} {unit} failed / {dropped} dropped in the last {now - state.since:.0f} s")
     return FailureLog(True, state.since, failed, dropped, seen.dropped), None
-
-
-def safe_endpoint(endpoint: str) -> str:
-    """An endpoint as it may be logged: scheme, host and port (no user name, password, path or query)."""
-    try:
-        parts = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
-        host = parts.hostname or "?"
-        port = f":{parts.port}" if parts.port is not None else ""
-    except ValueError:
-        return "?"
-    host = f"[{host}]" if ":" in host else host
-    return f"{parts.scheme}://{host}{port}" if parts.scheme else f"{host}{port}"

@@ -4,18 +4,22 @@ The request thread never builds an SDK span (see fastspan.py); :class:`Redacting
 each ended span, with every attribute, event attribute and status description redacted, and hands
 the batch to the wrapped SDK exporter (``OTLPSpanExporter``).
 
-The SDK exporter logs every failed export (and every retry) itself; those lines, when they come from
-inside :meth:`RedactingExporter.export`, are kept out of the logs: the export queue reports the
-exporter's trouble once and then in summaries (failurelog.py). The gRPC status of the last failure
-is kept as :attr:`RedactingExporter.error`, for the line the queue logs.
+The SDK exporter logs every failed export (and every retry) itself, with its endpoint and the gRPC
+library's error details; those lines, when they come from inside :func:`quiet_sdk_logs` (around
+:meth:`RedactingExporter.export`, and around each OTLP metrics push: otlpmetrics.py), are kept out of
+the logs: the caller reports the exporter's trouble once and then in summaries (failurelog.py), with
+the endpoint as :func:`~agentmesh.config.safe_endpoint` shows it. The gRPC status of the last failure
+is kept as the caller's ``error`` (:attr:`RedactingExporter.error`), for the line it logs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 import grpc
 from opentelemetry.sdk.resources import Resource
@@ -24,38 +28,57 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Status, StatusCode
 
-from agentmesh.audit.failurelog import safe_endpoint
 from agentmesh.audit.fastspan import FastSpan
 from agentmesh.audit.redact import redact_text, safe_attributes
-from agentmesh.config import AuditConfig
+from agentmesh.config import AuditConfig, safe_endpoint
 from agentmesh.errors import ConfigError
 
-__all__ = ["RedactingExporter", "otlp_exporter", "readable_span"]
+__all__ = ["RedactingExporter", "otlp_exporter", "quiet_sdk_logs", "readable_span"]
 
 _SCOPE = InstrumentationScope("agentmesh")
 _STATUS = {StatusCode.UNSET: Status(StatusCode.UNSET), StatusCode.OK: Status(StatusCode.OK)}
 _NO_RESOURCE = Resource.get_empty()
 #: the logger of the SDK's OTLP/gRPC exporter (one line per failed export and per retry)
 SDK_LOGGER = "opentelemetry.exporter.otlp.proto.grpc.exporter"
-_exporting = threading.local()  # .current: the RedactingExporter exporting in this thread
+_exporting = threading.local()  # .current: what is exporting in this thread, inside quiet_sdk_logs
+
+
+class _HasError(Protocol):
+    """What :func:`quiet_sdk_logs` notes the gRPC status of a failed export on."""
+
+    error: str | None
 
 
 class _QuietExport(logging.Filter):
-    """Drops the SDK exporter's lines logged inside :meth:`RedactingExporter.export`, noting the gRPC
-    status (a ``grpc.StatusCode`` among the line's arguments) as the exporter's :attr:`~RedactingExporter.error`."""
+    """Drops the SDK exporter's lines logged inside :func:`quiet_sdk_logs`, noting the gRPC status (a
+    ``grpc.StatusCode`` among the line's arguments) as the ``error`` of what is exporting."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        exporter = getattr(_exporting, "current", None)
-        if exporter is None:
+        exporting: _HasError | None = getattr(_exporting, "current", None)
+        if exporting is None:
             return True
         args = record.args if isinstance(record.args, tuple) else ()
         for arg in args:
             if isinstance(arg, grpc.StatusCode):
-                exporter.error = arg.name
+                exporting.error = arg.name
         return False
 
 
 _QUIET = _QuietExport()
+
+
+@contextlib.contextmanager
+def quiet_sdk_logs(exporting: _HasError) -> Iterator[None]:
+    """Within it, in this thread, the OTLP/gRPC SDK exporter's own log lines (one per failed attempt, with
+    the endpoint and the error details) are dropped; the gRPC status they name becomes ``exporting.error``."""
+    logger = logging.getLogger(SDK_LOGGER)
+    if _QUIET not in logger.filters:  # first: before the SDK's own filter, which hides repeated lines
+        logger.filters.insert(0, _QUIET)
+    _exporting.current = exporting
+    try:
+        yield
+    finally:
+        _exporting.current = None
 
 
 def readable_span(span: FastSpan) -> ReadableSpan:
@@ -93,17 +116,11 @@ class RedactingExporter:
         self.inner = inner
         self.where = where
         self.error: str | None = None  # the gRPC status of the last refused export, if the SDK logged it
-        logger = logging.getLogger(SDK_LOGGER)
-        if _QUIET not in logger.filters:  # first: before the SDK's own filter, which hides repeated lines
-            logger.filters.insert(0, _QUIET)
 
     def export(self, spans: Sequence[FastSpan]) -> SpanExportResult:
         self.error = None
-        _exporting.current = self
-        try:
+        with quiet_sdk_logs(self):
             return self.inner.export([readable_span(s) for s in spans])
-        finally:
-            _exporting.current = None
 
     def shutdown(self) -> None:
         self.inner.shutdown()

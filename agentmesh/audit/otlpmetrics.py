@@ -18,6 +18,12 @@ cannot carry ready-made aggregates either. What is left to write here is the loo
 one daemon thread per member that wakes every interval, reads the registry and exports (a member's
 endpoint thread reads it the same way when scraped); nothing global (no global ``MeterProvider``): several
 members in one process each push their own.
+
+A push that fails is reported as the span exporters' trouble is (failurelog.py): one WARNING when it
+starts (the endpoint as scheme://host:port, the gRPC status), a summary at most every minute while it
+lasts, one line when a push succeeds again. The SDK exporter's own line per failed attempt (its endpoint
+and the gRPC library's error details) is kept out, as for the trace exporter (otlp.py:
+:func:`~agentmesh.audit.otlp.quiet_sdk_logs`).
 """
 
 from __future__ import annotations
@@ -48,9 +54,11 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric as Family
 
+from agentmesh.audit.failurelog import FailureLog, Seen, next_line
 from agentmesh.audit.metrics import AuditMetrics
+from agentmesh.audit.otlp import quiet_sdk_logs
 from agentmesh.audit.prom import member_registry
-from agentmesh.config import MeshConfig
+from agentmesh.config import MeshConfig, safe_endpoint
 from agentmesh.errors import ConfigError
 
 __all__ = ["OtlpMetrics", "metrics_data", "otlp_metrics"]
@@ -117,15 +125,24 @@ def metrics_data(families: Iterable[Family], resource: Resource, *, started: flo
 
 class OtlpMetrics:
     """Pushes ``registry`` through ``exporter`` every ``interval`` seconds from a thread of its own (and once
-    more on :meth:`close`), until closed."""
+    more on :meth:`close`), until closed. ``where``: the endpoint as logs may show it; ``clock`` (monotonic
+    seconds) and ``log_interval`` pace the failure summaries (failurelog.py)."""
+
+    name = "otlp"
 
     def __init__(self, registry: CollectorRegistry, exporter: MetricExporter, *, resource: Resource,
-                 started: float, interval: float) -> None:
+                 started: float, interval: float, where: str = "otlp",
+                 clock: Callable[[], float] = time.monotonic, log_interval: float = 60.0) -> None:
         self.registry = registry
         self.exporter = exporter
         self.resource = resource
         self.started = started
         self.interval = interval
+        self.where = where
+        self.error: str | None = None  # what the last failed push failed with (a gRPC status, an error class)
+        self._clock = clock
+        self._log_interval = log_interval
+        self._log = FailureLog()
         self._lock = threading.Lock()  # one export at a time (the thread's and force_flush's)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"otlp-metrics-{resource.attributes.get(SERVICE_NAME)}",
@@ -138,14 +155,29 @@ class OtlpMetrics:
         self.push()  # the last counts, as the member stops
 
     def push(self) -> bool:
-        """Reads the registry and exports it now; False when the export failed (the exporter logged why)."""
+        """Reads the registry and exports it now; False when the export failed (logged as failurelog.py says)."""
         with self._lock:
+            self.error = None
+            series = 0
             try:
                 data = metrics_data(self.registry.collect(), self.resource, started=self.started)
-                return self.exporter.export(data) is MetricExportResult.SUCCESS
-            except Exception:  # a bug here must not end the pushes for good
-                log.exception("metrics: OTLP push failed")
-                return False
+                series = sum(len(m.data.data_points) for rm in data.resource_metrics
+                             for sm in rm.scope_metrics for m in sm.metrics)
+                with quiet_sdk_logs(self):
+                    ok = self.exporter.export(data) is MetricExportResult.SUCCESS
+            except Exception as e:  # a bug here must not end the pushes for good
+                self.error = type(e).__name__  # (the class only: a message could carry a secret)
+                ok = False
+            self._report(Seen(ok, series, None if ok else self.error or "refused"))
+            return ok
+
+    def _report(self, seen: Seen) -> None:
+        if not self._log.trouble and seen.ok:
+            return
+        self._log, line = next_line(self._log, seen, self._clock(), name=self.name, where=self.where,
+                                    interval=self._log_interval, unit="series")
+        if line is not None:
+            log.warning("metrics %s", line)
 
     def force_flush(self) -> bool:
         """Exports now (tests, and callers that want the current counts out)."""
@@ -178,4 +210,4 @@ def otlp_metrics(config: MeshConfig, metrics: AuditMetrics,
     exporter: MetricExporter = mod.OTLPMetricExporter(endpoint=cfg.otlp_endpoint, timeout=min(10.0, cfg.otlp_interval))
     resource = Resource.create({SERVICE_NAME: metrics.member, SERVICE_NAMESPACE: config.audit.service_name})
     return OtlpMetrics(member_registry(metrics, stats), exporter, resource=resource, started=metrics.started,
-                       interval=cfg.otlp_interval)
+                       interval=cfg.otlp_interval, where=safe_endpoint(cfg.otlp_endpoint))

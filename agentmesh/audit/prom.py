@@ -10,8 +10,10 @@ their labels are listed in docs/OBSERVABILITY.md.
 from __future__ import annotations
 
 import http.server
+import ipaddress
 import os
 import socket
+import stat
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -162,14 +164,40 @@ def metrics_address(config: Any, name: str) -> str | None:
 
 
 def _inherited(address: str) -> socket.socket | None:
-    """The listening socket :data:`METRICS_FD_ENV` hands this process for ``address`` (taken once)."""
-    fd = os.environ.get(METRICS_FD_ENV)
-    if not fd or address != os.environ.get(METRICS_ADDRESS_ENV):
+    """The listening socket :data:`METRICS_FD_ENV` hands this process for ``address`` (taken once). It must
+    be a TCP socket listening on exactly ``address``; anything else (a stale value, another listener of the
+    process) is a ConfigError, and the descriptor is left open: it is checked through a duplicate, and only
+    a socket that passes is adopted (and closed by the endpoint)."""
+    value = os.environ.get(METRICS_FD_ENV)
+    if not value or address != os.environ.get(METRICS_ADDRESS_ENV):
         return None
     del os.environ[METRICS_FD_ENV]
-    sock = socket.socket(fileno=int(fd))
+    refused = ConfigError(f"metrics: {METRICS_FD_ENV}={value} is not a TCP socket listening on {address} "
+                          f"(agentmesh up sets it for its members; unset it)")
+    try:
+        fd = int(value)
+        if fd < 0 or not stat.S_ISSOCK(os.fstat(fd).st_mode):
+            raise refused
+        with socket.socket(fileno=os.dup(fd)) as probe:  # closing the duplicate leaves ``fd`` as it was
+            listening = (probe.family in (socket.AF_INET, socket.AF_INET6) and probe.type == socket.SOCK_STREAM
+                         and probe.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) != 0
+                         and _bound_to(probe, address))
+    except (OSError, ValueError):
+        raise refused from None
+    if not listening:
+        raise refused
+    sock = socket.socket(fileno=fd)
     sock.set_inheritable(False)
     return sock
+
+
+def _bound_to(sock: socket.socket, address: str) -> bool:
+    """Whether ``sock`` is bound to ``address`` (``host:port``; the host as a bind would resolve it)."""
+    host, _, port = address.rpartition(":")
+    wanted = {ipaddress.ip_address(info[4][0]) for info in socket.getaddrinfo(
+        host.strip("[]") or None, int(port), sock.family, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)}
+    bound_host, bound_port = sock.getsockname()[:2]
+    return bool(bound_port == int(port) and ipaddress.ip_address(bound_host) in wanted)
 
 
 class _Server(http.server.ThreadingHTTPServer):

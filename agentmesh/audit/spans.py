@@ -18,7 +18,7 @@ import grpc
 from opentelemetry.trace import Span
 
 from agentmesh.audit import attributes as A
-from agentmesh.audit.redact import safe_attributes
+from agentmesh.audit.redact import redact_text, safe_attributes
 
 __all__ = [
     "REQUEST_ID_KEY",
@@ -125,9 +125,13 @@ def _host_port(text: str) -> tuple[str, int | None]:
 
 
 def safe_request_id(value: object) -> str | None:
-    """A request id (``x-request-id``) fit to be recorded and forwarded: 1-128 characters of
-    ``A-Za-z0-9._:@/+=-``; None for anything else (a caller's choice, so bounded and checked)."""
-    return value if isinstance(value, str) and _REQUEST_ID.fullmatch(value) else None
+    """A request id (``x-request-id``) fit to be recorded, logged and forwarded: 1-128 characters of
+    ``A-Za-z0-9._:@/+=-`` that :func:`~agentmesh.audit.redact.redact_text` leaves alone (a JWT is not a
+    request id: it would be logged raw beside spans that mask it); None for anything else (a caller's
+    choice, so bounded and checked)."""
+    if isinstance(value, str) and _REQUEST_ID.fullmatch(value) and redact_text(value) == value:
+        return value
+    return None
 
 
 def set_safe_attributes(span: Span, attributes: Mapping[str, object]) -> None:

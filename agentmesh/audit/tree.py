@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +28,7 @@ from typing import Any
 import grpc
 
 from agentmesh.audit import attributes as A
+from agentmesh.cli.text import printable as _printable  # values in the log come partly from callers
 from agentmesh.errors import ConfigError
 
 __all__ = ["SpanRecord", "Trace", "build_traces", "method_of", "parse_record", "render_trace", "status_of",
@@ -236,15 +236,6 @@ def _ms(ms: float) -> str:
 
 def _join(*parts: str) -> str:
     return _printable("  ".join(p.strip() for p in parts if p and p.strip()))
-
-
-# Values in the log come partly from callers (method names, token subjects, reasons): control and
-# bidi characters are shown escaped so a record cannot rewrite the terminal or fake a line.
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def _printable(text: str) -> str:
-    return _UNPRINTABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def summarize(span: SpanRecord) -> str:

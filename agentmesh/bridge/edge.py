@@ -121,8 +121,9 @@ def parse_timeout(grpc_timeout: str | None, request_timeout: str | None, *, defa
 
 
 def request_id(value: str | None) -> str:
-    """The client's ``X-Request-Id`` if it is a safe token (1-128 characters of ``A-Za-z0-9._:@/+=-``,
-    as every member checks it: :func:`agentmesh.audit.spans.safe_request_id`), else a fresh one."""
+    """The client's ``X-Request-Id`` if it is a safe token (1-128 characters of ``A-Za-z0-9._:@/+=-``, and
+    not a credential such as a JWT, as every member checks it: :func:`agentmesh.audit.spans.safe_request_id`),
+    else a fresh one (the response, the access log, the spans and the agents all get that one)."""
     return safe_request_id(value) or uuid.uuid4().hex
 
 

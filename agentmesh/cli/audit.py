@@ -8,10 +8,10 @@ file for new lines (surviving truncation and rotation) until Ctrl-C.
 ``-o json|yaml``: the records themselves (``show``: a list of traces; ``tail``: one JSON object per line,
 or one YAML document per span).
 
-Invalid lines: ``show`` stops at the first one with a ConfigError naming ``FILE:LINE`` (an
-append-only log with a corrupt line is worth knowing about), except an unterminated last line,
-which is a write in progress and is ignored. ``tail`` watches a live file, so it reports an invalid
-line on stderr and goes on.
+Invalid lines (a write that failed part way leaves one: agentmesh/audit/jsonlfile.py): both skip each
+one with a warning on stderr naming ``FILE:LINE`` and what is wrong, never the line itself (it could
+hold anything), and go on with the records after it; an unterminated last line is a write in progress
+and is left out without a word (``tail --follow`` reads it once it is whole).
 """
 
 from __future__ import annotations
@@ -68,20 +68,13 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
     tail.set_defaults(func=cmd_tail)
 
 
-def cmd_show(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    out = out or sys.stdout
+def cmd_show(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    out, err = out or sys.stdout, err or sys.stderr
     records: list[SpanRecord] = []
     for path in (log_files(args.file) or [args.file]) if getattr(args, "all", False) else [args.file]:
-        lines = _read(path).split(b"\n")
-        for i, raw in enumerate(lines, start=1):
-            if not raw.strip():
-                continue
-            try:
-                records.append(parse_record(raw.decode("utf-8", "replace"), f"{path}:{i}"))
-            except ConfigError:
-                if i == len(lines):  # no newline after it: a write in progress
-                    continue
-                raise
+        reader = _LineReader(path, err)
+        records += reader.feed(_read(path))
+        records += reader.last()
     traces = build_traces(records, args.trace)
     if args.trace and not traces:
         raise ConfigError(f"no trace with an id starting {args.trace!r} in {args.file}")
@@ -145,7 +138,8 @@ def _follow(reader: _LineReader, offset: int, out: TextIO, sleep: Callable[[floa
 
 
 class _LineReader:
-    """Splits appended bytes into complete lines and parses each; bad lines go to ``err``."""
+    """Splits appended bytes into complete lines and parses each; a bad line is skipped with a warning on
+    ``err`` naming its number (``parse_record``'s messages never quote the line)."""
 
     def __init__(self, path: Path, err: TextIO) -> None:
         self.path = path
@@ -169,6 +163,17 @@ class _LineReader:
             except ConfigError as e:
                 self.err.write(f"agentmesh: warning: {e.message} (skipped)\n")
         return out
+
+    def last(self) -> list[SpanRecord]:
+        """The unterminated last line as a record if it is one (a whole record missing only its newline);
+        nothing, and no warning, if it is not (a write in progress)."""
+        raw, self._partial = self._partial, b""
+        if not raw.strip():
+            return []
+        try:
+            return [parse_record(raw.decode("utf-8", "replace"), f"{self.path}:{self.lineno + 1}")]
+        except ConfigError:
+            return []
 
 
 def _read(path: Path) -> bytes:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from agentmesh.audit.promview import EdgeView, edges, scrape_all
+from agentmesh.cli.text import printable
 from agentmesh.cli.top import add_endpoint_arguments, endpoints
 from agentmesh.cli.usage import examples
 from agentmesh.configfile import load_config
@@ -120,6 +121,6 @@ def _run(args: argparse.Namespace) -> int:
         args.out.write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
-    for url, why in sorted(scrape.unreachable.items()):
-        print(f"agentmesh graph: unreachable: {url} ({why})", file=sys.stderr)
+    for url, why in sorted(scrape.unreachable.items()):  # (the reason may be an endpoint's own words)
+        print(printable(f"agentmesh graph: unreachable: {url} ({why})"), file=sys.stderr)
     return 1 if len(scrape.unreachable) == len(urls) else 0

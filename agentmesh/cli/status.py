@@ -36,6 +36,7 @@ from cryptography import x509
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentmesh.cli.output import add_output, emit, relative, table, utc
+from agentmesh.cli.text import printable
 from agentmesh.cli.usage import examples
 from agentmesh.config import MeshConfig
 from agentmesh.configfile import load_config
@@ -259,11 +260,12 @@ def _when(ts: datetime | None, now: datetime, empty: str) -> str:
 
 
 def _lines(s: MeshStatus) -> Iterator[str]:
+    """The report; what members, their logs and up's run.json say is escaped (:func:`printable`)."""
     if s.run is None:
         yield f"mesh {s.trust_domain}: no run of 'agentmesh up' recorded"
     else:
         up = f"up pid {s.up_pid} running" if s.up_running else "up not running"
-        yield f"mesh {s.trust_domain}: {up} ({s.state or 'unknown'}), run {s.run}, logs {s.logs}"
+        yield printable(f"mesh {s.trust_domain}: {up} ({s.state or 'unknown'}), run {s.run}, logs {s.logs}")
     rows = [("NAME", "KIND", "ADDRESS", "METRICS", "HEALTH", "PID", "RESTARTS", "CERTIFICATE EXPIRES",
              "TOKEN EXPIRES", "LAST ERROR")]
     for m in s.members:
@@ -273,7 +275,7 @@ def _lines(s: MeshStatus) -> Iterator[str]:
                      f"{m.restarts}" + (f" (last: {m.last_exit})" if m.last_exit else ""),
                      _when(m.certificate_expires, s.checked_at, "-"), token,
                      error if len(error) <= 80 else error[:77] + "..."))
-    yield from table(rows)
+    yield from table([tuple(printable(cell) for cell in row) for row in rows])
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 from agentmesh.audit.promview import EdgeView, Scrape, edges, metrics_url, scrape_all
 from agentmesh.cli.output import add_output, emit, table
+from agentmesh.cli.text import printable
 from agentmesh.cli.usage import examples
 from agentmesh.configfile import load_config
 from agentmesh.errors import ConfigError
@@ -75,15 +76,18 @@ def _ms(seconds: float | None) -> str:
 
 
 def frame_lines(rows: Sequence[EdgeView], scrape: Scrape, window: str) -> list[str]:
+    """The table of edges and its footer; names and reasons come from the endpoints, so they are escaped."""
     lines = table([("SOURCE", "DESTINATION", "RPS", "REQS", "ERR", "DENY", "P50", "P99"),
-                   *((r.source, r.destination + ("*" if r.seen_by == "client" else ""), f"{r.rps:.2f}",
-                      f"{r.requests:.0f}", f"{r.error_rate:.1%}", f"{r.denial_rate:.1%}", _ms(r.p50), _ms(r.p99))
+                   *((printable(r.source), printable(r.destination) + ("*" if r.seen_by == "client" else ""),
+                      f"{r.rps:.2f}", f"{r.requests:.0f}", f"{r.error_rate:.1%}", f"{r.denial_rate:.1%}",
+                      _ms(r.p50), _ms(r.p99))
                      for r in rows)])
     if not rows:
         lines.append("(no calls yet)")
-    lines.append(f"{len(rows)} edge(s), {window}; members: {', '.join(sorted(scrape.members)) or 'none'}"
+    members = ", ".join(printable(m) for m in sorted(scrape.members)) or "none"
+    lines.append(f"{len(rows)} edge(s), {window}; members: {members}"
                  + ("; * seen by the caller" if any(r.seen_by == "client" for r in rows) else ""))
-    lines += [f"unreachable: {url} ({why})" for url, why in sorted(scrape.unreachable.items())]
+    lines += [printable(f"unreachable: {url} ({why})") for url, why in sorted(scrape.unreachable.items())]
     return lines
 
 

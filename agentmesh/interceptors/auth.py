@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 
@@ -67,7 +68,7 @@ class AdmissionStage(Stage):
             self._trust = trust
         return self._epoch
 
-    async def before(self, call: CallContext, context: grpc.aio.ServicerContext) -> None:
+    async def before(self, call: CallContext, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         pem, presented = peer_pem(context)
         own = bearer(call.metadata_value(AUTHORIZATION))
         txn_token = call.metadata_value(TXN_TOKEN)

@@ -58,43 +58,48 @@ def _as_async_iter(result: Any) -> AsyncIterator[Any]:
     return gen()
 
 
-Run = Callable[[Behavior, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Run = Callable[[Behavior, Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
 
-def rewrap(handler: grpc.RpcMethodHandler, unary: Run, stream: Run) -> grpc.RpcMethodHandler:
+def rewrap(handler: grpc.RpcMethodHandler[Any, Any], unary: Run, stream: Run, *,
+           encoded: bool = False) -> grpc.RpcMethodHandler[Any, Any]:
     """A handler of the same shape whose behaviour goes through ``unary`` (it returns the response) or,
-    for the shapes that stream responses, ``stream`` (it writes them: see :func:`write_responses`)."""
+    for the shapes that stream responses, ``stream`` (it writes them: see :func:`write_responses`).
+    ``encoded``: ``unary`` returns the response already serialised (so a response that cannot be is a
+    failure inside the chain, on its span), and grpc is given no serialiser for it."""
+    unary_out = None if encoded else handler.response_serializer
     if handler.unary_unary is not None:
         inner = handler.unary_unary
 
-        async def uu(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def uu(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             return await unary(inner, request, context)
 
-        return grpc.unary_unary_rpc_method_handler(uu, handler.request_deserializer, handler.response_serializer)
+        return grpc.unary_unary_rpc_method_handler(uu, handler.request_deserializer, unary_out)
     if handler.stream_unary is not None:
         inner = handler.stream_unary
 
-        async def su(request_iter: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def su(request_iter: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             return await unary(inner, request_iter, context)
 
-        return grpc.stream_unary_rpc_method_handler(su, handler.request_deserializer, handler.response_serializer)
+        return grpc.stream_unary_rpc_method_handler(su, handler.request_deserializer, unary_out)
     # a coroutine function (not an async generator): grpc.aio awaits it, and it writes the responses
     if handler.unary_stream is not None:
         inner = handler.unary_stream
 
-        async def us(request: Any, context: grpc.aio.ServicerContext) -> None:
+        async def us(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
             await stream(inner, request, context)
 
         return grpc.unary_stream_rpc_method_handler(us, handler.request_deserializer, handler.response_serializer)
+    assert handler.stream_stream is not None  # a handler has one of the four behaviours
     inner = handler.stream_stream
 
-    async def ss(request_iter: Any, context: grpc.aio.ServicerContext) -> None:
+    async def ss(request_iter: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         await stream(inner, request_iter, context)
 
     return grpc.stream_stream_rpc_method_handler(ss, handler.request_deserializer, handler.response_serializer)
 
 
-async def write_responses(inner: Behavior, request: Any, context: grpc.aio.ServicerContext) -> None:
+async def write_responses(inner: Behavior, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
     """Runs a response-streaming behaviour, writing each response with ``context.write`` (what grpc.aio
     does for an async generator handler, here in the caller's coroutine, so inside the chain). The
     stages that review responses see them through the context's ``write``
@@ -177,11 +182,11 @@ class _Plan(NamedTuple):
 ENDED = (asyncio.CancelledError, grpc.aio.InternalError)
 
 
-async def _unimplemented(request: Any, context: grpc.aio.ServicerContext) -> None:
+async def _unimplemented(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
     await context.abort(grpc.StatusCode.UNIMPLEMENTED, UNREGISTERED_MESSAGE)
 
 
-class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class ServerChain(grpc.aio.ServerInterceptor):
     """The whole server chain as one grpc.aio interceptor: ``around`` wraps the call, then ``stages``
     run in list order before the handler, and the inspecting stages see every request message.
 
@@ -205,18 +210,19 @@ class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self.exempt_stages = tuple(s for s in self.stages if s.guards_exempt) if exempt is None else tuple(exempt)
         self.unregistered_stages = self.exempt_stages if unregistered is None else tuple(unregistered)
         # by method name (registered methods only, as the audit stage's attributes), with its handler
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler[Any, Any], grpc.RpcMethodHandler[Any, Any]]] = {}
         # one handler for every method nobody serves, whatever the call's shape (raw bytes, never read)
         nobody = _Plan(self.unregistered_stages, (), ())
-        self._unregistered = grpc.stream_stream_rpc_method_handler(
+        self._unregistered: grpc.RpcMethodHandler[bytes, bytes] = grpc.stream_stream_rpc_method_handler(
             functools.partial(self._serve, nobody, True, False, False, _unimplemented))
-        self._unregistered_exempt = grpc.stream_stream_rpc_method_handler(self._unregistered_exempt_call)
+        self._unregistered_exempt: grpc.RpcMethodHandler[bytes, bytes] = grpc.stream_stream_rpc_method_handler(
+            self._unregistered_exempt_call)
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         exempt = handler_call_details.method.startswith(EXEMPT_PREFIXES)
         if exempt and not self.exempt_stages:
@@ -233,16 +239,17 @@ class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         else:
             streaming = handler.stream_unary is not None or handler.stream_stream is not None
             plan = _Plan.of(self.stages, method)
-            wrapped = rewrap(handler, functools.partial(self._serve, plan, streaming, False, True),
-                             functools.partial(self._serve, plan, streaming, True, True))
+            encode = handler.response_serializer
+            wrapped = rewrap(handler, functools.partial(self._serve, plan, streaming, False, True, encode=encode),
+                             functools.partial(self._serve, plan, streaming, True, True), encoded=encode is not None)
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
-    async def _unregistered_exempt_call(self, request_iter: Any, context: grpc.aio.ServicerContext) -> None:
+    async def _unregistered_exempt_call(self, request_iter: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         await self._exempt_checks(context)
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, UNREGISTERED_MESSAGE)
 
-    async def _exempt_checks(self, context: grpc.aio.ServicerContext) -> None:
+    async def _exempt_checks(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         call = maybe_current_call()
         assert call is not None
         try:
@@ -252,11 +259,11 @@ class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             code, message, md = status_of(e)
             await context.abort(code, message, trailing_metadata=md)
 
-    async def _exempt_unary(self, inner: Behavior, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def _exempt_unary(self, inner: Behavior, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         await self._exempt_checks(context)
         return await inner(request, context)
 
-    async def _exempt_stream(self, inner: Behavior, request: Any, context: grpc.aio.ServicerContext) -> None:
+    async def _exempt_stream(self, inner: Behavior, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         await self._exempt_checks(context)
         await write_responses(inner, request, context)
 
@@ -278,9 +285,13 @@ class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return checked()
 
     async def _serve(self, plan: _Plan, streaming: bool, writes: bool, registered: bool, inner: Behavior,
-                     request: Any, context: grpc.aio.ServicerContext) -> Any:
+                     request: Any, context: grpc.aio.ServicerContext[Any, Any], *,
+                     encode: Callable[[Any], bytes] | None = None) -> Any:
         """One call, all of it: the span, the stages, the handler (``writes``: it streams responses,
-        written here with ``context.write``), and the span's end with the status the client sees."""
+        written here with ``context.write``), and the span's end with the status the client sees.
+        ``encode``: the unary response's serialiser, run here (a response it refuses fails the call
+        inside the chain: the span then says UNKNOWN, as the client sees), as grpc.aio would: only while
+        the handler has set no status other than OK (else grpc sends no response)."""
         stages, inspectors, reviewers = plan
         around = self.around
         call = maybe_current_call()
@@ -311,6 +322,8 @@ class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                     await asyncio.sleep(0)
                 for stage in reviewers if not writes else ():
                     result = await stage.respond(call, result)
+                if encode is not None and _still_ok(context.code()):
+                    result = encode(result)
             except asyncio.CancelledError:
                 if (error := _cancelled(call)) is None:
                     raise  # this call itself was cancelled
@@ -336,6 +349,11 @@ class ServerChain(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             raise
         finally:
             around.finish(call, opened, context, failed, ended)
+
+
+def _still_ok(code: Any) -> bool:
+    """Whether a handler has set no status, or OK (``context.code()``: a StatusCode, or its integer)."""
+    return code is None or code == grpc.StatusCode.OK or code == grpc.StatusCode.OK.value[0]
 
 
 def _reviewing(call: CallContext, reviewers: tuple[Stage, ...]) -> Respond:

@@ -27,11 +27,14 @@ UNIMPLEMENTED: a caller without a valid token, or one the policy refuses, cannot
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import grpc
 
 from agentmesh.a2a.ownership import MemoryTaskOwners, TaskOwners
 from agentmesh.audit import AuditSink
+from agentmesh.context import CallContext
+from agentmesh.errors import AuditUnavailable
 from agentmesh.guard import PayloadGuard
 from agentmesh.interceptors.active import ActiveCalls
 from agentmesh.interceptors.audit import AuditStage, PayloadRecordStage
@@ -39,13 +42,21 @@ from agentmesh.interceptors.auth import AdmissionStage
 from agentmesh.interceptors.base import ServerChain
 from agentmesh.interceptors.identity import PeerIdentityCache, PeerIdentityStage
 from agentmesh.interceptors.limits import PayloadGuardStage, RateLimitStage
+from agentmesh.interceptors.stage import Stage
 from agentmesh.interceptors.tasks import TaskOwnershipStage
 from agentmesh.policy import PolicyEngine
 from agentmesh.ratelimit import RateLimiter
 from agentmesh.tokens.delegation import Checks
 from agentmesh.trust import TrustSnapshot
 
-__all__ = ["audit_only_chain", "identity_chain", "server_chain"]
+__all__ = ["AUDIT_REQUIRED_EXEMPT", "audit_only_chain", "identity_chain", "server_chain"]
+
+#: The control plane's methods served while ``audit.required``'s exporter is down: the read-only trust
+#: distribution only. The trust stream carries revocations, the key set and the bundle to every member;
+#: cutting it when the audit log fails would keep revoked certificates and tokens accepted, the opposite of
+#: failing closed. Every other method (and the join port's) issues or changes something (certificates,
+#: agent and transaction tokens, signed cards) and is refused UNAVAILABLE while the exporter is down.
+AUDIT_REQUIRED_EXEMPT = frozenset({"/agentmesh.v1.IdentityService/WatchTrust"})
 
 
 def server_chain(
@@ -75,14 +86,37 @@ def server_chain(
     ], active=active, unregistered=who, exempt=[PeerIdentityStage(identities)])]
 
 
-def identity_chain(agent: str, *, sink: AuditSink | None, identities: PeerIdentityCache,
+class _AuditRequired(Stage):
+    """``audit.required`` on the control plane: refuses each method but :data:`AUDIT_REQUIRED_EXEMPT` while
+    the required exporter is down (the server chain's audit stage refuses every call)."""
+
+    def __init__(self, sink: AuditSink) -> None:
+        self.sink = sink
+
+    def applies_to(self, method: str) -> bool:
+        return method not in AUDIT_REQUIRED_EXEMPT
+
+    async def before(self, call: CallContext, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        if not self.sink.available():
+            raise AuditUnavailable(f"audit sink unavailable ({', '.join(self.sink.required or ('all',))}) "
+                                   "and audit.required is set")
+
+
+def _required(sink: AuditSink | None, audit_required: bool) -> list[Stage]:
+    return [_AuditRequired(sink)] if audit_required and sink is not None else []
+
+
+def identity_chain(agent: str, *, sink: AuditSink | None, audit_required: bool, identities: PeerIdentityCache,
                    active: ActiveCalls | None = None) -> list[grpc.aio.ServerInterceptor]:
-    """The chain of the control plane: certificate identity only (agents have no token yet); a method it
-    does not serve is UNIMPLEMENTED after the certificate checks, and audited."""
-    return [ServerChain(AuditStage(agent, sink), [PeerIdentityStage(identities)], active=active)]
+    """The chain of the control plane: ``audit.required`` (but for :data:`AUDIT_REQUIRED_EXEMPT`), then
+    certificate identity only (agents have no token yet); a method it does not serve is UNIMPLEMENTED after
+    the certificate checks, and audited."""
+    return [ServerChain(AuditStage(agent, sink), [*_required(sink, audit_required), PeerIdentityStage(identities)],
+                        active=active)]
 
 
-def audit_only_chain(agent: str, *, sink: AuditSink | None) -> list[grpc.aio.ServerInterceptor]:
-    """The chain of the control plane's join port: its callers have no certificate yet; every
-    attempt (refused ones, and those to a method it does not serve, too) is an audit span."""
-    return [ServerChain(AuditStage(agent, sink), [])]
+def audit_only_chain(agent: str, *, sink: AuditSink | None, audit_required: bool) -> list[grpc.aio.ServerInterceptor]:
+    """The chain of the control plane's join port: its callers have no certificate yet; a join is refused
+    while ``audit.required``'s exporter is down; every attempt (refused ones, and those to a method it does
+    not serve, too) is an audit span."""
+    return [ServerChain(AuditStage(agent, sink), _required(sink, audit_required))]

@@ -24,7 +24,7 @@ class Inspector(Protocol):
     def inspect(self, call: CallContext, request: Any) -> None: ...
 
 
-class CheckedContext(grpc.aio.ServicerContext):  # type: ignore[misc]
+class CheckedContext(grpc.aio.ServicerContext[Any, Any]):
     """The servicer context a handler is given when stages inspect its request stream or review its
     responses: ``read()`` runs the inspecting stages on each message and ``write()`` the reviewing ones
     on each response, so a handler that reads with ``context.read()`` rather than its request iterator,
@@ -33,8 +33,8 @@ class CheckedContext(grpc.aio.ServicerContext):  # type: ignore[misc]
 
     __slots__ = ("_call", "_context", "_inspectors", "_respond")
 
-    def __init__(self, context: grpc.aio.ServicerContext, call: CallContext, inspectors: tuple[Inspector, ...],
-                 respond: Respond | None) -> None:
+    def __init__(self, context: grpc.aio.ServicerContext[Any, Any], call: CallContext,
+                 inspectors: tuple[Inspector, ...], respond: Respond | None) -> None:
         self._context, self._call, self._inspectors, self._respond = context, call, inspectors, respond
 
     async def read(self) -> Any:
@@ -57,7 +57,8 @@ class CheckedContext(grpc.aio.ServicerContext):  # type: ignore[misc]
     def done(self) -> bool:
         return bool(self._context.done())
 
-    def time_remaining(self) -> float | None:
+    # grpc.aio's context returns None when the call has no deadline (its docstring says so); the stubs say float
+    def time_remaining(self) -> float | None:  # type: ignore[override]
         remaining: float | None = self._context.time_remaining()
         return remaining
 

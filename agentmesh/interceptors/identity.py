@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import grpc
 
@@ -59,12 +60,11 @@ class PeerIdentityCache:
             self._cache.move_to_end(pem)
 
 
-def peer_pem(context: grpc.aio.ServicerContext) -> tuple[bytes | None, Sequence[bytes]]:
+def peer_pem(context: grpc.aio.ServicerContext[Any, Any]) -> tuple[bytes | None, Sequence[bytes]]:
     """The client leaf certificate TLS verified and the chain it presented, from the auth context (never
     from metadata)."""
     auth = context.auth_context()
-    pems = auth.get("x509_pem_cert")
-    return (pems[0] if pems else None), tuple(auth.get("x509_pem_cert_chain", ()))
+    return next(iter(auth.get("x509_pem_cert", ())), None), tuple(auth.get("x509_pem_cert_chain", ()))
 
 
 
@@ -75,5 +75,5 @@ class PeerIdentityStage(Stage):
         super().__init__()
         self.cache = cache
 
-    async def before(self, call: CallContext, context: grpc.aio.ServicerContext) -> None:
+    async def before(self, call: CallContext, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         call.peer = self.cache.identify(*peer_pem(context))

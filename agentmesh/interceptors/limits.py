@@ -31,7 +31,7 @@ class RateLimitStage(Stage):
         super().__init__()
         self.limiter = limiter
 
-    async def before(self, call: CallContext, context: grpc.aio.ServicerContext) -> None:
+    async def before(self, call: CallContext, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         assert call.principal is not None, "the token stage runs first"
         decision = await self.limiter.acquire(call.principal, call.agent, call.method, call.roles)
         if decision.degraded:  # let through by failure_mode "open": no count to show, the span says so
@@ -71,7 +71,7 @@ class PayloadGuardStage(Stage):
         super().__init__()
         self.guard = guard
 
-    async def before(self, call: CallContext, context: grpc.aio.ServicerContext) -> None:
+    async def before(self, call: CallContext, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         request = call.request
         if request is None:  # a request stream (or a codec that made None: inspect says so)
             return

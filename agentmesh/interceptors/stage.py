@@ -28,7 +28,7 @@ class Stage:
         """Whether ``respond`` sees the responses of ``method`` (asked once per method, when it is wrapped)."""
         return False
 
-    async def before(self, call: CallContext, context: grpc.aio.ServicerContext) -> None:
+    async def before(self, call: CallContext, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         """Per-call check; raise an ``agentmesh.errors.MeshError`` to refuse the call."""
 
     def inspect(self, call: CallContext, request: Any) -> None:

@@ -62,7 +62,7 @@ class TaskOwnershipStage(Stage):
     def reviews(self, method: str) -> bool:
         return method_name(method) in REVIEWED
 
-    async def before(self, call: CallContext, context: grpc.aio.ServicerContext) -> None:
+    async def before(self, call: CallContext, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         name = method_name(call.method)
         if name not in RULES:
             call.decision = "deny"
@@ -92,7 +92,7 @@ class TaskOwnershipStage(Stage):
         return response
 
     @staticmethod
-    def _refuse(call: CallContext, context: grpc.aio.ServicerContext | None, named: Named) -> NotFound:
+    def _refuse(call: CallContext, context: grpc.aio.ServicerContext[Any, Any] | None, named: Named) -> NotFound:
         call.decision = "deny"
         if context is not None:  # the chain aborts with no metadata of its own: these are sent
             context.set_trailing_metadata(_sdk_details(named.message))

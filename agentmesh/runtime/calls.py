@@ -231,7 +231,8 @@ class DeferredCall(Generic[P]):
         if call is None:
             assert self._ended is not None
             return self._ended.code
-        return await call.code()
+        code: grpc.StatusCode = await call.code()
+        return code
 
     async def details(self) -> str:
         call = await self._settle()
@@ -320,17 +321,17 @@ class _StreamRequest(DeferredCall[P]):
             await call.done_writing()
 
 
-class DeferredUnaryUnaryCall(_UnaryResponse[P], grpc.aio.UnaryUnaryCall):  # type: ignore[misc]
+class DeferredUnaryUnaryCall(_UnaryResponse[P], grpc.aio.UnaryUnaryCall[Any, Any]):
     """A ``grpc.aio.UnaryUnaryCall`` that starts once this member's token is at hand."""
 
 
-class DeferredUnaryStreamCall(_StreamResponse[P], grpc.aio.UnaryStreamCall):  # type: ignore[misc]
+class DeferredUnaryStreamCall(_StreamResponse[P], grpc.aio.UnaryStreamCall[Any, Any]):
     """A ``grpc.aio.UnaryStreamCall`` that starts once this member's token is at hand."""
 
 
-class DeferredStreamUnaryCall(_UnaryResponse[P], _StreamRequest[P], grpc.aio.StreamUnaryCall):  # type: ignore[misc]
+class DeferredStreamUnaryCall(_UnaryResponse[P], _StreamRequest[P], grpc.aio.StreamUnaryCall[Any, Any]):
     """A ``grpc.aio.StreamUnaryCall`` that starts once this member's token is at hand."""
 
 
-class DeferredStreamStreamCall(_StreamResponse[P], _StreamRequest[P], grpc.aio.StreamStreamCall):  # type: ignore[misc]
+class DeferredStreamStreamCall(_StreamResponse[P], _StreamRequest[P], grpc.aio.StreamStreamCall[Any, Any]):
     """A ``grpc.aio.StreamStreamCall`` that starts once this member's token is at hand."""

@@ -9,9 +9,9 @@ a server presenting another member's identity gets none (UNAVAILABLE), so a cert
 carries the agent's name as a DNS SAN cannot pose as it. A server the probe cannot reach is left to the
 gRPC call and checked again at a later call (see ``docs/SECURITY.md``, known limits).
 
-:meth:`MeshChannels.channel` returns a :class:`MeshChannel`: it looks like a ``grpc.aio.Channel``
-to generated stubs, follows certificate rotations (a new connection with the new certificate, and
-a token bound to exactly that certificate), and runs the client chain in the stub layer
+:meth:`MeshChannels.channel` returns a :class:`MeshChannel`: a ``grpc.aio.Channel`` (the abstract
+channel, implemented whole) to generated stubs, it follows certificate rotations (a new connection with
+the new certificate, and a token bound to exactly that certificate), and runs the client chain in the stub layer
 (:class:`agentmesh.interceptors.client.ClientSteps`), which costs less than grpc.aio interceptors.
 
 Its multicallables take the arguments grpc.aio's take and return grpc.aio call objects: grpc.aio's
@@ -52,6 +52,9 @@ DROP_GRACE = 1.0  # seconds a call in flight to a member that was just refused m
 RECHECK = 1.0  # seconds before a server that was refused, or could not be probed, is probed again
 #: (target agent name, identity snapshot) -> the client chain of a channel (None: no chain)
 StepsFactory = Callable[[str, IdentityFiles], ClientSteps | None]
+#: what a multicallable factory is given to turn a request into bytes, and bytes into a response
+Serializer = Callable[[Any], bytes]
+Deserializer = Callable[[bytes], Any]
 
 
 def secure_channel(
@@ -183,7 +186,7 @@ class MeshChannels:
             facade = self._facades[name] = MeshChannel(self, name)
         return facade
 
-    def stub(self, name: str, stub_class: Callable[[StubChannel], T]) -> T:
+    def stub(self, name: str, stub_class: Callable[[grpc.aio.Channel], T]) -> T:
         """A generated stub for agent ``name``, e.g. ``channels.stub("b", agent_pb2_grpc.AgentStub)``;
         it may be kept: every call goes over the current connection, through the client chain."""
         return stub_class(self.channel(name))
@@ -222,13 +225,21 @@ class StubChannel(Protocol):
     multicallable factories, the connectivity state and its changes, ``channel_ready`` and ``close``.
     :class:`MeshChannel` is one; so is every ``grpc.aio.Channel``."""
 
-    def unary_unary(self, method: str, **kwargs: Any) -> grpc.aio.UnaryUnaryMultiCallable: ...
+    def unary_unary(self, method: str, *, request_serializer: Serializer | None = None,
+                    response_deserializer: Deserializer | None = None,
+                    ) -> grpc.aio.UnaryUnaryMultiCallable[Any, Any]: ...
 
-    def unary_stream(self, method: str, **kwargs: Any) -> grpc.aio.UnaryStreamMultiCallable: ...
+    def unary_stream(self, method: str, *, request_serializer: Serializer | None = None,
+                     response_deserializer: Deserializer | None = None,
+                     ) -> grpc.aio.UnaryStreamMultiCallable[Any, Any]: ...
 
-    def stream_unary(self, method: str, **kwargs: Any) -> grpc.aio.StreamUnaryMultiCallable: ...
+    def stream_unary(self, method: str, *, request_serializer: Serializer | None = None,
+                     response_deserializer: Deserializer | None = None,
+                     ) -> grpc.aio.StreamUnaryMultiCallable[Any, Any]: ...
 
-    def stream_stream(self, method: str, **kwargs: Any) -> grpc.aio.StreamStreamMultiCallable: ...
+    def stream_stream(self, method: str, *, request_serializer: Serializer | None = None,
+                      response_deserializer: Deserializer | None = None,
+                      ) -> grpc.aio.StreamStreamMultiCallable[Any, Any]: ...
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity: ...
 
@@ -239,24 +250,33 @@ class StubChannel(Protocol):
     async def close(self, grace: float | None = None) -> None: ...
 
 
-class MeshChannel:
-    """A ``grpc.aio.Channel`` look-alike for one agent (a :class:`StubChannel`); state queries go to the
-    current connection."""
+class MeshChannel(grpc.aio.Channel):
+    """The ``grpc.aio.Channel`` of one agent, what generated stubs and the a2a-sdk's transports take: the
+    whole abstract channel, each call over the current connection through the client chain, and state
+    queries to the current connection."""
 
     def __init__(self, channels: MeshChannels, name: str) -> None:
         self._channels = channels
         self.name = name
 
-    def unary_unary(self, method: str, **kwargs: Any) -> _UnaryUnary:
+    def unary_unary(self, method: str, request_serializer: Serializer | None = None,
+                    response_deserializer: Deserializer | None = None, **kwargs: Any) -> _UnaryUnary:
+        kwargs.update(request_serializer=request_serializer, response_deserializer=response_deserializer)
         return _UnaryUnary(self._channels, self.name, method, kwargs)
 
-    def unary_stream(self, method: str, **kwargs: Any) -> _UnaryStream:
+    def unary_stream(self, method: str, request_serializer: Serializer | None = None,
+                     response_deserializer: Deserializer | None = None, **kwargs: Any) -> _UnaryStream:
+        kwargs.update(request_serializer=request_serializer, response_deserializer=response_deserializer)
         return _UnaryStream(self._channels, self.name, method, kwargs)
 
-    def stream_unary(self, method: str, **kwargs: Any) -> _StreamUnary:
+    def stream_unary(self, method: str, request_serializer: Serializer | None = None,
+                     response_deserializer: Deserializer | None = None, **kwargs: Any) -> _StreamUnary:
+        kwargs.update(request_serializer=request_serializer, response_deserializer=response_deserializer)
         return _StreamUnary(self._channels, self.name, method, kwargs)
 
-    def stream_stream(self, method: str, **kwargs: Any) -> _StreamStream:
+    def stream_stream(self, method: str, request_serializer: Serializer | None = None,
+                      response_deserializer: Deserializer | None = None, **kwargs: Any) -> _StreamStream:
+        kwargs.update(request_serializer=request_serializer, response_deserializer=response_deserializer)
         return _StreamStream(self._channels, self.name, method, kwargs)
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
@@ -393,7 +413,7 @@ class _Ready:
     prepared: Prepared | None
 
 
-class _UnaryUnary(_ChainedCallable, grpc.aio.UnaryUnaryMultiCallable):  # type: ignore[misc]
+class _UnaryUnary(_ChainedCallable, grpc.aio.UnaryUnaryMultiCallable[Any, Any]):
     __slots__ = ()
     _kind = "unary_unary"
 
@@ -403,7 +423,7 @@ class _UnaryUnary(_ChainedCallable, grpc.aio.UnaryUnaryMultiCallable):  # type: 
         return self._start(request, timeout, metadata, credentials, wait_for_ready, compression)
 
 
-class _UnaryStream(_ChainedCallable, grpc.aio.UnaryStreamMultiCallable):  # type: ignore[misc]
+class _UnaryStream(_ChainedCallable, grpc.aio.UnaryStreamMultiCallable[Any, Any]):
     __slots__ = ()
     _kind = "unary_stream"
 
@@ -413,7 +433,7 @@ class _UnaryStream(_ChainedCallable, grpc.aio.UnaryStreamMultiCallable):  # type
         return self._start(request, timeout, metadata, credentials, wait_for_ready, compression)
 
 
-class _StreamUnary(_ChainedCallable, grpc.aio.StreamUnaryMultiCallable):  # type: ignore[misc]
+class _StreamUnary(_ChainedCallable, grpc.aio.StreamUnaryMultiCallable[Any, Any]):
     __slots__ = ()
     _kind = "stream_unary"
 
@@ -423,7 +443,7 @@ class _StreamUnary(_ChainedCallable, grpc.aio.StreamUnaryMultiCallable):  # type
         return self._start(request_iterator, timeout, metadata, credentials, wait_for_ready, compression)
 
 
-class _StreamStream(_ChainedCallable, grpc.aio.StreamStreamMultiCallable):  # type: ignore[misc]
+class _StreamStream(_ChainedCallable, grpc.aio.StreamStreamMultiCallable[Any, Any]):
     __slots__ = ()
     _kind = "stream_stream"
 

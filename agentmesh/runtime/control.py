@@ -18,6 +18,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import grpc
 from cryptography import x509
@@ -97,7 +98,7 @@ class TokenService(control_pb2_grpc.TokenServiceServicer):
         self.trust = trust
 
     async def IssueAgentToken(self, request: control_pb2.AgentTokenRequest,
-                              context: grpc.aio.ServicerContext) -> control_pb2.AgentToken:
+                              context: grpc.aio.ServicerContext[Any, Any]) -> control_pb2.AgentToken:
         peer = current_call().peer
         assert peer is not None, "the control chain verifies the peer first"
         roles = member_roles(self.config, peer.name)
@@ -110,7 +111,7 @@ class TokenService(control_pb2_grpc.TokenServiceServicer):
         return control_pb2.AgentToken(token=token, expires_at=int(self.clock() + ttl))
 
     async def ExchangeTransactionToken(self, request: control_pb2.TransactionTokenRequest,
-                                       context: grpc.aio.ServicerContext) -> control_pb2.TransactionToken:
+                                       context: grpc.aio.ServicerContext[Any, Any]) -> control_pb2.TransactionToken:
         call = current_call()
         peer = call.peer
         assert peer is not None and self.checks is not None, "the control chain verifies the peer first"
@@ -142,7 +143,7 @@ class TokenService(control_pb2_grpc.TokenServiceServicer):
         return control_pb2.TransactionToken(token=token, txn=txn, expires_at=int(granted.expires_at))
 
     async def SignAgentCard(self, request: control_pb2.AgentCardRequest,
-                            context: grpc.aio.ServicerContext) -> control_pb2.SignedAgentCard:
+                            context: grpc.aio.ServicerContext[Any, Any]) -> control_pb2.SignedAgentCard:
         """The card the mesh states for ``request.agent`` (:func:`agentmesh.a2a.cards.mesh_card`, from this
         config: nobody gets an arbitrary card signed), signed with the token key. The bridge serves the cards
         (an extended card only to authenticated callers), so only the bridge may ask."""
@@ -168,7 +169,7 @@ class IdentityService(control_pb2_grpc.IdentityServiceServicer):
         self.publisher = publisher
 
     async def Renew(self, request: control_pb2.CertificateSigningRequest,
-                    context: grpc.aio.ServicerContext) -> control_pb2.IssuedIdentity:
+                    context: grpc.aio.ServicerContext[Any, Any]) -> control_pb2.IssuedIdentity:
         call = current_call()
         peer = call.peer
         assert peer is not None and peer.name is not None, "the control chain verifies the peer first"
@@ -178,7 +179,7 @@ class IdentityService(control_pb2_grpc.IdentityServiceServicer):
         return issued
 
     async def WatchTrust(self, request: control_pb2.WatchTrustRequest,
-                         context: grpc.aio.ServicerContext) -> AsyncIterator[control_pb2.TrustUpdate]:
+                         context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[control_pb2.TrustUpdate]:
         async for update in self.publisher.watch():
             yield update
 
@@ -198,7 +199,7 @@ class JoinService(control_pb2_grpc.JoinServiceServicer):
         self.tokens = JoinTokens(config.ca_dir, clock=clock)
 
     async def Join(self, request: control_pb2.JoinRequest,
-                   context: grpc.aio.ServicerContext) -> control_pb2.IssuedIdentity:
+                   context: grpc.aio.ServicerContext[Any, Any]) -> control_pb2.IssuedIdentity:
         call = current_call()
         try:
             parse_token(request.join_token)  # cheap, before any file is read
@@ -299,8 +300,10 @@ async def start_control(config: MeshConfig, *, address: str | None = None,
     active = ActiveCalls()
     trust.on_update(lambda _snapshot: active.sweep(trust.refusal))
     peers = PeerIdentityCache(config.trust_domain, trust=trust, clock=clock)
-    server = MeshServer(identity, interceptors=identity_chain(name, sink=sink, identities=peers, active=active),
-                        max_connection_age=config.max_connection_age, grace=config.grace_period)
+    required = config.audit.required  # refuses what issues or changes something (chain.AUDIT_REQUIRED_EXEMPT)
+    chain = identity_chain(name, sink=sink, audit_required=required, identities=peers, active=active)
+    server = MeshServer(identity, interceptors=chain, max_connection_age=config.max_connection_age,
+                        grace=config.grace_period)
     checks, jwks_caches = _exchange_checks(config, authority, trust, identity, clock)
     trust.on_update(lambda snapshot: checks.links.follow(snapshot.issuers))
     server.add(control_pb2_grpc.add_TokenServiceServicer_to_server,
@@ -311,8 +314,8 @@ async def start_control(config: MeshConfig, *, address: str | None = None,
     join = None
     join_at = config.control.join_bind_address
     if join_at:
-        join = MeshServer(identity, interceptors=audit_only_chain(name, sink=sink), grace=config.grace_period,
-                          client_auth=False)
+        join = MeshServer(identity, interceptors=audit_only_chain(name, sink=sink, audit_required=required),
+                          grace=config.grace_period, client_auth=False)
         join.add(control_pb2_grpc.add_JoinServiceServicer_to_server, JoinService(config, ca, clock=clock),
                  "agentmesh.v1.JoinService")
         try:

@@ -204,8 +204,9 @@ class AgentIdentity:
             served = self.version
             return self._server_config()
 
+        # the stubs want the fetcher to return a configuration; grpc documents None as "no change"
         return grpc.dynamic_ssl_server_credentials(
-            self._server_config(), fetch, require_client_authentication=client_auth
+            self._server_config(), fetch, require_client_authentication=client_auth  # type: ignore[arg-type]
         )
 
     def channel_credentials(self, files: IdentityFiles | None = None) -> grpc.ChannelCredentials:

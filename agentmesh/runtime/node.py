@@ -45,7 +45,7 @@ from agentmesh.interceptors.client import ClientSteps
 from agentmesh.interceptors.identity import PeerIdentityCache
 from agentmesh.policy import PolicyEngine
 from agentmesh.ratelimit import RateLimiter, build_limiter
-from agentmesh.runtime.channel import MeshChannels, StubChannel, secure_channel
+from agentmesh.runtime.channel import MeshChannels, secure_channel
 from agentmesh.runtime.credentials import IdentityFiles, install_bundle, member_identity
 from agentmesh.runtime.delegation import MemberDelegation, rpc_error
 from agentmesh.runtime.probe import served_certificate
@@ -240,7 +240,7 @@ class MeshNode:
         kw.setdefault("reflection", True)
         return MeshServer(self.identity, interceptors=chain, **kw)
 
-    def stub(self, name: str, stub_class: Callable[[StubChannel], T]) -> T:
+    def stub(self, name: str, stub_class: Callable[[grpc.aio.Channel], T]) -> T:
         """A generated stub for agent ``name``; calls go through the client chain over mTLS."""
         return self.channels.stub(name, stub_class)
 

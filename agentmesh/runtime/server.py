@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -147,23 +147,41 @@ class MeshServer:
         stop_wait.cancel()
 
 
-class _Recording:
-    """The server as an ``add_XServicer_to_server`` function sees it, noting the services it registers
-    (generated code registers each with ``add_registered_method_handlers`` or a service handler)."""
+class _Recording(grpc.aio.Server):
+    """The server as an ``add_XServicer_to_server`` function sees it (the ``grpc.aio.Server`` it declares),
+    noting the services it registers (generated code registers each with ``add_registered_method_handlers``
+    or a service handler); the rest is the server's own."""
 
     def __init__(self, server: grpc.aio.Server, served: dict[str, None]) -> None:
         self._server = server
         self._served = served
 
-    def add_registered_method_handlers(self, service: str, handlers: Any) -> None:
+    def add_registered_method_handlers(self, service: str,
+                                       handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]) -> None:
         self._served[service] = None
         self._server.add_registered_method_handlers(service, handlers)
 
-    def add_generic_rpc_handlers(self, handlers: Sequence[Any]) -> None:
+    def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
+        handlers = tuple(handlers)
         for handler in handlers:
             if isinstance(handler, grpc.ServiceRpcHandler):
                 self._served[handler.service_name()] = None
         self._server.add_generic_rpc_handlers(handlers)
+
+    def add_insecure_port(self, address: str) -> int:
+        return self._server.add_insecure_port(address)
+
+    def add_secure_port(self, address: str, server_credentials: grpc.ServerCredentials) -> int:
+        return self._server.add_secure_port(address, server_credentials)
+
+    async def start(self) -> None:
+        await self._server.start()
+
+    async def stop(self, grace: float | None) -> None:
+        await self._server.stop(grace)
+
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:
+        return await self._server.wait_for_termination(timeout)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._server, name)

@@ -43,6 +43,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentmesh.a2a.cards import public_url
+from agentmesh.audit.prom import METRICS_ADDRESS_ENV, METRICS_FD_ENV
 from agentmesh.config import MeshConfig
 from agentmesh.errors import ConfigError, MeshError, Unavailable
 from agentmesh.pki.join import JoinTokens
@@ -162,7 +163,9 @@ class Supervisor:
     async def _spawn(self, child: Child) -> None:
         token = self._join_token(child)
         assert self._lifeline is not None
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "GRPC_VERBOSITY": os.environ.get("GRPC_VERBOSITY", "ERROR"),
+        # never up's own metrics handoff (a stale one, from the shell): only the child's, or none
+        inherited = {k: v for k, v in os.environ.items() if k not in (METRICS_ADDRESS_ENV, METRICS_FD_ENV)}
+        env = {**inherited, "PYTHONUNBUFFERED": "1", "GRPC_VERBOSITY": os.environ.get("GRPC_VERBOSITY", "ERROR"),
                **child.metrics_env()}
         with open(child.log_path, "ab") as log:  # handed to the child; closed here once it has it
             if child.restarts:

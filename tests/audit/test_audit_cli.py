@@ -145,21 +145,24 @@ def test_show_trace_filters_by_id_prefix(tmp_path, capsys):
         _run(["audit", "show", "--trace", "deadbeef", str(log)])
 
 
-def test_show_fails_on_a_bad_line_naming_it_but_ignores_a_half_written_last_line(tmp_path, capsys):
+def test_show_skips_a_bad_line_with_a_warning_naming_it_but_ignores_a_half_written_last_line(tmp_path, capsys):
     good = [json.dumps(r) for r in RECORDS[:2]]
     log = tmp_path / "audit.jsonl"
-    log.write_text(f"{good[0]}\n{{not json\n{good[1]}\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"audit\.jsonl:2: not valid JSON"):
-        _run(["audit", "show", str(log)])
-    log.write_text(f"{good[0]}\n[1, 2]\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"audit\.jsonl:2: expected a JSON object"):
-        _run(["audit", "show", str(log)])
-    log.write_text(f"{good[0]}\n" + json.dumps({**RECORDS[0], "start": "yesterday"}) + "\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match=r"audit\.jsonl:2: 'start' missing or not a number"):
-        _run(["audit", "show", str(log)])
+    log.write_text(f"{good[0]}\n{good[1]}\n", encoding="utf-8")
+    assert _run(["audit", "show", str(log)]) == 0
+    clean = capsys.readouterr()
+    assert clean.err == ""
+    for bad, why in [('{"not json": "s3cret', "not valid JSON"), ("[1, 2]", "expected a JSON object"),
+                     (json.dumps({**RECORDS[0], "start": "yesterday"}), "'start' missing or not a number")]:
+        log.write_text(f"{good[0]}\n{bad}\n{good[1]}\n", encoding="utf-8")
+        assert _run(["audit", "show", str(log)]) == 0
+        shown = capsys.readouterr()
+        assert shown.out == clean.out  # the records on either side of it, as without it
+        assert shown.err == f"agentmesh: warning: {log}:2: {why} (skipped)\n"  # (never the line itself)
     _write(log, RECORDS, tail='{"trace_id": "4bf9')
     assert _run(["audit", "show", str(log)]) == 0
-    assert capsys.readouterr().out == EXPECTED_T1 + "\n" + EXPECTED_T2
+    shown = capsys.readouterr()
+    assert shown.out == EXPECTED_T1 + "\n" + EXPECTED_T2 and shown.err == ""
 
 
 def test_show_reports_a_missing_file_and_an_empty_log(tmp_path, capsys):

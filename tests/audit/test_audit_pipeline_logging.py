@@ -58,7 +58,8 @@ def test_next_line(state: FailureLog, seen: Seen, now: float, line: str | None, 
     ("https://user:hunter2@collector.example:4317/v1/traces?token=s3cret", "https://collector.example:4317"),
     ("collector.example:4317", "collector.example:4317"),
     ("http://[::1]:4317", "http://[::1]:4317"),
-    ("http://host:notaport", "?"),
+    ("http://host:notaport", "http://host:?"),
+    ("http://[::1", "?"),
 ])
 def test_an_endpoint_is_logged_without_credentials_path_or_query(endpoint: str, shown: str) -> None:
     assert safe_endpoint(endpoint) == shown

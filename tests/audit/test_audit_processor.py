@@ -80,10 +80,41 @@ def test_a_failing_exporter_fails_only_its_own_spans(make_sink, recording, broke
     assert not sink.available()  # no exporter named as required: every one must be healthy
 
 
+class _CutShort:
+    """An exporter whose every export fails after writing all but the last span of its batch whole (a
+    disk that fills mid-write: JsonlExporter.landed)."""
+
+    name = "jsonl"
+
+    def __init__(self) -> None:
+        self.landed = 0
+        self.error: str | None = None
+
+    def export(self, spans):
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        self.landed, self.error = len(spans) - 1, "EFBIG"
+        return SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        pass
+
+
+def test_a_batch_cut_short_counts_what_landed_as_exported_and_only_the_rest_as_failed(make_sink):
+    sink = make_sink("ingestor", [_CutShort()], max_batch=64, schedule_delay=60)
+    _end_spans(sink, 5)
+    assert sink.force_flush(5)
+    stats = sink.stats["exporters"]["jsonl"]
+    assert stats["exported"] + stats["export_failures"] == 5 and stats["dropped"] == 0
+    assert stats["export_failures"] >= 1 and stats["exported"] >= 1  # one lost per slice, not the whole slice
+    assert not sink.available()  # the export failed all the same
+
+
 def test_a_hung_exporter_fills_and_drops_from_its_own_queue_only(make_sink, blocking, recording):
     sink = make_sink("ingestor", [blocking, recording], queue_size=4, max_batch=1, required=["recordingexporter"])
     _end_spans(sink, 1)
     assert blocking.entered.wait(5)  # its worker now holds span 0 inside export()
+    assert sink.force_flush(5, exporters=["recordingexporter"])  # (on a busy machine it may not have yet)
     for _ in range(25):  # (the recording queue is drained between rounds: it never fills)
         assert _end_spans(sink, 4) < FAST
         assert sink.force_flush(5, exporters=["recordingexporter"])

@@ -22,7 +22,7 @@ from agentmesh.runtime.publisher import TrustPublisher
 from agentmesh.runtime.server import MeshServer
 from agentmesh.runtime.truststate import TrustState
 from agentmesh.trust import RevocationPolicy
-from agentmesh.v1 import agent_pb2_grpc
+from agentmesh.v1 import agent_pb2, agent_pb2_grpc
 
 REFUSED = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAUTHENTICATED}
 
@@ -88,6 +88,22 @@ async def test_agent_a_calls_b_and_b_sees_a(mesh: Mesh) -> None:
         events = [e async for e in channels.stub("b", agent_pb2_grpc.AgentStub).InvokeStream(task(), timeout=5)]
         assert events[0].progress == f"0:spiffe://{TD}/agent/a"
         assert events[-1].HasField("result")
+    finally:
+        await channels.close()
+
+
+async def test_a_mesh_channel_is_a_grpc_aio_channel(mesh: Mesh) -> None:
+    """What takes a grpc.aio.Channel (generated stubs, the a2a-sdk's transports) takes a mesh channel: it
+    is one, and its multicallable factories take grpc.aio's arguments, the serializers positionally too."""
+    a = AgentIdentity(identity_dir(mesh.ca, mesh.root, "a"), TD)
+    channels = MeshChannels(a, {"b": mesh.address})
+    try:
+        channel = channels.channel("b")
+        assert isinstance(channel, grpc.aio.Channel)
+        invoke = channel.unary_unary("/agentmesh.v1.Agent/Invoke", agent_pb2.Task.SerializeToString,
+                                     agent_pb2.TaskResult.FromString)
+        res = await invoke(task("hi"), timeout=5)
+        assert [p.text for p in res.output] == [f"spiffe://{TD}/agent/a", "hi"]
     finally:
         await channels.close()
 
