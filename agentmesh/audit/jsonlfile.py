@@ -15,9 +15,12 @@ exporter's, not a path here.
 
 A write that fails part way (a full disk, a file size limit) raises :class:`PartialWrite`, which says how
 many of its lines landed whole; the line it cut stays in the file, but the next write begins with a
-newline, so the next record is never glued to it. The writer prefixes that newline whenever the file
-does not end with one, read before each write (so it also ends a line torn by another process, or by a
-process that died mid-write), and readers (``agentmesh audit show``) skip the torn line, saying so.
+newline, so the next record is never glued to it. The writer also prefixes one when the file it opens
+does not end with a newline (a process that died mid-write), unless the file is growing as it looks (another
+writer at work: its writes are whole lines). It does not look again before each write: while another process
+appends more than a page at once, the file's size grows a page at a time and its last byte is then inside that
+process's line, so a check there would add empty lines. Readers (``agentmesh audit show``) skip a torn line,
+saying so.
 
 Rotation happens between two writes, never inside one. Before each write the writer compares the
 file it holds with the file at the path (``lstat``):
@@ -122,7 +125,7 @@ class RotatingFile:
         if self._regular:
             self._before_write(len(data))
         fd = self._fd
-        lead = 1 if self._torn or (self._regular and self._ends_inside_a_line()) else 0
+        lead = 1 if self._torn else 0
         buf = memoryview(b"\n" + data if lead else data)
         done = 0
         try:
@@ -164,7 +167,8 @@ class RotatingFile:
             os.close(fd)
             raise
         old, self._fd, self._id = self._fd, fd, (st.st_dev, st.st_ino)
-        self._regular, self._size, self._torn = regular, st.st_size, False
+        self._regular, self._size = regular, st.st_size
+        self._torn = regular and self._ends_inside_a_line() and os.fstat(fd).st_size == st.st_size
         if old >= 0:
             os.close(old)
 
