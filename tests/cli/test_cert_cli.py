@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 AGENTMESH = [sys.executable, "-m", "agentmesh.cli.main"]
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,6 +48,7 @@ def test_onboarding_flow(tmp_path: Path) -> None:
     assert [row.split()[-1] for row in table[1:]] == ["revoked", "revoked"]
 
 
+@pytest.mark.slow  # ~11 s of CLI subprocesses: CI runs it (make test stays under 5 min)
 def test_errors_are_one_line(tmp_path: Path) -> None:
     ca = str(tmp_path / "ca")
     fails("cert", "issue", "a", "--ca", ca, "--out", str(tmp_path / "a"), match="no CA in")

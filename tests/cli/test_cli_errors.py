@@ -131,6 +131,7 @@ def test_app_whose_dependency_is_missing(mesh_file: Path) -> None:
              "cannot import module 'agentmesh_no_such_dependency'")
 
 
+@pytest.mark.slow  # ~4 s of CLI subprocesses: CI runs it
 def test_debug_shows_the_traceback(mesh_file: Path) -> None:
     (mesh_file.parent / "brokenapp.py").write_text("raise RuntimeError('missing OPENAI_API_KEY')\n")
     edit(mesh_file, agents__alpha__app="brokenapp:Agent")

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow  # ~8 s: make demo is the README's own command, and CI runs this
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     env = {**os.environ, "AGENTMESH_DEMO_DIR": str(tmp_path / "demo"), "PYTHONPATH": str(REPO)}
     r = subprocess.run([sys.executable, "-m", "examples.demo"], cwd=REPO, env=env, capture_output=True, text=True,

@@ -106,6 +106,7 @@ async def test_document_through_the_pipeline(workflow: Workflow) -> None:
     assert txns == {txn.txn}, "and one transaction: the same transaction token on every hop"
 
 
+@pytest.mark.slow  # a whole mesh under agentmesh up (~10 s): CI runs it; tests/lifecycle covers up fast
 def test_up_starts_and_stops_cleanly(tmp_path: Path) -> None:
     config_path = prepare(tmp_path, join=["summarizer"])  # up joins it: the key is made by the summarizer
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -148,6 +149,7 @@ def test_up_starts_and_stops_cleanly(tmp_path: Path) -> None:
     assert not [pid for pid in children if _alive(pid)], "a child outlived agentmesh up"
 
 
+@pytest.mark.slow  # agentmesh up and a child killed (~5 s): CI runs it
 def test_up_reports_a_child_that_dies(tmp_path: Path) -> None:
     config_path = prepare(tmp_path)
     text = config_path.read_text().replace("examples.workflow.validator:Validator", "examples.workflow.nope:Gone")
