@@ -4,27 +4,31 @@ Each dataclass checks itself in ``__post_init__``, so a config built in code is 
 read from a file; :class:`MeshConfig` also checks that every name a rule mentions exists (agents,
 members, the methods of the agents' descriptors, A2A skills), suggesting the nearest valid one.
 Live objects (verifiers, limiters, exporters) are built from these values elsewhere, without checking
-them again.
+them again. The checks of single values live in :mod:`agentmesh.configcheck`, the ``audit`` and ``metrics``
+sections in :mod:`agentmesh.telemetryconfig`; both are re-exported here.
 """
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import math
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
 
+from agentmesh.configcheck import agent_names as _agent_names
+from agentmesh.configcheck import compile_method_globs, did_you_mean, host_port, safe_endpoint
+from agentmesh.configcheck import method_names as _method_names
+from agentmesh.configcheck import peers as _peers
 from agentmesh.errors import ConfigError
 from agentmesh.identity import SpiffeId, validate_agent_name, validate_trust_domain
+from agentmesh.telemetryconfig import AUDIT_EXPORTERS, AuditConfig, MetricsConfig
 from agentmesh.trust import RevocationPolicy
 
 __all__ = [
     "A2A_DESCRIPTORS",
+    "AUDIT_EXPORTERS",
     "SKILL_METHODS",
     "A2AConfig",
     "AgentConfig",
@@ -47,111 +51,11 @@ __all__ = [
 
 DEFAULT_DESCRIPTORS = ("agentmesh.v1.agent_pb2",)
 A2A_DESCRIPTORS = ("a2a.types.a2a_pb2",)  # lf.a2a.v1.A2AService, from the a2a-sdk (the `a2a` extra)
-AUDIT_EXPORTERS = ("none", "console", "jsonl", "otlp")
 #: the A2A methods whose requests name a skill (agentmesh.a2a.skills.SEND_METHODS; no a2a-sdk import)
 SKILL_METHODS = frozenset({"/lf.a2a.v1.A2AService/SendMessage", "/lf.a2a.v1.A2AService/SendStreamingMessage"})
 
 
 # ----------------------------------------------------------------------------- checks of single values
-
-
-def did_you_mean(value: str, valid: Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` for the valid value nearest ``value``, or ``""`` when none is near."""
-    near = difflib.get_close_matches(value, sorted(valid), n=1)
-    return f" (did you mean {near[0]!r}?)" if near else ""
-
-
-def compile_method_globs(globs: Sequence[str]) -> re.Pattern[str] | None:
-    """One regex matching any of ``globs`` (``*`` matches any run of characters), or None for "any"."""
-    if not globs or "*" in globs:
-        return None
-    alts = ("(?:" + ".*".join(re.escape(part) for part in g.split("*")) + ")" for g in globs)
-    return re.compile("|".join(alts))
-
-
-def host_port(v: str, key: str) -> str:
-    """``host:port`` (a port from 0 to 65535), else a ConfigError naming ``key``."""
-    host, sep, port = v.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{key}: expected host:port, got {v!r}")
-    return v
-
-
-def safe_endpoint(endpoint: str) -> str:
-    """An endpoint as it may be logged or quoted in an error: scheme, host and port (no user name, password,
-    path, query or fragment); ``?`` for a part that cannot be read (``http://host:?``, or ``?``)."""
-    try:
-        parts = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}")
-        host = parts.hostname or "?"
-    except ValueError:
-        return "?"
-    try:
-        port = f":{parts.port}" if parts.port is not None else ""
-    except ValueError:
-        port = ":?"
-    host = f"[{host}]" if ":" in host else host
-    return f"{parts.scheme}://{host}{port}" if parts.scheme else f"{host}{port}"
-
-
-def _otlp_target(v: str) -> bool:
-    """``host:port``, ``http://host:port`` or ``https://host:port`` (an OTLP/gRPC collector)."""
-    parts = urlsplit(v if "://" in v else f"grpc://{v}")
-    try:
-        port = parts.port
-    except ValueError:
-        return False
-    return parts.scheme in ("grpc", "http", "https") and bool(parts.hostname) and port is not None \
-        and parts.path in ("", "/")
-
-
-def _check_otlp_endpoint(value: object, key: str) -> None:
-    """An OTLP/gRPC collector's endpoint (``key``): ``host:port``, ``http://host:port`` (plaintext) or
-    ``https://host:port``, and nothing that could carry a secret: no user info (any ``@``: a user name or a
-    password), no query, no fragment (the OpenTelemetry exporter logs its endpoint with every failed
-    export). The ConfigError is one line quoting the endpoint as :func:`safe_endpoint` shows it
-    (scheme://host:port), never the value itself."""
-    if not isinstance(value, str):
-        raise ConfigError(f"{key}: expected host:port, http://host:port (plaintext) or https://host:port")
-    if "@" in value:
-        reason = ("must not carry a user name or password (a collector's credentials go in "
-                  "OTEL_EXPORTER_OTLP_HEADERS)")
-    elif "?" in value or "#" in value:
-        reason = "must not carry a query or fragment"
-    elif not _otlp_target(value):
-        reason = "expected host:port, http://host:port (plaintext) or https://host:port"
-    else:
-        return
-    shown = safe_endpoint(value)
-    got = f"got {shown!r}" + (" (shown as scheme://host:port only)" if shown != value else "")
-    raise ConfigError(f"{key}: {reason}, {got}")
-
-
-def _method_names(where: str, methods: tuple[str, ...]) -> None:
-    for m in methods:
-        if not m.startswith("/") and m != "*":
-            raise ConfigError(f"{where}: {m!r} must be a full gRPC method name like /pkg.Service/Method")
-
-
-def _agent_names(where: str, names: tuple[str, ...]) -> None:
-    for name in names:
-        try:
-            validate_agent_name(name)
-        except ConfigError as e:
-            raise ConfigError(f"{where}: {e.message}") from None
-
-
-def _peers(where: str, items: tuple[str, ...], *, wildcards: bool = False) -> None:
-    """Agent names or SPIFFE IDs (and, in a chain, ``*`` for one member and ``**`` for any number)."""
-    for item in items:
-        if wildcards and item in ("*", "**"):
-            continue
-        try:
-            if item.startswith("spiffe://"):
-                SpiffeId.parse(item)
-            else:
-                validate_agent_name(item)
-        except ConfigError as e:
-            raise ConfigError(f"{where}: {e.message}") from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,97 +224,6 @@ class RateLimitConfig:
             if r.name in seen:
                 raise ConfigError(f"rate_limits.rules: duplicate rule name {r.name!r}")
             seen.add(r.name)
-
-
-@dataclass(frozen=True, slots=True)
-class AuditConfig:
-    """``audit``. ``required`` (``audit.required: true``, or the name of an exporter, kept in
-    ``required_exporter``): calls fail closed while that exporter cannot take spans; ``true`` names
-    the jsonl exporter when it is enabled, else every enabled one (:attr:`required_exporters`)."""
-
-    exporters: tuple[str, ...] = ("jsonl",)  # none | console | jsonl | otlp
-    jsonl_path: Path | None = None
-    otlp_endpoint: str | None = None
-    required: bool = False
-    required_exporter: str | None = None  # audit.required: <exporter name>
-    payload_fields: tuple[str, ...] = ()  # allow-list of request fields recorded (after redaction)
-    queue_size: int = 4096  # spans, per exporter
-    service_name: str = "agentmesh"
-    trace_housekeeping: bool = False  # spans for members' trust stream and token refreshes (refusals always)
-    otlp_timeout: float = 5.0  # s one OTLP export may take (a silent collector holds the OTLP queue this long)
-    jsonl_rotate_bytes: int = 64 * 1024 * 1024  # rotate the JSONL log past this size (0: never)
-    jsonl_rotate_seconds: float = 0.0  # rotate it this long after its first record (0: never)
-    jsonl_keep: int = 0  # rotated JSONL files kept, oldest deleted first (0: all of them)
-
-    def __post_init__(self) -> None:
-        for exp in self.exporters:
-            if exp not in AUDIT_EXPORTERS:
-                raise ConfigError(f"audit.exporters: unknown exporter {exp!r}"
-                                  f"{did_you_mean(exp, AUDIT_EXPORTERS) or ' (' + ', '.join(AUDIT_EXPORTERS) + ')'}")
-        if "otlp" in self.exporters and not self.otlp_endpoint:
-            raise ConfigError("audit.otlp_endpoint: required when the otlp exporter is enabled")
-        if self.otlp_endpoint is not None:
-            _check_otlp_endpoint(self.otlp_endpoint, "audit.otlp_endpoint")
-        enabled = [e for e in self.exporters if e != "none"]
-        if self.required_exporter is not None:
-            if not self.required:
-                raise ConfigError("audit.required: an exporter is named but required is false")
-            if self.required_exporter not in enabled:
-                raise ConfigError(f"audit.required: {self.required_exporter!r} is not an enabled exporter "
-                                  f"(audit.exporters: {', '.join(self.exporters) or 'none'})"
-                                  f"{did_you_mean(self.required_exporter, enabled)}")
-        elif self.required and not enabled:
-            raise ConfigError("audit.required: true, but audit.exporters enables no exporter")
-        if not self.otlp_timeout > 0 or not math.isfinite(self.otlp_timeout):
-            raise ConfigError(f"audit.otlp_timeout: expected a duration > 0, got {self.otlp_timeout!r}")
-        for key, value in (("jsonl_rotate_bytes", self.jsonl_rotate_bytes), ("jsonl_keep", self.jsonl_keep)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ConfigError(f"audit.{key}: expected an integer >= 0, got {value!r}")
-        if not self.jsonl_rotate_seconds >= 0 or not math.isfinite(self.jsonl_rotate_seconds):
-            raise ConfigError(f"audit.jsonl_rotate_seconds: expected a duration >= 0 (0: never), "
-                              f"got {self.jsonl_rotate_seconds!r}")
-
-    @property
-    def required_exporters(self) -> tuple[str, ...]:
-        """The exporters whose trouble makes calls fail closed: none unless ``required``."""
-        if not self.required:
-            return ()
-        if self.required_exporter is not None:
-            return (self.required_exporter,)
-        enabled = tuple(dict.fromkeys(e for e in self.exporters if e != "none"))
-        return ("jsonl",) if "jsonl" in enabled else enabled
-
-
-@dataclass(frozen=True, slots=True)
-class MetricsConfig:
-    """``metrics``: the Prometheus endpoint of each member (docs/OBSERVABILITY.md); none unless set.
-
-    A member serves ``/metrics`` on ``addresses[name]``, else on ``host:port_base + i``, ``i`` its place
-    in :meth:`MeshConfig.members` (control plane, agents in file order, bridge). Port 0: any free port.
-    With ``otlp_endpoint`` (an OTLP/gRPC collector: ``host:port``, ``http://`` plaintext or ``https://``),
-    each member also pushes the same series there every ``otlp_interval`` seconds.
-    """
-
-    addresses: Mapping[str, str] = field(default_factory=dict)  # member name -> host:port
-    host: str = "127.0.0.1"
-    port_base: int | None = None
-    otlp_endpoint: str | None = None
-    otlp_interval: float = 15.0  # seconds between pushes
-
-    def __post_init__(self) -> None:
-        if self.otlp_endpoint is not None:
-            _check_otlp_endpoint(self.otlp_endpoint, "metrics.otlp_endpoint")
-        interval = self.otlp_interval
-        if isinstance(interval, bool) or not isinstance(interval, int | float) or not math.isfinite(interval) \
-                or not 0.01 <= interval <= 86400:
-            raise ConfigError(f"metrics.otlp_interval: expected seconds from 0.01 to 86400, got {interval!r}")
-        for name, address in self.addresses.items():
-            _agent_names("metrics.addresses", (name,))
-            host_port(address, f"metrics.addresses.{name}")
-        if self.port_base is not None and (isinstance(self.port_base, bool) or not 1 <= self.port_base <= 65535):
-            raise ConfigError(f"metrics.port_base: expected a port from 1 to 65535, got {self.port_base!r}")
-        if not self.host:
-            raise ConfigError("metrics.host: expected a host name or address")
 
 
 @dataclass(frozen=True, slots=True)
