@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
+import httpx
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
@@ -129,3 +131,18 @@ Policy rules decide which agent may call which method, and everything else is de
 Rate limits protect agents from bursts of calls. Audit spans record every decision in one trace.
 Operators read the audit trail to see who called whom and why the call was allowed.
 """
+
+
+async def wait_bridge_ready(client: httpx.AsyncClient, proc: asyncio.subprocess.Process) -> None:
+    """Until the bridge process ``proc`` answers ``/healthz`` through ``client``: polls for an event (the
+    bridge listening), it does not wait for time to pass; fails if the process exits or never comes up."""
+    for _ in range(400):
+        if proc.returncode is not None:
+            raise AssertionError("the bridge process exited")
+        try:
+            if (await client.get("/healthz")).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError("the bridge process did not come up")

@@ -11,6 +11,7 @@ import httpx
 import pytest
 from bridgekit import BridgeMesh, tls_context
 from meshkit import free_port
+from support import wait_bridge_ready
 
 from agentmesh.cli.main import main
 
@@ -29,17 +30,6 @@ async def _bridge_process(mesh: BridgeMesh, *extra: str) -> tuple[asyncio.subpro
     return proc, f"{scheme}://localhost:{port}"
 
 
-async def _wait_ready(client: httpx.AsyncClient, proc: asyncio.subprocess.Process) -> None:
-    for _ in range(300):
-        if proc.returncode is not None:
-            break
-        try:
-            if (await client.get("/healthz")).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError("the bridge process did not come up")
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> str:
@@ -58,7 +48,7 @@ async def test_bridge_command_serves_and_logs_no_secret(mesh: BridgeMesh, extra:
     try:
         verify = tls_context(mesh.bundle) if url.startswith("https") else False
         async with httpx.AsyncClient(base_url=url, verify=verify, timeout=10) as client:
-            await _wait_ready(client, proc)
+            await wait_bridge_ready(client, proc)
             r = await client.post(ECHO + f"?access_token={token}", json={"name": "cli"},
                                   headers={"authorization": f"Bearer {token}"})
             assert r.status_code == 200, r.text

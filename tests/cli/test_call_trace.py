@@ -18,6 +18,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from meshkit import Mesh, free_port, running_mesh
+from support import wait_bridge_ready
 
 from agentmesh.cli.main import main
 
@@ -123,7 +124,7 @@ async def bridge(mesh: Mesh) -> AsyncIterator[tuple[httpx.AsyncClient, asyncio.s
     tls = ssl.create_default_context(cafile=str(mesh.root / "identities" / "bridge" / "bundle.pem"))
     async with httpx.AsyncClient(base_url=f"https://localhost:{port}", verify=tls, timeout=10) as client:
         try:
-            await _until_ready(client, proc)
+            await wait_bridge_ready(client, proc)
             yield client, proc
         finally:
             if proc.returncode is None:
@@ -131,17 +132,6 @@ async def bridge(mesh: Mesh) -> AsyncIterator[tuple[httpx.AsyncClient, asyncio.s
             await asyncio.wait_for(proc.communicate(), 30)
 
 
-async def _until_ready(client: httpx.AsyncClient, proc: asyncio.subprocess.Process) -> None:
-    for _ in range(400):  # polls for an event (the bridge listening), it does not wait for time to pass
-        if proc.returncode is not None:
-            raise AssertionError("the bridge process exited")
-        try:
-            if (await client.get("/healthz")).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError("the bridge did not come up")
 
 
 async def test_every_bridge_response_but_a_probe_that_succeeded_carries_traceparent(
