@@ -231,6 +231,7 @@ def profile_bridge(a: argparse.Namespace, flags: Sequence[str]) -> None:
 
 
 ABLATION: tuple[tuple[str, list[str]], ...] = (  # (label, serve.py agent arguments)
+    ("agent process, no interceptors", ["--stages", "0"]),
     ("chain: audit stage only", ["--stages", "1"]),
     ("+ admission (certificate, token, policy; decisions reused)", ["--stages", "2"]),
     ("+ rate limit", ["--stages", "3"]),
@@ -273,7 +274,7 @@ def ablate(rounds: int, seconds: float, concurrency: int) -> None:
                 rps, p99, srv, cli = (statistics.median(col) for col in zip(*results[key], strict=True))
                 delta = "" if prev is None else f"{srv - prev:+.0f}"
                 print(f"{labels[key]:<40} {rps:7.0f} {p99:7.2f} {srv:12.0f} {delta:>7} {cli:12.0f}")
-                if key in ("v2", *names[:6]):  # the tweaked rows compare with the whole chain
+                if key in ("v2", *names[:-2]):  # the tweaked rows compare with the whole chain
                     prev = srv
         finally:
             if gen is not None:

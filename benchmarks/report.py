@@ -118,6 +118,9 @@ def compute_ratios(variants: Mapping[str, dict[str, Any]]) -> dict[str, float | 
             ratios[f"v{n}_rps_vs_v{g}"] = _ratio(get(n, "rps"), get(g, "rps"))
             ratios[f"v{n}_p99_vs_v{g}"] = _ratio(get(n, "p99_ms"), get(g, "p99_ms"))
     ratios["v7_rps_vs_v5"] = _ratio(get(7, "rps"), get(5, "rps"))  # what bridge.txn_reuse buys
+    # the chain's own cost: the mesh member against bare grpc.aio on the loop the member runs on (uvloop)
+    ratios["v3_rps_vs_v9"] = _ratio(get(3, "rps"), get(9, "rps"))
+    ratios["v9_rps_vs_v2"] = _ratio(get(9, "rps"), get(2, "rps"))  # what the loop alone buys bare grpc.aio
     c3, c2 = get(3, "server_cpu_us_per_call"), get(2, "server_cpu_us_per_call")
     ratios["chain_server_cpu_us_per_call"] = c3 - c2 if c3 is not None and c2 is not None else None
     k3, k2 = get(3, "client_cpu_us_per_call"), get(2, "client_cpu_us_per_call")
@@ -226,6 +229,10 @@ def print_report(doc: Mapping[str, Any]) -> None:
             print(f"{name:<44} {_f(v['rps']):>8} {_f(v['p50_ms'], '.2f'):>8} {_f(v['p99_ms'], '.2f'):>8} "
                   f"{_f(v['server_cpu_us_per_call']):>12} {_f(v['client_cpu_us_per_call']):>12} {ratio:>17} "
                   f"{v['errors']:>7}")
+        r = doc.get("ratios") or {}
+        if r.get("v3_rps_vs_v9") is not None:
+            print(f"the chain's own cost, on the loop members run on (uvloop): variant 3 = {r['v3_rps_vs_v9']:.2f}x "
+                  f"variant 9; the loop alone gives bare grpc.aio {_f(r.get('v9_rps_vs_v2'), '.2f')}x variant 2")
         split = [v for v in doc["variants"].values()
                  if v["status"] == "ok" and len(v.get("server_cpu_us_per_call_by_process") or {}) > 1]
         if split:

@@ -27,6 +27,7 @@ from agentmesh.configfile import load_config
 from agentmesh.interceptors.base import ServerChain
 from agentmesh.interceptors.chain import server_chain
 from agentmesh.ratelimit import build_limiter
+from agentmesh.runtime import evloop
 from agentmesh.runtime.control import start_control
 from agentmesh.runtime.credentials import AgentIdentity
 from agentmesh.runtime.gcfreeze import freeze_after_startup
@@ -173,15 +174,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tweak", action="append", default=[], choices=TWEAKS, help="switch part of the chain off")
     p.add_argument("--public-key", help="PEM public key of the gateway's token issuer (kinds gateway*)")
     p.add_argument("--upstream", help="host:port of the bare mTLS agent (kind gateway-forward)")
+    p.add_argument("--uvloop", action="store_true", help="serve on uvloop (kinds grpc-*: variant 9; agent and "
+                   "control run on the loop `agentmesh agent` runs on, agentmesh.runtime.evloop)")
     a = p.parse_args(argv)
+    if a.uvloop:
+        import uvloop
+        uvloop.install()
     if a.kind == "grpc-insecure":
         asyncio.run(grpc_insecure(a.listen))
     elif a.kind == "grpc-mtls":
         asyncio.run(grpc_mtls(a.config, a.listen))
     elif a.kind == "agent":
-        asyncio.run(agent(a.config, a.name, a.redis, a.check_every, stages=a.stages, tweaks=a.tweak))
+        evloop.run(agent(a.config, a.name, a.redis, a.check_every, stages=a.stages, tweaks=a.tweak))
     elif a.kind == "control":
-        asyncio.run(control(a.config))
+        evloop.run(control(a.config))
     elif a.kind == "bridge":
         bridge(a.config, a.listen)
     elif a.kind == "gateway":

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = ["BRIDGE_TXN_REUSE", "BRIDGE_VARIANTS", "CONTROL_VARIANTS", "DEFAULT_RATES", "FIXED_RATE_VARIANTS", "FULL",
-           "GATEWAY_PATH", "GATEWAY_VARIANTS", "PRESETS", "QUICK", "SMOKE", "VARIANTS", "Preset", "Variant"]
+           "GATEWAY_PATH", "GATEWAY_VARIANTS", "PRESETS", "QUICK", "SMOKE", "UVLOOP_VARIANT", "VARIANTS", "Preset",
+           "Variant"]
 
 #: the FastAPI gateway's route (variant 6): the bridge's default route for the same method
 GATEWAY_PATH = "/v1/agents/{agent}/agentmesh.v1.Agent/Invoke"
@@ -40,7 +41,11 @@ VARIANTS: dict[int, Variant] = {v.number: v for v in (
     Variant(6, "fastapi_gateway", "FastAPI + PyJWT + slowapi gateway", "http"),
     Variant(7, "bridge_http_txn_reuse", f"REST bridge, txn_reuse {BRIDGE_TXN_REUSE}", "http"),
     Variant(8, "fastapi_forwarding_gateway", "FastAPI gateway -> gRPC mTLS -> bare agent", "http"),
+    Variant(9, "grpc_mtls_uvloop", "bare grpc.aio, mTLS, on uvloop", "grpc"),
 )}
+#: the loop the mesh's members run on (agentmesh.runtime.evloop: uvloop when installed) against bare grpc.aio
+#: on that same loop: 3 / 9 is the chain's own cost, 3 / 2 what a member costs against grpc.aio as users run it
+UVLOOP_VARIANT = 9
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,11 +75,11 @@ class Preset:
 DEFAULT_RATES = (250, 500, 1000)
 
 FULL = Preset("full", rounds=5, seconds=3.0, warmup=1.5, micro_seconds=0.4, ca_seconds=1.5, rotate=True,
-              rotate_seconds=10.0, variants=(1, 2, 3, 4, 5, 6, 7, 8), chart=True, renewal=True, renewal_seconds=20.0,
+              rotate_seconds=10.0, variants=(1, 2, 3, 4, 5, 6, 7, 8, 9), chart=True, renewal=True, renewal_seconds=20.0,
               propagation_trials=10, joins=60, join_history=1000, fixed_rates=DEFAULT_RATES, fixed_seconds=10.0,
               fixed_rounds=4, fixed_warmup=2.0)
 QUICK = Preset("quick", rounds=2, seconds=2.0, warmup=1.0, micro_seconds=0.1, ca_seconds=0.5, rotate=False,
-               rotate_seconds=8.0, variants=(1, 2, 3, 4, 5, 6, 7, 8), chart=True, propagation_trials=5, joins=50,
+               rotate_seconds=8.0, variants=(1, 2, 3, 4, 5, 6, 7, 8, 9), chart=True, propagation_trials=5, joins=50,
                fixed_rates=DEFAULT_RATES, fixed_seconds=3.0, fixed_rounds=2, fixed_warmup=1.0)
 SMOKE = Preset("smoke", rounds=1, seconds=0.3, warmup=0.2, micro_seconds=0.01, ca_seconds=0.05, rotate=False,
                rotate_seconds=3.0, variants=(1, 2, 3), chart=False, fixed_rates=(200,), fixed_seconds=0.3,

@@ -188,6 +188,15 @@ def start_servers(b: Bench, wanted: Sequence[int], stack: contextlib.ExitStack) 
                                               mesh.mtls_port)))
         if 2 in live:
             b.grpc_targets[2] = GrpcTarget("mtls", mtls_addr, AGENT)
+    if 9 in live:
+        if importlib.util.find_spec("uvloop") is None:
+            b.skip(9, "uvloop is not installed (pip install 'agentmesh[fast]')")
+        else:
+            port = free_port()
+            addr = f"127.0.0.1:{port}"
+            starting.append(([9], procs.python("grpc-mtls-uvloop", "grpc-mtls",
+                                               [*cfg, "--listen", addr, "--uvloop"], port)))
+            b.grpc_targets[9] = GrpcTarget("mtls", addr, AGENT)
     if any(n in live for n in (3, 5, 7)):
         echo = procs.python("agent-echo", "agent", [*cfg, "--name", AGENT], _port(mesh.address(AGENT)))
         starting.append(([3, 5, 7], echo))

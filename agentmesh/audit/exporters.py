@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import errno
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -91,6 +92,8 @@ class JsonlExporter:
         self.where = str(path)
         self.error: str | None = None  # the errno name of the last refused export (ENOSPC, ELOOP...)
         self.landed = 0  # spans of the last export whose line was written whole
+        #: CPU seconds the last export held the interpreter: building its lines (the write lets go of it)
+        self.held: float | None = None
         try:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._file: RotatingFile | None = RotatingFile(
@@ -103,8 +106,11 @@ class JsonlExporter:
         file = self._file
         if file is None:
             return SpanExportResult.FAILURE
+        started = time.thread_time()
+        data = _lines(spans).encode("utf-8", "replace")
+        self.held = time.thread_time() - started
         try:
-            file.write(_lines(spans).encode("utf-8", "replace"))  # one write per batch of whole lines
+            file.write(data)  # one write per batch of whole lines
         except OSError as e:
             self.landed = e.lines if isinstance(e, PartialWrite) else 0
             self.error = errno.errorcode.get(e.errno or 0, type(e).__name__)  # (never the message: it names paths)

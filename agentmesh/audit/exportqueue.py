@@ -29,7 +29,9 @@ _FIRST_SLICE = 8
 class SpanRecordExporter(Protocol):
     """What a queue hands ended spans to (in its own thread): the exporters of exporters.py. They may
     also have a ``name`` (the label of their counts), a ``where`` (what they write to, as it may be
-    logged) and an ``error`` (what their last refused export failed with: an error class or code)."""
+    logged), an ``error`` (what their last refused export failed with: an error class or code) and a
+    ``held`` (the CPU seconds their last export held the interpreter, when the rest of it, a write or a
+    send, lets go of it: the part that can pause the event loop, by which slices are sized)."""
 
     def export(self, spans: Sequence[FastSpan]) -> SpanExportResult: ...
 
@@ -188,7 +190,8 @@ class ExportQueue:
             left -= n
             started = self._cpu_clock()
             ok = self._export(batch)
-            cost = (self._cpu_clock() - started) / n
+            held = getattr(self.exporter, "held", None)
+            cost = (self._cpu_clock() - started if held is None else held) / n
             previous = self._span_cost
             self._span_cost = cost if previous is None else previous + (cost - previous) / 4
             del batch  # short-lived spans: nothing holds them once exported

@@ -27,10 +27,14 @@ export thread lets go of it, which CPython forces only every 5 ms (``sys.getswit
   are short-lived (one that waits half a second outlives young garbage collections and is then
   walked by full ones);
 * hands its exporter at most ``max_batch`` spans at a time, fewer when the exporter's measured cost
-  per span (the thread's CPU time: about the time a slice holds the lock; time spent waiting on a
-  socket or a disk does not count) says a slice would take longer than ``slice_budget`` seconds; the
-  cost is re-measured on every slice, so the bound holds for a costlier exporter (OTLP) or a slower
-  machine too;
+  per span says a slice would hold the lock longer than ``slice_budget`` seconds. The cost is the CPU
+  time the exporter says its last export held the lock (``held``: the JSONL exporter's lines, not its
+  write, which lets go of the lock), else the thread's CPU time for the whole export (time spent
+  waiting on a socket or a disk does not count). It is re-measured on every slice, so the bound holds
+  for a costlier exporter (OTLP) or a slower machine too. Measuring the whole export of the JSONL
+  exporter also counted each slice's fixed cost (its ``lstat`` and ``write``, the lock taken back
+  after them) as a cost per span: on a busy member that shrank slices to ~2 spans, which made the
+  cost per span look higher still (84 us a span, against ~25 us for its lines);
 * sleeps briefly (:data:`SLICE_GAP`) between slices while more are queued, so a thread waiting for
   the lock (the event loop) takes it at once rather than after the switch interval.
 

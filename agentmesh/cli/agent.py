@@ -12,6 +12,7 @@ from agentmesh.cli.usage import examples
 from agentmesh.config import AgentConfig, MeshConfig
 from agentmesh.configfile import load_config
 from agentmesh.errors import MeshError
+from agentmesh.runtime import evloop
 from agentmesh.runtime.agent import run_agent
 from agentmesh.runtime.app import load_object
 from agentmesh.runtime.join import join
@@ -65,5 +66,5 @@ def _run(args: argparse.Namespace) -> int:
     import_app(agent)
     check_listen(agent.bind_address, f"agent {args.name}")
     join_first(args, config, args.name)
-    asyncio.run(run_agent(config, args.name))
+    evloop.run(run_agent(config, args.name))
     return 0

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 from agentmesh.cli.errors import check_listen
 from agentmesh.cli.usage import examples
 from agentmesh.configfile import load_config
+from agentmesh.runtime import evloop
 from agentmesh.runtime.control import start_control
 from agentmesh.runtime.gcfreeze import freeze_after_startup
 
@@ -40,5 +40,5 @@ async def _serve(path: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    asyncio.run(_serve(args.config))
+    evloop.run(_serve(args.config))
     return 0

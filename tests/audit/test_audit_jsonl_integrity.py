@@ -161,3 +161,29 @@ def test_a_symlink_swapped_in_later_fails_the_exporter_and_touches_nothing(tmp_p
     finally:
         sink.shutdown()
     assert _untouched(victim)
+
+
+def test_the_jsonl_exporter_says_how_long_each_export_held_the_interpreter(tmp_path):
+    # the export queue sizes its slices by this (the lines), not by the whole export (the write lets go of it)
+    from opentelemetry.trace import SpanKind
+
+    from agentmesh.audit.fastspan import FastTracer
+
+    ended: list = []
+    tracer = FastTracer("ingestor", on_end=ended.append)
+    exporter = JsonlExporter(tmp_path / "audit.jsonl")
+    assert exporter.held is None  # nothing exported yet
+
+    def export(n: int) -> float:
+        ended.clear()
+        for i in range(n):
+            tracer.start_span(f"call-{i}", kind=SpanKind.SERVER, attributes={"i": i, "pad": "x" * 200}).end()
+        exporter.export(list(ended))
+        assert exporter.held is not None
+        return exporter.held
+
+    many = min(export(2000) for _ in range(3))
+    one = min(export(1) for _ in range(3))
+    assert 0 < one < many  # measured per export, and it grows with the lines built
+    exporter.shutdown()
+    assert (tmp_path / "audit.jsonl").read_text().count("\n") == 3 * 2000 + 3

@@ -212,3 +212,35 @@ def test_a_flush_returns_while_calls_keep_ending_spans(make_processor):
 def test_nonsense_settings_are_refused(kw):
     with pytest.raises(ValueError):
         QueueSpanProcessor([], **kw)
+
+
+class HoldingRecorder(SliceRecorder):
+    """An exporter whose export also costs a fixed amount per call that lets go of the interpreter (a write):
+    the CPU clock advances by both, ``held`` says only the per-span part (as the JSONL exporter's does)."""
+
+    def __init__(self, *, cost_per_span: float, fixed: float, says_held: bool) -> None:
+        super().__init__(cost_per_span=cost_per_span)
+        self.fixed = fixed
+        self.says_held = says_held
+        self.held: float | None = None
+
+    def export(self, spans: Sequence[FastSpan]) -> SpanExportResult:
+        result = super().export(spans)
+        self.now += self.fixed
+        if self.says_held:
+            self.held = self.cost_per_span * len(spans)
+        return result
+
+
+@pytest.mark.parametrize(("says_held", "expected"), [(True, 4), (False, 1)])
+def test_slices_are_sized_by_the_time_an_export_holds_the_interpreter_when_the_exporter_says_it(
+        make_processor, says_held, expected):
+    # 0.25 s a span while holding the lock, 2 s a slice in a write that lets go of it, budget 1 s: sized by the
+    # held part, 4 spans a slice; counting the write as a cost per span shrank slices to 1 (each slice then
+    # paid the write for one span: the spiral a busy member fell into, 84 us a span against ~25)
+    recorder = HoldingRecorder(cost_per_span=0.25, fixed=2.0, says_held=says_held)
+    processor = make_processor(recorder, max_batch=64, slice_budget=1.0)
+    _end(processor, 40)
+    assert processor.force_flush(5_000)
+    assert set(recorder.sizes[5:]) == {expected}  # (once the smoothed cost has settled)
+    assert recorder.names == _names(40)
