@@ -19,9 +19,10 @@ from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from agentmesh.audit.fastspan import FastSpan
 from agentmesh.metadata import TRACE_HEADERS
 
-__all__ = ["TRACE_HEADERS", "extract", "inject", "remote_parent"]
+__all__ = ["TRACE_HEADERS", "extract", "inject", "inject_span", "remote_parent"]
 
 _PROPAGATOR = TraceContextTextMapPropagator()
 _V00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
@@ -33,16 +34,31 @@ def inject(metadata: list[tuple[str, str]], context: Context | None = None) -> N
 
     Nothing is added when the context holds no valid span.
     """
-    sc = trace.get_current_span(context).get_span_context()
+    inject_span(metadata, trace.get_current_span(context))
+
+
+def inject_span(metadata: list[tuple[str, str]], span: trace.Span) -> None:
+    """:func:`inject` for a context holding ``span`` (a client span: the server's span is its child), without
+    building that context; an agentmesh span's ``traceparent`` is formatted from its ids directly (the
+    client chain's hot path)."""
+    if type(span) is FastSpan:  # always valid and sampled, no trace state
+        _drop_trace_headers(metadata)
+        metadata.append(("traceparent", f"00-{span.trace_id:032x}-{span.span_id:016x}-01"))
+        return
+    sc = span.get_span_context()
     if not sc.is_valid:
         return
-    for key, _ in metadata:  # a plain loop: cheaper than any() over a generator, on every call
-        if key.lower() in TRACE_HEADERS:
-            metadata[:] = [(k, v) for k, v in metadata if k.lower() not in TRACE_HEADERS]
-            break
+    _drop_trace_headers(metadata)
     metadata.append(("traceparent", f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{int(sc.trace_flags):02x}"))
     if sc.trace_state:
         metadata.append(("tracestate", sc.trace_state.to_header()))
+
+
+def _drop_trace_headers(metadata: list[tuple[str, str]]) -> None:
+    for key, _ in metadata:  # a plain loop: cheaper than any() over a generator, on every call
+        if key.lower() in TRACE_HEADERS:
+            metadata[:] = [(k, v) for k, v in metadata if k.lower() not in TRACE_HEADERS]
+            return
 
 
 def remote_parent(metadata: Sequence[tuple[str, str | bytes]] | None) -> SpanContext | None:

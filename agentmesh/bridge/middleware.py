@@ -36,7 +36,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentmesh.audit import attributes as A
-from agentmesh.audit import extract, inject
+from agentmesh.audit import extract
+from agentmesh.audit.propagation import inject_span
 from agentmesh.audit.redact import redact_text
 from agentmesh.bridge.edge import path_segments, request_id
 from agentmesh.bridge.errors import HttpError
@@ -223,7 +224,7 @@ def _client(client: Any) -> dict[str, Any]:
 def _trace_headers(span: trace.Span) -> list[tuple[bytes, bytes]]:
     """The ``traceparent`` of ``span`` as a response header (none for a span that is not recorded)."""
     carrier: list[tuple[str, str]] = []
-    inject(carrier, trace.set_span_in_context(span))
+    inject_span(carrier, span)
     return [(k.encode(), v.encode()) for k, v in carrier if k == "traceparent"]
 
 

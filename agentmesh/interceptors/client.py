@@ -26,7 +26,8 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from agentmesh.audit import attributes as A
-from agentmesh.audit import inject, rpc_attributes
+from agentmesh.audit import rpc_attributes
+from agentmesh.audit.propagation import inject_span
 from agentmesh.audit.spans import REQUEST_ID_KEY, STATUS_ATTRIBUTES, rpc_span_name, safe_request_id, server_address
 from agentmesh.context import maybe_current_call
 from agentmesh.errors import TokenError
@@ -151,7 +152,7 @@ class ClientSteps:
             span.set_attribute(A.REQUEST_ID, rid)
         if deleg is not None and deleg.txn is not None:
             span.set_attribute(A.TXN, deleg.txn)
-        inject(md, trace.set_span_in_context(span))  # trace_context
+        inject_span(md, span)  # trace_context
         return md, timeout, span
 
     @staticmethod

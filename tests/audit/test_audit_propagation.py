@@ -67,3 +67,27 @@ def test_missing_invalid_repeated_or_binary_traceparents_give_a_fresh_root(make_
 def test_header_names_are_matched_case_insensitively():
     ctx = extract([("TraceParent", PARENT)])
     assert format(trace.get_current_span(ctx).get_span_context().trace_id, "032x") == PARENT.split("-")[1]
+
+
+def test_a_spans_own_header_is_the_one_its_context_gives(make_sink, recording):
+    # inject_span (the client chain's and the bridge's path: no context built, an agentmesh span's ids
+    # formatted directly) writes what inject() writes for a context holding the span, and replaces old headers
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+
+    from agentmesh.audit.propagation import inject_span
+
+    sink = make_sink("bridge", [recording])
+    ours = sink.tracer.start_span("client", kind=trace.SpanKind.CLIENT)
+    foreign = NonRecordingSpan(SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0xF067AA0BA902B7, is_remote=False,
+                                           trace_flags=TraceFlags(0), trace_state=TraceState([("v", "1")])))
+    for span in (ours, foreign, trace.INVALID_SPAN):
+        old = [("Traceparent", PARENT), ("x-request-id", "1")]
+        direct, reference = list(old), list(old)
+        inject_span(direct, span)
+        inject(reference, trace.set_span_in_context(span))
+        assert direct == reference
+    assert dict(direct) == dict(old)  # an invalid span: nothing replaced, nothing added
+    md: list[tuple[str, str]] = [("TRACEPARENT", PARENT)]
+    inject_span(md, ours)
+    assert md == [("traceparent", f"00-{ours.trace_id:032x}-{ours.span_id:016x}-01")]
+    ours.end()
