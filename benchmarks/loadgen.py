@@ -27,6 +27,7 @@ from agentmesh.runtime.channel import secure_channel
 from agentmesh.runtime.credentials import AgentIdentity
 from agentmesh.runtime.node import MeshNode
 from agentmesh.v1 import agent_pb2_grpc
+from benchmarks import timing
 from benchmarks.echo import request
 from benchmarks.meshdir import CLIENT, apply_tweaks
 from benchmarks.openloop import FixedRateResult, attempt, fixed_rate_round, percentile
@@ -209,6 +210,7 @@ async def _serve(conn: Connection, spec: LoadgenSpec) -> None:
 
 
 def _main(conn: Connection, spec: LoadgenSpec) -> None:
+    timing.install()  # (only with AGENTMESH_BENCH_TIMING: insitu.py)
     asyncio.run(_serve(conn, spec))
 
 

@@ -34,6 +34,7 @@ from agentmesh.runtime.gcfreeze import freeze_after_startup
 from agentmesh.runtime.node import MeshNode
 from agentmesh.runtime.server import MeshServer
 from agentmesh.v1 import agent_pb2_grpc
+from benchmarks import timing
 from benchmarks.echo import Echo
 from benchmarks.meshdir import AGENT, GATEWAY, GATEWAY_AUDIENCE, GATEWAY_ISSUER, TWEAKS, apply_tweaks
 
@@ -177,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--uvloop", action="store_true", help="serve on uvloop (kinds grpc-*: variant 9; agent and "
                    "control run on the loop `agentmesh agent` runs on, agentmesh.runtime.evloop)")
     a = p.parse_args(argv)
+    timing.install()  # (only with AGENTMESH_BENCH_TIMING: insitu.py)
     if a.uvloop:
         import uvloop
         uvloop.install()

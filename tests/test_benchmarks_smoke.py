@@ -87,3 +87,19 @@ def test_smoke_run_writes_the_documented_json(tmp_path: Path) -> None:
     # the fixed-rate targets are judged at 1000 rps, which the smoke run does not reach: not measured, and said so
     for name in ("fixed_added_p99_ms", "fixed_mesh_vcpu_per_1000rps"):
         assert targets[name]["met"] is None and "1000 rps" in targets[name]["note"]
+
+
+@pytest.mark.slow  # ~15 s of real servers and load: CI runs it
+def test_insitu_splits_the_cpu_by_thread_and_times_every_part_of_both_chains() -> None:
+    run = subprocess.run([sys.executable, "-m", "benchmarks.insitu", "--rounds", "1", "--seconds", "0.5"],
+                         cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = run.stdout
+    assert "variant 3 (agent, whole chain)" in out and "event loop (main thread)" in out
+    assert "audit export threads" in out  # named from the dump, though the kernel calls them all "python"
+    for part in ("server: _serve", "server:   admission", "server:   payload guard", "client:   steps",
+                 "export thread: per span"):
+        assert part in out, (part, out)
+    agent, loadgen = out.split("chain parts in the load generator")
+    assert "client:" not in agent.split("chain parts in the agent")[1]  # the agent made no calls
+    assert "server:" not in loadgen  # the load generator served none
