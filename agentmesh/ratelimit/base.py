@@ -12,7 +12,7 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 from agentmesh.config import RateRule, compile_method_globs
 from agentmesh.errors import RateLimited
@@ -20,8 +20,9 @@ from agentmesh.errors import RateLimited
 __all__ = ["UNLIMITED", "RateDecision", "RateLimiter", "RuleSet", "rate_limited_error"]
 
 
-@dataclass(frozen=True, slots=True)
-class RateDecision:
+class RateDecision(NamedTuple):
+    """One call's verdict (a NamedTuple, not a frozen dataclass: one is made per call, at a third of the cost)."""
+
     allowed: bool
     rule: str | None  # None: no rule applies, the call is not limited
     limit: int  # the rule's burst (0 when unlimited)
