@@ -187,9 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     elif a.kind == "grpc-mtls":
         asyncio.run(grpc_mtls(a.config, a.listen))
     elif a.kind == "agent":
-        evloop.run(agent(a.config, a.name, a.redis, a.check_every, stages=a.stages, tweaks=a.tweak))
+        loop = evloop.choose()
+        evloop.run(agent(a.config, a.name, a.redis, a.check_every, stages=a.stages, tweaks=a.tweak), loop)
     elif a.kind == "control":
-        evloop.run(control(a.config))
+        loop = evloop.choose()
+        evloop.run(control(a.config), loop)
     elif a.kind == "bridge":
         bridge(a.config, a.listen)
     elif a.kind == "gateway":

@@ -102,12 +102,12 @@ class JsonlExporter:
             raise ConfigError(f"audit.jsonl_path: cannot open {path} for appending ({e.strerror})") from None
 
     def export(self, spans: Sequence[FastSpan]) -> SpanExportResult:
-        self.error, self.landed = None, 0
+        self.error, self.landed, self.held = None, 0, None  # (held: None unless the lines were built)
         file = self._file
         if file is None:
             return SpanExportResult.FAILURE
         started = time.thread_time()
-        data = _lines(spans).encode("utf-8", "replace")
+        data = _lines(spans).encode("utf-8", "replace")  # (raising here leaves held None)
         self.held = time.thread_time() - started
         try:
             file.write(data)  # one write per batch of whole lines

@@ -31,7 +31,9 @@ class SpanRecordExporter(Protocol):
     also have a ``name`` (the label of their counts), a ``where`` (what they write to, as it may be
     logged), an ``error`` (what their last refused export failed with: an error class or code) and a
     ``held`` (the CPU seconds their last export held the interpreter, when the rest of it, a write or a
-    send, lets go of it: the part that can pause the event loop, by which slices are sized)."""
+    send, lets go of it: the part that can pause the event loop, by which slices are sized). An exporter
+    with ``held`` sets it on every export, to None when it cannot tell (an export that raised): the
+    slice is then measured whole."""
 
     def export(self, spans: Sequence[FastSpan]) -> SpanExportResult: ...
 

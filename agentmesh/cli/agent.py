@@ -61,10 +61,11 @@ def import_app(agent: AgentConfig) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    loop = evloop.choose()  # first: a bad AGENTMESH_LOOP is one line, before a join uses up its token
     config = load_config(args.config)
     agent = config.agent(args.name)  # a clear error for an unknown name, before anything starts
     import_app(agent)
     check_listen(agent.bind_address, f"agent {args.name}")
     join_first(args, config, args.name)
-    evloop.run(run_agent(config, args.name))
+    evloop.run(run_agent(config, args.name), loop)
     return 0

@@ -40,5 +40,6 @@ async def _serve(path: str) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    evloop.run(_serve(args.config))
+    loop = evloop.choose()  # (before the coroutine: a bad value is one line)
+    evloop.run(_serve(args.config), loop)
     return 0

@@ -185,5 +185,18 @@ def test_the_jsonl_exporter_says_how_long_each_export_held_the_interpreter(tmp_p
     many = min(export(2000) for _ in range(3))
     one = min(export(1) for _ in range(3))
     assert 0 < one < many  # measured per export, and it grows with the lines built
+
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("no text")
+
+    # an export that fails building its lines says it cannot tell (None: the queue then measures the slice
+    # whole), never the previous export's figure, which would size the next slices for cheap spans
+    ended.clear()
+    tracer.start_span("poisoned", kind=SpanKind.SERVER, attributes={"x": Unprintable()}).end()  # type: ignore[dict-item]
+    with pytest.raises(RuntimeError):
+        exporter.export(list(ended))
+    assert exporter.held is None
     exporter.shutdown()
+    assert exporter.export([]) is not None and exporter.held is None  # closed: nothing built
     assert (tmp_path / "audit.jsonl").read_text().count("\n") == 3 * 2000 + 3

@@ -69,10 +69,12 @@ def test_header_names_are_matched_case_insensitively():
     assert format(trace.get_current_span(ctx).get_span_context().trace_id, "032x") == PARENT.split("-")[1]
 
 
-def test_a_spans_own_header_is_the_one_its_context_gives(make_sink, recording):
+def test_a_spans_own_header_is_what_the_w3c_propagator_writes(make_sink, recording):
     # inject_span (the client chain's and the bridge's path: no context built, an agentmesh span's ids
-    # formatted directly) writes what inject() writes for a context holding the span, and replaces old headers
+    # formatted directly) against OpenTelemetry's own W3C propagator, the reference: an agentmesh span, a
+    # foreign unsampled one with trace state, an invalid one; old headers replaced, whatever their case
     from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
     from agentmesh.audit.propagation import inject_span
 
@@ -81,13 +83,17 @@ def test_a_spans_own_header_is_the_one_its_context_gives(make_sink, recording):
     foreign = NonRecordingSpan(SpanContext(0x4BF92F3577B34DA6A3CE929D0E0E4736, 0xF067AA0BA902B7, is_remote=False,
                                            trace_flags=TraceFlags(0), trace_state=TraceState([("v", "1")])))
     for span in (ours, foreign, trace.INVALID_SPAN):
-        old = [("Traceparent", PARENT), ("x-request-id", "1")]
-        direct, reference = list(old), list(old)
-        inject_span(direct, span)
-        inject(reference, trace.set_span_in_context(span))
-        assert direct == reference
-    assert dict(direct) == dict(old)  # an invalid span: nothing replaced, nothing added
-    md: list[tuple[str, str]] = [("TRACEPARENT", PARENT)]
-    inject_span(md, ours)
-    assert md == [("traceparent", f"00-{ours.trace_id:032x}-{ours.span_id:016x}-01")]
+        reference: dict[str, str] = {}
+        TraceContextTextMapPropagator().inject(reference, context=trace.set_span_in_context(span))
+        md = [("Traceparent", PARENT), ("x-request-id", "1"), ("TRACESTATE", "old=1")]
+        inject_span(md, span)
+        if reference:
+            assert md == [("x-request-id", "1"), *reference.items()]
+        else:  # an invalid span: nothing replaced, nothing added
+            assert md == [("Traceparent", PARENT), ("x-request-id", "1"), ("TRACESTATE", "old=1")]
+    assert dict(md) != {}
+    literal: list[tuple[str, str]] = []
+    inject_span(literal, foreign)
+    assert literal == [("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"),
+                       ("tracestate", "v=1")]
     ours.end()
