@@ -248,23 +248,8 @@ class Matcher:
                 budget.spend(CANDIDATE_COST * len(candidates))
                 found.extend(candidates)
                 start = end
-            counts = Counter(found) if found else {}
-            # an anchor found often gets a pass of its own; the rare ones are tried where they are, found
-            # by one more pass over the words for all of them (a pass each costs more once they are many)
-            rare = sorted(a for a, n in counts.items() if n * MATCH_COST < PASS_COST * len(text))
-            rare = rare if len(rare) >= _RARE else []
-            for anchor in counts.keys() - set(rare):
-                budget.spend(PASS_COST * len(text))
-                index = self._words[anchor].best(lower)
-                if index is not None and (best is None or index < best):
-                    best = index
-            if rare:
-                budget.spend(PASS_COST * 2 * len(text) + ATTEMPT_COST * spaces
-                             + MATCH_COST * sum(counts[a] for a in rare))
-                for m in _words_regex(tuple(rare)).finditer(spaced):
-                    index = self._words[m.group(1)].best_at(lower, m.start() + 1)
-                    if index is not None and (best is None or index < best):
-                        best = index
+            if found:  # (most requests name no anchor word: nothing more to do for the words)
+                best = self._anchors(found, lower, text, spaced, spaces, budget)
         for symbol in self._symbols:
             if symbol.needle in lower:
                 budget.spend(PASS_COST * len(text) + ATTEMPT_COST * text.count(symbol.first.encode()))
@@ -275,6 +260,30 @@ class Matcher:
                     index = hits.best(lower)
                     if index is not None and (best is None or index < best):
                         best = index
+        return best
+
+
+    def _anchors(self, found: list[bytes], lower: str, text: bytes, spaced: bytes, spaces: int,
+                 budget: Budget) -> int | None:
+        """The first pattern whose anchor word is among ``found`` (the candidates :meth:`first` found)."""
+        best: int | None = None
+        counts = Counter(found)
+        # an anchor found often gets a pass of its own; the rare ones are tried where they are, found
+        # by one more pass over the words for all of them (a pass each costs more once they are many)
+        rare = sorted(a for a, n in counts.items() if n * MATCH_COST < PASS_COST * len(text))
+        rare = rare if len(rare) >= _RARE else []
+        for anchor in counts.keys() - set(rare):
+            budget.spend(PASS_COST * len(text))
+            index = self._words[anchor].best(lower)
+            if index is not None and (best is None or index < best):
+                best = index
+        if rare:
+            budget.spend(PASS_COST * 2 * len(text) + ATTEMPT_COST * spaces
+                         + MATCH_COST * sum(counts[a] for a in rare))
+            for m in _words_regex(tuple(rare)).finditer(spaced):
+                index = self._words[m.group(1)].best_at(lower, m.start() + 1)
+                if index is not None and (best is None or index < best):
+                    best = index
         return best
 
 

@@ -191,8 +191,9 @@ def _objects(message: Message, out: list[str], depth: int, budget: Budget) -> bo
                 return False
         elif kind == _REPEATED_MESSAGES:
             budget.spend(MESSAGE_COST * len(value))
-            if not all(_objects(item, out, depth + 1, budget) for item in value):
-                return False
+            for item in value:  # (a loop: no generator per call, as all() over one would make)
+                if not _objects(item, out, depth + 1, budget):
+                    return False
         elif kind == _MAP:
             budget.spend((STRING_COST * str_keys + (STRING_COST if values == _STRING else
                                                      MESSAGE_COST if values == _MESSAGE else 0)) * len(value))
@@ -200,6 +201,8 @@ def _objects(message: Message, out: list[str], depth: int, budget: Budget) -> bo
                 out.extend(value)
             if values == _STRING:
                 out.extend(value.values())
-            elif values == _MESSAGE and not all(_objects(v, out, depth + 1, budget) for v in value.values()):
-                return False
+            elif values == _MESSAGE:
+                for item in value.values():
+                    if not _objects(item, out, depth + 1, budget):
+                        return False
     return True
