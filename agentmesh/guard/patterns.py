@@ -262,7 +262,6 @@ class Matcher:
                         best = index
         return best
 
-
     def _anchors(self, found: list[bytes], lower: str, text: bytes, spaced: bytes, spaces: int,
                  budget: Budget) -> int | None:
         """The first pattern whose anchor word is among ``found`` (the candidates :meth:`first` found)."""

@@ -6,7 +6,7 @@ spent ~15% less CPU per call (805 -> 688 us, closed loop on the 2-vCPU bench mac
 variant 3 against variant 9 says how much of that bare grpc.aio gains too). The bridge has run on uvloop
 through uvicorn all along.
 
-``AGENTMESH_LOOP`` chooses, per process: ``auto`` (the default: uvloop when it can be imported) ``uvloop``
+``AGENTMESH_LOOP`` chooses, per process: ``auto`` (the default: uvloop when it can be imported), ``uvloop``
 (an error if it cannot) or ``asyncio`` (asyncio's own loop, e.g. to rule the loop out while debugging).
 :func:`loop_factory` is the decision, :func:`choose` reads it from the environment: a command calls it
 before it does anything (a join, a key written), so a bad value is one line and nothing done;
