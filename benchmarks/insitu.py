@@ -32,7 +32,7 @@ _TICK = os.sysconf("SC_CLK_TCK")
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds of each thread of ``pid``, by native id, with its kernel name: ``{tid: (comm, s)}``."""
+    """CPU seconds of each thread of ``pid``, keyed ``"<native id>:<kernel name>"``."""
     out: dict[str, float] = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
         try:
