@@ -71,6 +71,24 @@ def _dump(pid: int, where: Path) -> dict[str, object]:
     return doc
 
 
+def _split(before: dict[str, float], after: dict[str, float], dump: dict[str, object], calls: int,
+           into: dict[str, list[float]]) -> None:
+    """Adds each named thread's CPU per call between ``before`` and ``after`` to ``into``."""
+    names, main_tid = dump["threads"], str(dump["main"])
+    assert isinstance(names, dict)
+    per: dict[str, float] = defaultdict(float)
+    for key, s in after.items():
+        per[_label(key, names, main_tid)] += (s - before.get(key, 0.0)) / calls * 1e6
+    for label, us in per.items():
+        into[label].append(us)
+
+
+def _print_threads(by_label: dict[str, list[float]]) -> None:
+    for label, values in sorted(by_label.items(), key=lambda kv: -statistics.median(kv[1])):
+        if statistics.median(values) >= 0.5:
+            print(f"    {statistics.median(values):7.0f} us  {label}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.insitu", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -97,31 +115,31 @@ def main(argv: list[str] | None = None) -> int:
             for n in servers:
                 gen.run(str(n), 1.0, a.concurrency)
             by_thread: dict[int, dict[str, list[float]]] = {n: defaultdict(list) for n in servers}
+            client_threads: dict[int, dict[str, list[float]]] = {n: defaultdict(list) for n in servers}
             total: dict[int, list[float]] = {n: [] for n in servers}
+            client_total: dict[int, list[float]] = {n: [] for n in servers}
             rps: dict[int, list[float]] = {n: [] for n in servers}
             for _ in range(a.rounds):
                 for n, proc in servers.items():
-                    before = thread_cpu(proc.pid)
+                    before, client_before = thread_cpu(proc.pid), thread_cpu(gen.pid)
                     r = gen.run(str(n), a.seconds, a.concurrency, [proc.pid])
-                    after = thread_cpu(proc.pid)
-                    doc = _dump(proc.pid, where)
-                    names, main_tid = doc["threads"], str(doc["main"])
-                    assert isinstance(names, dict)
-                    per: dict[str, float] = defaultdict(float)
-                    for key, s in after.items():
-                        per[_label(key, names, main_tid)] += (s - before.get(key, 0.0)) / r.calls * 1e6
-                    for label, us in per.items():
-                        by_thread[n][label].append(us)
+                    after, client_after = thread_cpu(proc.pid), thread_cpu(gen.pid)
+                    _split(before, after, _dump(proc.pid, where), r.calls, by_thread[n])
+                    _split(client_before, client_after, _dump(gen.pid, where), r.calls, client_threads[n])
                     total[n].append(r.server_cpu_s[proc.pid] / r.calls * 1e6)
+                    client_total[n].append(r.client_cpu_s / r.calls * 1e6)
                     rps[n].append(r.rps)
             print(f"server CPU per call by thread (medians of {a.rounds} rounds of {a.seconds} s, concurrency "
                   f"{a.concurrency}):")
             for n in servers:
                 name = "variant 2 (bare mTLS)" if n == 2 else "variant 3 (agent, whole chain)"
                 print(f"  {name}: {statistics.median(rps[n]):.0f} rps, {statistics.median(total[n]):.0f} us/call")
-                for label, values in sorted(by_thread[n].items(), key=lambda kv: -statistics.median(kv[1])):
-                    if statistics.median(values) >= 0.5:
-                        print(f"    {statistics.median(values):7.0f} us  {label}")
+                _print_threads(by_thread[n])
+            print("load generator CPU per call by thread, as client of:")
+            for n in servers:
+                name = "variant 2 (a grpc.aio stub)" if n == 2 else "variant 3 (MeshNode.stub, the client chain)"
+                print(f"  {name}: {statistics.median(client_total[n]):.0f} us/call")
+                _print_threads(client_threads[n])
             for who, pid in (("agent (variant 3)", servers[3].pid), ("load generator", gen.process.pid)):
                 parts = _dump(pid, where)["parts"]
                 assert isinstance(parts, dict)

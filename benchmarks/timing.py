@@ -68,7 +68,7 @@ def _install_wrappers() -> None:
     from agentmesh.audit import exportqueue, fastspan
     from agentmesh.audit import metrics as audit_metrics
     from agentmesh.interceptors import audit, auth, base, client, limits
-    from agentmesh.runtime import channel, node
+    from agentmesh.runtime import facade, node
 
     # server: the whole call (_serve), the hook grpc.aio calls first, then each stage
     _wrap(base.ServerChain, "intercept_service", "server: intercept_service", True)
@@ -82,8 +82,8 @@ def _install_wrappers() -> None:
     _wrap(limits.PayloadGuardStage, "before", "server:   payload guard", True)
     # client: the stub layer's steps
     _wrap(node.MeshNode, "stub", "client: MeshNode.stub")
-    _wrap(channel._ChainedCallable, "_start", "client: _start (the call started, grpc.aio's included)")
-    _wrap(channel._ChainedCallable, "_connection", "client:   connection (revocation, rotation, server check)")
+    _wrap(facade._ChainedCallable, "_start", "client: _start (the call started, grpc.aio's included)")
+    _wrap(facade._ChainedCallable, "_connection", "client:   connection (revocation, rotation, server check)")
     _wrap(client.ClientSteps, "_build", "client:   steps (token, metadata, span, traceparent)")
     _wrap(client, "_end", "client: span end (done callback)")
     # both: ending a span, its metrics, its export (per span, in the export thread)

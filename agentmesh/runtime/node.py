@@ -131,6 +131,8 @@ class MeshNode:
 
     def _target(self, name: str) -> str:
         agent = self.config.agent(name)
+        if not agent.replicas and not self._revoked_addresses:  # (every call asks: the common case first)
+            return agent.address
         addresses = [a for a in self._addresses(name) if a not in self._revoked_addresses]
         if not addresses:
             raise Unavailable(f"agent {name} presents a revoked certificate; calls to it are refused")

@@ -609,3 +609,45 @@ async def test_the_first_calls_of_a_new_member_are_whole_grpc_calls(mesh: Mesh) 
         assert [ev.progress async for ev in stub.SS(iter([req("x")]), 5.0)] == ["x"]
     finally:
         await node.close()
+
+
+# ------------------------------------------------------------------------- stubs made per call (runtime/facade.py)
+
+
+async def test_stubs_made_per_call_share_their_multicallables(mesh: Mesh) -> None:
+    """``node.stub(...)`` per call (the way agent code calls) makes no new multicallable, nor a new
+    grpc.aio one on the same connection; other arguments (a raw-bytes stub) get their own."""
+    bridge = mesh.nodes["bridge"]
+    first, second = ShapesStub(bridge.channels.channel("svc")), ShapesStub(bridge.channels.channel("svc"))
+    assert first.UU is second.UU and first.SS is second.SS and first.UU is not first.US
+    assert (await first.UU(req("one"))).progress == "one"
+    assert (await second.UU(req("two"))).progress == "two"
+    assert first.UU._callable is not None and first.UU._callable is second.UU._callable  # made once, on first use
+
+    raw = bridge.channels.channel("svc").unary_unary(f"/{SERVICE}/UU", _registered_method=True)
+    assert raw is not first.UU  # no serialisers: bytes in, bytes out
+    answer = await raw(req("bytes").SerializeToString())
+    assert isinstance(answer, bytes) and agent_pb2.TaskEvent.FromString(answer).progress == "bytes"
+
+
+async def test_a_kept_multicallable_follows_a_renewal(mesh: Mesh) -> None:
+    """After a renewal, a stub made per call goes over the new connection, with a token bound to the
+    new certificate (the server admits it), though its multicallable was made before."""
+    bridge = mesh.nodes["bridge"]
+    before = ShapesStub(bridge.channels.channel("svc")).UU
+    assert (await before(req("before"))).progress == "before"
+    old = before._channel
+    await renew_quietly(bridge)
+    after = ShapesStub(bridge.channels.channel("svc")).UU
+    assert after is before
+    assert (await after(req("after"), timeout=10)).progress == "after"
+    assert after._channel is not old and after._channel is bridge.channels.current("svc")[0]
+
+
+def test_unhashable_arguments_make_a_multicallable_that_is_not_kept() -> None:
+    from agentmesh.runtime.facade import MeshChannel
+
+    facade = MeshChannel(None, "svc")  # type: ignore[arg-type]  # (no call is made)
+    odd = facade.unary_unary("/x/Y", options=["not", "hashable"])
+    assert odd is not facade.unary_unary("/x/Y", options=["not", "hashable"])
+    assert facade.unary_unary("/x/Y") is facade.unary_unary("/x/Y")
