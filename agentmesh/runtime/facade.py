@@ -39,6 +39,7 @@ __all__ = ["MAX_MULTICALLABLES", "Deserializer", "MeshChannel", "Serializer", "S
 
 _C = TypeVar("_C", bound="_ChainedCallable")
 MAX_MULTICALLABLES = 1024  # kept per channel (one per method and arguments a stub was made with)
+_REGISTERED = {"_registered_method": True}
 #: what a multicallable factory is given to turn a request into bytes, and bytes into a response
 Serializer = Callable[[Any], bytes]
 Deserializer = Callable[[bytes], Any]
@@ -87,38 +88,39 @@ class MeshChannel(grpc.aio.Channel):
         # multicallable each keeps for the current connection
         self._made: dict[tuple[Any, ...], _ChainedCallable] = {}
 
-    def _multicallable(self, kind: type[_C], method: str, kwargs: dict[str, Any]) -> _C:
+    def _multicallable(self, kind: type[_C], method: str, serializer: Serializer | None,
+                       deserializer: Deserializer | None, kwargs: dict[str, Any]) -> _C:
         try:
-            key = (kind, method, *kwargs.items())
+            # (what a generated stub passes besides the serialisers: the key of the common case is short)
+            key = (kind, method, serializer, deserializer) if kwargs == _REGISTERED \
+                else (kind, method, serializer, deserializer, *kwargs.items())
             made = self._made.get(key)
         except TypeError:  # an argument that cannot be a key (unhashable): not kept
-            return kind(self._channels, self.name, method, kwargs)
+            made, key = None, None
         if made is None:
-            made = kind(self._channels, self.name, method, kwargs)
-            if len(self._made) >= MAX_MULTICALLABLES:
-                self._made.clear()
-            self._made[key] = made
+            made = kind(self._channels, self.name, method,
+                        {**kwargs, "request_serializer": serializer, "response_deserializer": deserializer})
+            if key is not None:
+                if len(self._made) >= MAX_MULTICALLABLES:
+                    self._made.clear()
+                self._made[key] = made
         return made  # type: ignore[return-value]
 
     def unary_unary(self, method: str, request_serializer: Serializer | None = None,
                     response_deserializer: Deserializer | None = None, **kwargs: Any) -> _UnaryUnary:
-        kwargs.update(request_serializer=request_serializer, response_deserializer=response_deserializer)
-        return self._multicallable(_UnaryUnary, method, kwargs)
+        return self._multicallable(_UnaryUnary, method, request_serializer, response_deserializer, kwargs)
 
     def unary_stream(self, method: str, request_serializer: Serializer | None = None,
                      response_deserializer: Deserializer | None = None, **kwargs: Any) -> _UnaryStream:
-        kwargs.update(request_serializer=request_serializer, response_deserializer=response_deserializer)
-        return self._multicallable(_UnaryStream, method, kwargs)
+        return self._multicallable(_UnaryStream, method, request_serializer, response_deserializer, kwargs)
 
     def stream_unary(self, method: str, request_serializer: Serializer | None = None,
                      response_deserializer: Deserializer | None = None, **kwargs: Any) -> _StreamUnary:
-        kwargs.update(request_serializer=request_serializer, response_deserializer=response_deserializer)
-        return self._multicallable(_StreamUnary, method, kwargs)
+        return self._multicallable(_StreamUnary, method, request_serializer, response_deserializer, kwargs)
 
     def stream_stream(self, method: str, request_serializer: Serializer | None = None,
                       response_deserializer: Deserializer | None = None, **kwargs: Any) -> _StreamStream:
-        kwargs.update(request_serializer=request_serializer, response_deserializer=response_deserializer)
-        return self._multicallable(_StreamStream, method, kwargs)
+        return self._multicallable(_StreamStream, method, request_serializer, response_deserializer, kwargs)
 
     def get_state(self, try_to_connect: bool = False) -> grpc.ChannelConnectivity:
         return self._channels.current(self.name)[0].get_state(try_to_connect)
