@@ -47,15 +47,11 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 from urllib.parse import quote
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-
 from agentmesh.a2a.sdk import A2A_SERVICE
 from agentmesh.clock import Clock
 from agentmesh.config import A2AConfig, RateLimitConfig
 from agentmesh.errors import ConfigError, NotFound, Unavailable
+from agentmesh.redisclient import connect
 
 __all__ = [
     "A2A_PREFIX",
@@ -271,7 +267,6 @@ class MemoryTaskOwners:
         self._mine.clear()
 
 
-_REDIS_ERRORS = (RedisError, OSError, TimeoutError, ValueError, TypeError)
 #: KEYS = task keys; ARGV = principal, ttl (s). The owner of each (false: none); the principal's touched.
 LOOKUP_SCRIPT = """
 local out = {}
@@ -305,10 +300,8 @@ class RedisTaskOwners:
         self._ttl = str(max(1, math.ceil(ttl)))
         self._timeout = timeout
         try:
-            self._redis = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                                  retry=Retry(NoBackoff(), 0), retry_on_timeout=False,
-                                                  decode_responses=True)
-        except (ValueError, RedisError):
+            self._redis, self._errors = connect(url, timeout, decode_responses=True)
+        except ValueError:
             raise ConfigError("rate_limits.backend: invalid Redis URL") from None  # never echo it: a password
         self._lookup = self._redis.register_script(LOOKUP_SCRIPT)
         self._claim = self._redis.register_script(CLAIM_SCRIPT)
@@ -321,7 +314,7 @@ class RedisTaskOwners:
         try:
             async with asyncio.timeout(self._timeout):
                 result = await script(keys=keys, args=[principal, self._ttl])
-        except _REDIS_ERRORS as e:
+        except self._errors as e:
             if not self._down:
                 self._down = True
                 log.warning("task-owner store unavailable (%s); A2A task calls fail closed", type(e).__name__)
@@ -344,7 +337,7 @@ class RedisTaskOwners:
     async def aclose(self) -> None:
         try:
             await self._redis.aclose()
-        except _REDIS_ERRORS:
+        except self._errors:
             pass
 
 

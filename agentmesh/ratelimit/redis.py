@@ -19,15 +19,11 @@ from collections.abc import Sequence
 from typing import Literal
 from urllib.parse import quote
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
-
 from agentmesh.config import RateRule
 from agentmesh.errors import ConfigError, Unavailable
 from agentmesh.ratelimit.base import UNLIMITED, RateDecision, RuleSet
 from agentmesh.ratelimit.bucket import EPSILON
+from agentmesh.redisclient import connect
 
 __all__ = ["BUCKET_SCRIPT", "RedisLimiter"]
 
@@ -88,14 +84,10 @@ class RedisLimiter:
         self._prefix = key_prefix
         self._timeout = timeout
         try:
-            self._redis = aioredis.Redis.from_url(
-                url,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 0),  # one attempt: the caller's deadline is short
-                retry_on_timeout=False,
-            )
-        except (ValueError, RedisError):
+            self._redis, self._errors = connect(url, timeout)  # one attempt: the caller's deadline is short
+            # a step's: the client's, and a reply of the wrong shape
+            self._step_errors: tuple[type[BaseException], ...] = (*self._errors, IndexError)
+        except ValueError:
             # never echo the URL: it may hold a password
             raise ConfigError("rate_limits.backend: invalid Redis URL") from None
         self._script = self._redis.register_script(BUCKET_SCRIPT)
@@ -117,7 +109,7 @@ class RedisLimiter:
             async with asyncio.timeout(self._timeout):
                 raw = await self._script(keys=[self.key(rule.name, principal)], args=args)
             allowed, tokens, retry_after, reset = int(raw[0]), float(raw[1]), float(raw[2]), float(raw[3])
-        except (RedisError, OSError, TimeoutError, ValueError, TypeError, IndexError) as e:
+        except self._step_errors as e:
             return self._backend_down(rule, e)
         if self._degraded:
             self._degraded = False
@@ -137,5 +129,5 @@ class RedisLimiter:
     async def aclose(self) -> None:
         try:
             await self._redis.aclose()
-        except (RedisError, OSError):
+        except self._errors:
             pass
