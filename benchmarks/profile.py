@@ -3,6 +3,7 @@
 
     python -m benchmarks.profile [--seconds 10] [--no-gil] [--native] [--out /tmp/agentmesh-profile]
     python -m benchmarks.profile --bridge          # variant 5: the REST bridge, its agent, the control plane; wrk
+    python -m benchmarks.profile --bridge --txn-reuse   # variant 7: the same, transaction tokens reused
     python -m benchmarks.profile --ablate          # server CPU per call, the chain grown stage by stage
 
 Writes py-spy's collapsed stacks (``<process>.txt``: open them in speedscope or flamegraph.pl) and
@@ -34,8 +35,9 @@ from pathlib import Path
 from benchmarks.echo import http_body
 from benchmarks.httpload import HttpLoad, HttpTarget
 from benchmarks.loadgen import GrpcTarget, LoadGenerator, LoadgenSpec
-from benchmarks.meshdir import AGENT, BenchMesh, create_mesh
+from benchmarks.meshdir import AGENT, BenchMesh, create_mesh, mesh_variant
 from benchmarks.procs import Processes, ServerProcess
+from benchmarks.settings import BRIDGE_TXN_REUSE
 
 __all__ = ["COMPONENTS", "main", "summarize"]
 
@@ -205,11 +207,14 @@ def profile_bridge(a: argparse.Namespace, flags: Sequence[str]) -> None:
         mesh, procs, cfg = _start_mesh(work)
         try:
             agent = procs.python("agent", "agent", ["--config", cfg, "--name", AGENT], _port(mesh.address(AGENT)))
-            bridge = procs.python("bridge", "bridge", ["--config", cfg, "--listen", mesh.bridge_listen],
-                                  _port(mesh.bridge_listen))
+            bridge_cfg, listen = cfg, mesh.bridge_listen
+            if a.txn_reuse:  # variant 7: the bridge reuses a transaction token per principal and scope
+                path, listen = mesh_variant(mesh, "txn-reuse", {"txn_reuse": BRIDGE_TXN_REUSE})
+                bridge_cfg = str(path)
+            bridge = procs.python("bridge", "bridge", ["--config", bridge_cfg, "--listen", listen], _port(listen))
             agent.wait_listening()
             bridge.wait_listening()
-            target = HttpTarget(f"http://{mesh.bridge_listen}/v1/agents/{AGENT}/agentmesh.v1.Agent/Invoke",
+            target = HttpTarget(f"http://{listen}/v1/agents/{AGENT}/agentmesh.v1.Agent/Invoke",
                                 http_body(), mesh.client_token)
             http = HttpLoad(work)
             http.run(target, 1, a.concurrency)  # warm-up
@@ -223,7 +228,7 @@ def profile_bridge(a: argparse.Namespace, flags: Sequence[str]) -> None:
                   f"p99 {r.p99_ms:.2f} ms, errors {r.errors}")
             print(summarize(a.out / "bridge.txt", "REST bridge (HTTP in, client chain, gRPC out)"))
             print(summarize(a.out / "agent.txt", "agent behind the bridge (whole server chain)"))
-            print(summarize(a.out / "control.txt", "control plane (a transaction token per request)"))
+            print(summarize(a.out / "control.txt", "control plane (a transaction token per request, unless reused)"))
         finally:
             procs.stop_all()
 
@@ -295,6 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "agentmesh-profile")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--bridge", action="store_true", help="profile variant 5 (bridge + agent) under wrk")
+    p.add_argument("--txn-reuse", action="store_true",
+                   help=f"with --bridge: variant 7 (bridge.txn_reuse {BRIDGE_TXN_REUSE}) instead of 5")
     mode.add_argument("--ablate", action="store_true", help="measure the chain stage by stage instead of sampling")
     p.add_argument("--rounds", type=int, default=3, help="--ablate: interleaved rounds")
     p.add_argument("--round-seconds", type=float, default=2.0, help="--ablate: length of one round")

@@ -300,18 +300,27 @@ class Gateway:
 
 
 async def _unless_disconnected(call: Any, receive: Receive) -> Any:
-    """The reply of a unary call; the call is cancelled (the agent sees it) if the client goes away."""
-    reply = asyncio.ensure_future(call)
+    """The reply of a unary call; the call is cancelled (the agent sees it) if the client goes away.
+
+    The call is awaited here; one task watches the client, and cancels the call when it goes (one task
+    per request, where a task for the call too and ``asyncio.wait`` over both cost a third more)."""
     gone = asyncio.ensure_future(disconnected(receive))
+
+    def client_gone(watch: asyncio.Future[None]) -> None:
+        if not watch.cancelled():
+            watch.exception()  # (retrieved: a receive() that failed ends the call as a disconnect does)
+            call.cancel()
+
+    gone.add_done_callback(client_gone)
     try:
-        await asyncio.wait({reply, gone}, return_when=asyncio.FIRST_COMPLETED)
+        return await call
+    except asyncio.CancelledError:
+        if gone.done() and not gone.cancelled():  # the client went away; else this request was cancelled
+            raise HttpError(grpc.StatusCode.CANCELLED, "the client closed the request") from None
+        raise
     finally:
+        gone.remove_done_callback(client_gone)
         gone.cancel()
-    if not reply.done():
-        call.cancel()
-        reply.cancel()
-        raise HttpError(grpc.StatusCode.CANCELLED, "the client closed the request")
-    return reply.result()
 
 
 def _encoder(match: Match) -> Callable[[Message], bytes]:

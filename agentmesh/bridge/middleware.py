@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, StatusCode, format_trace_id
 from starlette.datastructures import Headers
@@ -107,20 +108,21 @@ class EdgeMiddleware:
                 message["headers"] = [*message["headers"], *answer]
             await send(message)
 
+        # the span current while the request is served (as trace.use_span makes it, without its context manager)
+        current = otel_context.attach(trace.set_span_in_context(span if span is not None else trace.INVALID_SPAN))
         try:
-            with trace.use_span(span if span is not None else trace.INVALID_SPAN, end_on_exit=False,
-                                record_exception=False, set_status_on_exception=False):
-                if not raw_path.startswith(AGENT_PREFIX):
-                    try:
-                        path_segments(raw_path)
-                    except HttpError as e:
-                        await e.response()(scope, receive, send_wrapper)
-                        return
-                await self.app(scope, receive, send_wrapper)
+            if not raw_path.startswith(AGENT_PREFIX):
+                try:
+                    path_segments(raw_path)
+                except HttpError as e:
+                    await e.response()(scope, receive, send_wrapper)
+                    return
+            await self.app(scope, receive, send_wrapper)
         except Exception as e:  # (nothing answered: the outer error handler answers 500)
             error = f"{type(e).__module__}.{type(e).__qualname__}"
             raise
         finally:
+            otel_context.detach(current)
             principal = state.get("principal")
             if span is None and status >= 400:  # a probe that failed: traced after all
                 span = self.tracer().start_span(_name(verb), context=context, kind=SpanKind.SERVER,
@@ -134,9 +136,11 @@ class EdgeMiddleware:
                 if A.ERROR_TYPE in outcome:  # an HTTP server span: an error only for 5xx (or nothing sent)
                     span.set_status(StatusCode.ERROR)
                 span.end()
-            access_log.info("%s %s %d %.1fms principal=%s trace=%s request_id=%s", method, redact_text(path),
-                            status, (time.perf_counter() - start) * 1000, principal or "-",
-                            format_trace_id(span.get_span_context().trace_id) if span is not None else "-", rid)
+            if access_log.isEnabledFor(logging.INFO):  # (its arguments cost a few us: only when it is written)
+                access_log.info("%s %s %d %.1fms principal=%s trace=%s request_id=%s", method, redact_text(path),
+                                status, (time.perf_counter() - start) * 1000, principal or "-",
+                                format_trace_id(span.get_span_context().trace_id) if span is not None else "-",
+                                rid)
 
 
 class StrictCORSMiddleware(CORSMiddleware):
