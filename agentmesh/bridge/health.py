@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from agentmesh.config import MeshConfig
 from agentmesh.runtime.channel import MeshChannels
 from agentmesh.runtime.credentials import AgentIdentity
+from agentmesh.runtime.servers import dial_target
 
 __all__ = ["Readiness"]
 
@@ -26,7 +27,7 @@ class Readiness:
         self.agents = agents
         self.timeout = timeout
         self.ttl = ttl
-        self._channels = MeshChannels(identity, lambda name: _target(config, name))
+        self._channels = MeshChannels(identity, lambda name: dial_target(config, name))
         self._last: tuple[float, list[str]] | None = None
         self._lock = asyncio.Lock()
 
@@ -51,8 +52,3 @@ class Readiness:
 
     async def close(self) -> None:
         await self._channels.close()
-
-
-def _target(config: MeshConfig, name: str) -> str:
-    agent = config.agent(name)
-    return "ipv4:" + ",".join((agent.address, *agent.replicas)) if agent.replicas else agent.address

@@ -48,10 +48,10 @@ from agentmesh.ratelimit import RateLimiter, build_limiter
 from agentmesh.runtime.channel import MeshChannels, secure_channel
 from agentmesh.runtime.credentials import IdentityFiles, install_bundle, member_identity
 from agentmesh.runtime.delegation import MemberDelegation, rpc_error
-from agentmesh.runtime.probe import served_certificate
 from agentmesh.runtime.publisher import snapshot_of
 from agentmesh.runtime.renewal import Renewer, SignedIdentity, backoff
 from agentmesh.runtime.server import MeshServer
+from agentmesh.runtime.servers import PresentedCertificates
 from agentmesh.runtime.tokensource import AgentTokenSource, control_fetcher
 from agentmesh.runtime.truststate import TrustState
 from agentmesh.tokens import KeySet, RevokedSet, keys_from_config, verifier_from_config
@@ -105,9 +105,10 @@ class MeshNode:
         self._task_owners: TaskOwners | None = None  # A2A task owners (built with the first server)
         # by certificate thumbprint and trust bundle: the identity snapshot its channel was made with
         self._controls: dict[str, tuple[grpc.aio.Channel, AgentTokenSource]] = {}
-        self.channels = MeshChannels(self.identity, self._target, steps=self._client_steps, options=CHANNEL_OPTIONS,
-                                     refused=self.trust.member_revoked, on_new=lambda name: self._check_now.set())
-        self._revoked_addresses: dict[str, int] = {}  # address -> the revoked serial a server there presented
+        self.servers = PresentedCertificates(config, name, self.identity, self.trust)
+        self.channels = MeshChannels(self.identity, self.servers.target, steps=self._client_steps,
+                                     options=CHANNEL_OPTIONS, refused=self.trust.member_revoked,
+                                     on_new=lambda name: self._check_now.set())
         self._check_now = asyncio.Event()
         self.renewer = Renewer(self.identity, self._sign, owner=name, clock=clock, on_renewed=self._own_token) \
             if renew else None
@@ -124,21 +125,6 @@ class MeshNode:
     @property
     def address(self) -> str:
         return self.config.agent(self.name).address
-
-    def _addresses(self, name: str) -> tuple[str, ...]:
-        agent = self.config.agent(name)
-        return (agent.address, *agent.replicas)
-
-    def _target(self, name: str) -> str:
-        agent = self.config.agent(name)
-        if not agent.replicas and not self._revoked_addresses:  # (every call asks: the common case first)
-            return agent.address
-        addresses = [a for a in self._addresses(name) if a not in self._revoked_addresses]
-        if not addresses:
-            raise Unavailable(f"agent {name} presents a revoked certificate; calls to it are refused")
-        if not agent.replicas:
-            return agent.address
-        return "ipv4:" + ",".join(addresses)
 
     def _watch_gauges(self) -> None:
         """The values read when this member's metrics are scraped (in the endpoint's thread: nothing
@@ -159,35 +145,6 @@ class MeshNode:
         metrics.watch(REVOCATION_AGE, revocation_age)
 
     # ------------------------------------------------------------------ the certificates servers present
-    async def _check_servers(self) -> None:
-        """Refuses addresses whose server presents a revoked certificate (and lets them back once it
-        presents a valid one); run when a connection is made, when the trust data changes, and every
-        ``tokens.revocation_refresh``. A server this member cannot reach is left to the gRPC call."""
-        snapshot = self.trust.snapshot
-        if snapshot is None:
-            return
-        names = {*self.channels.names(), *(n for n in self.config.agents
-                                          if any(a in self._revoked_addresses for a in self._addresses(n)))}
-        targets = [(name, address) for name in names for address in self._addresses(name)]
-
-        async def probe(name: str, address: str) -> None:  # all at once: one slow address delays no other
-            try:
-                cert = await asyncio.to_thread(served_certificate, address, name, self.identity.dir)
-            except Unavailable:
-                return
-            revoked = cert.serial_number in snapshot.revoked_serials
-            if revoked and address not in self._revoked_addresses:
-                self._revoked_addresses[address] = cert.serial_number
-                log.warning("%s: %s at %s presents revoked certificate %x; its calls are refused", self.name,
-                            name, address, cert.serial_number)
-            elif not revoked and address in self._revoked_addresses:
-                del self._revoked_addresses[address]
-            else:
-                return
-            self.channels.drop(name)  # rebuilt without the refused address at the next call
-
-        await asyncio.gather(*(probe(name, address) for name, address in targets))
-
     async def _check_servers_loop(self) -> None:
         """Also ends calls in flight that aging data now refuses (strict mode) while no update arrives."""
         while True:
@@ -195,7 +152,7 @@ class MeshNode:
                 await asyncio.wait_for(self._check_now.wait(), self.config.tokens.revocation_refresh)
             self._check_now.clear()
             self.active.sweep(self.trust.refusal)
-            await self._check_servers()
+            await self.servers.check(self.channels)
 
     def _control_for(self, files: IdentityFiles) -> tuple[grpc.aio.Channel, AgentTokenSource]:
         """The control-plane channel and token source of one identity snapshot: the token it fetches
@@ -222,7 +179,7 @@ class MeshNode:
         return ClientSteps(self.name, target, self._control_for(files)[1], self.sink.tracer,
                            hops=self.delegation.hop_signer(files),
                            target_id=str(self.config.spiffe_id(target)),
-                           address=self._target(target))  # (what the channel dials: its spans' server.address)
+                           address=self.servers.target(target))  # (what the channel dials: its spans' server.address)
 
     def server(self, **kw: Any) -> MeshServer:
         """An mTLS server with the whole server chain, for this node's identity; it serves reflection,
