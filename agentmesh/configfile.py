@@ -7,9 +7,7 @@ refused with the nearest valid key. Relative paths are resolved against the dire
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -29,115 +27,15 @@ from agentmesh.config import (
     RateLimitConfig,
     RateRule,
     TokensConfig,
-    did_you_mean,
     host_port,
 )
+from agentmesh.configsection import Section
 from agentmesh.errors import ConfigError
 from agentmesh.identity import validate_agent_name
 from agentmesh.trust import FAILURE_MODES, RevocationPolicy
-from agentmesh.units import parse_duration, parse_rate, parse_size
+from agentmesh.units import parse_rate
 
 __all__ = ["load_config", "parse_config"]
-
-
-# ----------------------------------------------------------------------------- parsing helpers
-
-
-class _Section:
-    """A mapping being read, that remembers its dotted path and refuses unknown keys."""
-
-    def __init__(self, raw: object, path: str) -> None:
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path or 'config'}: expected a mapping, got {type(raw).__name__}")
-        self.raw: dict[str, Any] = raw
-        self.path = path
-        self.seen: set[str] = set()
-
-    def key(self, k: str) -> str:
-        return f"{self.path}.{k}" if self.path else k
-
-    def get(self, k: str, default: Any = None) -> Any:
-        """The value of ``k``; ``default`` when it is absent or written empty (``key:`` / ``key: null``)."""
-        self.seen.add(k)
-        v = self.raw.get(k)
-        return default if v is None else v
-
-    def has(self, k: str) -> bool:
-        return k in self.raw
-
-    def text(self, k: str, default: str | None = None, *, required: bool = False) -> Any:
-        v = self.get(k, default)
-        if v is None:
-            if required:
-                self.misspelt(k)
-                raise ConfigError(f"{self.key(k)}: required")
-            return None
-        if not isinstance(v, str) or not v.strip():
-            raise ConfigError(f"{self.key(k)}: expected a non-empty string, got {v!r}")
-        return v
-
-    def flag(self, k: str, default: bool) -> bool:
-        v = self.get(k, default)
-        if not isinstance(v, bool):
-            raise ConfigError(f"{self.key(k)}: expected true or false, got {v!r}")
-        return v
-
-    def integer(self, k: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
-        v = self.get(k, default)
-        if isinstance(v, bool) or not isinstance(v, int) or v < minimum or (maximum is not None and v > maximum):
-            bound = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
-            raise ConfigError(f"{self.key(k)}: expected an integer {bound}, got {v!r}")
-        return v
-
-    def strs(self, k: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
-        v = self.get(k)
-        if v is None:
-            return default
-        if isinstance(v, str):
-            v = [v]
-        if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
-            raise ConfigError(f"{self.key(k)}: expected a list of strings, got {v!r}")
-        return tuple(v)
-
-    def duration(self, k: str, default: float) -> float:
-        v = self.get(k)
-        return default if v is None else parse_duration(v, what=self.key(k))
-
-    def size(self, k: str, default: int) -> int:
-        v = self.get(k)
-        return default if v is None else parse_size(v, what=self.key(k))
-
-    def path_(self, k: str, base: Path, default: Path | None = None) -> Path | None:
-        v = self.text(k)
-        if v is None:
-            return default
-        p = Path(v).expanduser()
-        return p if p.is_absolute() else (base / p)
-
-    def section(self, k: str) -> _Section:
-        return _Section(self.get(k), self.key(k))
-
-    def choice(self, k: str, options: tuple[str, ...], default: str) -> str:
-        v = self.get(k, default)
-        if v not in options:
-            raise ConfigError(f"{self.key(k)}: expected one of {', '.join(options)}, got {v!r}")
-        return str(v)
-
-    def misspelt(self, k: str) -> None:
-        """Before "``k``: required": a key not read yet that looks like ``k`` is its misspelling."""
-        unread = [str(r) for r in self.raw if r not in self.seen]
-        near = difflib.get_close_matches(k, unread, n=1)
-        if near:
-            raise ConfigError(f"{self.key(near[0])}: unknown key (did you mean {k!r}?)")
-
-    def done(self) -> None:
-        unknown = sorted(str(k) for k in set(self.raw) - self.seen)
-        if unknown:
-            k = unknown[0]
-            shown = k if k.isprintable() else repr(k)  # one line, whatever the key holds
-            raise ConfigError(f"{self.key(shown)}: unknown key{did_you_mean(k, self.seen)}")
 
 
 def _public_url(v: str | None, key: str) -> str | None:
@@ -154,7 +52,7 @@ def _public_url(v: str | None, key: str) -> str | None:
 _address = host_port  # bridge.listen (the other sections' addresses are checked by their dataclasses)
 
 
-def _agent(name: str, s: _Section, base: Path, identities: Path) -> AgentConfig:
+def _agent(name: str, s: Section, base: Path, identities: Path) -> AgentConfig:
     app = s.text("app")
     a2a = _a2a(s.section("a2a"), base) if s.has("a2a") else None
     address = s.text("address", required=True)
@@ -168,7 +66,7 @@ def _agent(name: str, s: _Section, base: Path, identities: Path) -> AgentConfig:
                        descriptors=descriptors, replicas=replicas, a2a=a2a, listen=listen)
 
 
-def _a2a(s: _Section, base: Path) -> A2AConfig:
+def _a2a(s: Section, base: Path) -> A2AConfig:
     """``agents.<name>.a2a``: ``card`` (and ``extended_card``) inline or as a JSON file's path."""
     cfg = A2AConfig(
         card=_card(s, "card", base, required=True),  # type: ignore[arg-type]
@@ -181,7 +79,7 @@ def _a2a(s: _Section, base: Path) -> A2AConfig:
     return cfg
 
 
-def _card(s: _Section, k: str, base: Path, *, required: bool = False) -> str | None:
+def _card(s: Section, k: str, base: Path, *, required: bool = False) -> str | None:
     import json
 
     from agentmesh.a2a.sdk import card_from_json
@@ -210,7 +108,7 @@ def _card(s: _Section, k: str, base: Path, *, required: bool = False) -> str | N
     return json_format.MessageToJson(card, indent=None, sort_keys=True)
 
 
-def _rule(i: int, s: _Section) -> PolicyRule:
+def _rule(i: int, s: Section) -> PolicyRule:
     """``policy[i]``; the rule checks itself, and :class:`MeshConfig` the names it mentions."""
     fields = {key: s.strs(key) for key in ("to", "methods", "from", "roles", "principals", "via", "chain",
                                            "scopes", "skills")}
@@ -220,7 +118,7 @@ def _rule(i: int, s: _Section) -> PolicyRule:
     return PolicyRule(name, action, **{("from_" if k == "from" else k): v for k, v in fields.items()})
 
 
-def _rate_rule(i: int, s: _Section) -> RateRule:
+def _rate_rule(i: int, s: Section) -> RateRule:
     match = s.section("match")
     methods, roles, principals, to = (match.strs(k) for k in ("methods", "roles", "principals", "to"))
     match.done()
@@ -236,7 +134,7 @@ def _rate_rule(i: int, s: _Section) -> RateRule:
                     to=to)
 
 
-def _metrics(s: _Section) -> MetricsConfig:
+def _metrics(s: Section) -> MetricsConfig:
     """``metrics``: ``addresses`` (member -> host:port), ``host``, ``port_base``, ``otlp_endpoint`` and
     ``otlp_interval``."""
     addresses = s.section("addresses")
@@ -249,18 +147,18 @@ def _metrics(s: _Section) -> MetricsConfig:
     return cfg
 
 
-def _list_of_sections(s: _Section, k: str) -> list[_Section]:
+def _list_of_sections(s: Section, k: str) -> list[Section]:
     v = s.get(k)
     if v is None:
         return []
     if not isinstance(v, list):
         raise ConfigError(f"{s.key(k)}: expected a list")
-    return [_Section(item, f"{s.key(k)}[{i}]") for i, item in enumerate(v)]
+    return [Section(item, f"{s.key(k)}[{i}]") for i, item in enumerate(v)]
 
 
 def parse_config(raw: object, base: Path, source: Path | None = None) -> MeshConfig:
     """Validates an already-loaded YAML document; ``base`` resolves relative paths."""
-    top = _Section(raw, "")
+    top = Section(raw, "")
     td = top.text("trust_domain", required=True)
     ca_dir = top.path_("ca", base, base / ".mesh" / "ca")
     assert ca_dir is not None
