@@ -188,7 +188,7 @@ class Gateway:
             grpc_call = call(message, timeout=timeout, metadata=metadata, wait_for_ready=False)
         try:
             if not op.streaming:
-                reply = await _unless_disconnected(grpc_call, request.receive)
+                reply = await _unless_disconnected(grpc_call, request.receive, op.agent)
                 returned = [*(await grpc_call.initial_metadata() or ()), *(await grpc_call.trailing_metadata() or ())]
                 return Reply(op, timeout, returned_headers(returned), message=reply)
             first = await first_message(grpc_call, self.settings.first_wait)
@@ -299,11 +299,15 @@ class Gateway:
         return _json({"agents": agents})
 
 
-async def _unless_disconnected(call: Any, receive: Receive) -> Any:
+async def _unless_disconnected(call: Any, receive: Receive, agent: str) -> Any:
     """The reply of a unary call; the call is cancelled (the agent sees it) if the client goes away.
 
     The call is awaited here; one task watches the client, and cancels the call when it goes (one task
-    per request, where a task for the call too and ``asyncio.wait`` over both cost a third more)."""
+    per request, where a task for the call too and ``asyncio.wait`` over both cost a third more). A call
+    that ends cancelled is, in this order: this request's own cancellation (the server stopping: passed
+    on, even if the client left in the same turn); the client gone (CANCELLED); or the call cancelled
+    under the bridge (its connection closed: the agent was revoked, or its channel retired), which is
+    the agent's going away (UNAVAILABLE, as the server chain answers for a handler's onward call)."""
     gone = asyncio.ensure_future(disconnected(receive))
 
     def client_gone(watch: asyncio.Future[None]) -> None:
@@ -315,9 +319,12 @@ async def _unless_disconnected(call: Any, receive: Receive) -> Any:
     try:
         return await call
     except asyncio.CancelledError:
-        if gone.done() and not gone.cancelled():  # the client went away; else this request was cancelled
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # this request was cancelled
+        if gone.done() and not gone.cancelled():
             raise HttpError(grpc.StatusCode.CANCELLED, "the client closed the request") from None
-        raise
+        raise HttpError(grpc.StatusCode.UNAVAILABLE, f"agent {agent!r} went away during the call") from None
     finally:
         gone.remove_done_callback(client_gone)
         gone.cancel()
