@@ -26,7 +26,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +53,7 @@ from agentmesh.pki.certs import (
 from agentmesh.pki.crl import build_crl, crl_number, next_crl_number
 from agentmesh.pki.csr import check_csr
 from agentmesh.pki.index import BlockEntry, Index, IndexEntry, note
+from agentmesh.pki.issued import IssuedCert, write_identity
 from agentmesh.pki.rollover import BACKDATE, INTERMEDIATE_TTL, ROOT_TTL, Rollover
 from agentmesh.pki.store import read_files, replace_private, stamp, write_private, write_public
 
@@ -75,31 +75,6 @@ def _utc(ts: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(ts, dt.UTC)
 
 
-@dataclass(frozen=True, slots=True)
-class IssuedCert:
-    name: str
-    spiffe_id: SpiffeId
-    cert: x509.Certificate
-    key: PrivateKey | None  # None when issued from a CSR: the key never left the member
-    chain: tuple[x509.Certificate, ...]  # intermediates, leaf excluded
-    bundle: bytes  # trust bundle PEM
-    capped: bool = False  # the issuing CA's end cut the requested lifetime short
-
-    @property
-    def serial(self) -> int:
-        return self.cert.serial_number
-
-    @property
-    def cert_pem(self) -> bytes:
-        return dump_cert(self.cert, *self.chain)
-
-    @property
-    def key_pem(self) -> bytes:
-        if self.key is None:
-            raise PKIError(f"the certificate of {self.name} was issued from a CSR: its key stays with the agent")
-        return dump_key(self.key)
-
-
 class MemberBlocked(PKIError):
     """The CA refuses to issue to a blocked member; ``name`` and ``reason`` let a caller reword the hint."""
 
@@ -108,20 +83,6 @@ class MemberBlocked(PKIError):
                          f"reinstate it with: agentmesh reinstate {name} --config FILE")
         self.name = name
         self.reason = reason
-
-
-def write_identity(issued: IssuedCert, out: Path) -> None:
-    """Writes ``cert.pem`` (leaf + intermediate), ``key.pem`` (0600) and ``bundle.pem`` into ``out``.
-
-    The key is written first and the certificate last (atomically), so a reloader that watches
-    ``cert.pem`` never pairs a new certificate with an old key. A certificate issued from a CSR has no
-    key here: ``key.pem`` (born on the member) is left as it is.
-    """
-    out.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if issued.key is not None:
-        write_private(out / "key.pem", issued.key_pem)
-    write_public(out / "bundle.pem", issued.bundle)
-    write_public(out / "cert.pem", issued.cert_pem)
 
 
 class CertificateAuthority(Rollover):
