@@ -10,12 +10,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from agentmesh.config import MeshConfig
 from agentmesh.runtime.channel import MeshChannels
 from agentmesh.runtime.credentials import AgentIdentity
+from agentmesh.runtime.healthcheck import SERVING, grpc_health
 from agentmesh.runtime.servers import dial_target
 
 __all__ = ["Readiness"]
@@ -43,12 +41,8 @@ class Readiness:
             return down
 
     async def _check(self, agent: str) -> bool:
-        stub = health_pb2_grpc.HealthStub(self._channels.channel(agent))
-        try:
-            res = await stub.Check(health_pb2.HealthCheckRequest(), timeout=self.timeout, wait_for_ready=False)
-        except grpc.aio.AioRpcError:
-            return False
-        return bool(res.status == health_pb2.HealthCheckResponse.SERVING)
+        status = await grpc_health(self._channels.channel(agent), timeout=self.timeout, wait_for_ready=False)
+        return status == SERVING
 
     async def close(self) -> None:
         await self._channels.close()

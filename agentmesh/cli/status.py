@@ -31,9 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import grpc
 from cryptography import x509
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentmesh.cli.output import add_output, emit, relative, table, utc
 from agentmesh.cli.text import printable
@@ -43,6 +41,7 @@ from agentmesh.configfile import load_config
 from agentmesh.errors import MeshError
 from agentmesh.runtime.channel import secure_channel
 from agentmesh.runtime.credentials import AgentIdentity
+from agentmesh.runtime.healthcheck import SERVING, grpc_health
 from agentmesh.runtime.probe import served_certificate
 from agentmesh.runtime.runlogs import latest_run, pid_alive, read_state
 
@@ -117,12 +116,8 @@ def _members(config: MeshConfig) -> Iterator[MemberStatus]:
 async def _grpc_health(identity: AgentIdentity, m: MemberStatus, timeout: float) -> None:
     channel = secure_channel(identity, m.address, m.name)
     try:
-        res = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
-        m.health = health_pb2.HealthCheckResponse.ServingStatus.Name(res.status)
-        m.healthy = res.status == health_pb2.HealthCheckResponse.SERVING
-    except grpc.aio.AioRpcError as e:
-        m.health = "unreachable" if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) \
-            else f"error: {e.code().name}"
+        m.health = await grpc_health(channel, timeout=timeout)
+        m.healthy = m.health == SERVING
     finally:
         await channel.close()
 

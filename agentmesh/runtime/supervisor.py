@@ -32,15 +32,11 @@ import contextlib
 import os
 import shlex
 import signal
-import ssl
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
-
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentmesh.a2a.cards import public_url
 from agentmesh.audit.prom import METRICS_ADDRESS_ENV, METRICS_FD_ENV
@@ -50,6 +46,7 @@ from agentmesh.pki.join import JoinTokens
 from agentmesh.runtime.channel import secure_channel
 from agentmesh.runtime.children import Child, exit_text
 from agentmesh.runtime.credentials import AgentIdentity
+from agentmesh.runtime.healthcheck import SERVING, grpc_health, http_healthz
 from agentmesh.runtime.runlogs import KEEP_RUNS, RunLogs
 from agentmesh.runtime.supervision import CrashHistory, RestartPolicy, listen_ports, metrics_addresses, stop_waves
 
@@ -184,31 +181,14 @@ class Supervisor:
 
     async def _healthy(self, child: Child) -> bool:
         if child.kind == "bridge":
-            return await self._http_ok(child)
+            bundle = self.config.identity_dir(child.name) / "bundle.pem" if self.config.bridge.tls else None
+            return await http_healthz(child.address, bundle=bundle)
         assert self._probe_identity is not None
         ch = secure_channel(self._probe_identity, child.address, child.name)
         try:
-            res = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
-            return bool(res.status == health_pb2.HealthCheckResponse.SERVING)
-        except grpc.aio.AioRpcError:
-            return False
+            return await grpc_health(ch, timeout=1) == SERVING
         finally:
             await ch.close()
-
-    async def _http_ok(self, child: Child) -> bool:
-        host, _, port = child.address.rpartition(":")
-        ctx = None
-        if self.config.bridge.tls:
-            ctx = ssl.create_default_context(cafile=str(self.config.identity_dir(child.name) / "bundle.pem"))
-            ctx.check_hostname = False  # a liveness probe of our own child on loopback
-        try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port), ssl=ctx), 1)
-            writer.write(f"GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-            line = await asyncio.wait_for(reader.readline(), 1)
-            writer.close()
-            return b" 200 " in line
-        except (OSError, TimeoutError, ssl.SSLError):
-            return False
 
     async def _wait_healthy(self, child: Child) -> None:
         """Until ``child`` answers healthy (or a stop is requested); :class:`Unavailable` if it exits or

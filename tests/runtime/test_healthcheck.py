@@ -1,0 +1,77 @@
+"""``runtime/healthcheck.py``: the one health check of ``agentmesh up``, ``agentmesh status`` and ``/readyz``,
+against a real gRPC health server and a real HTTP listener."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from agentmesh.runtime.healthcheck import SERVING, grpc_health, http_healthz
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[str, health.aio.HealthServicer]]:
+    server = grpc.aio.server()
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    yield f"127.0.0.1:{port}", servicer
+    await server.stop(0)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(("status", "expected"), [
+    (health_pb2.HealthCheckResponse.SERVING, SERVING),
+    (health_pb2.HealthCheckResponse.NOT_SERVING, "NOT_SERVING"),
+])
+async def test_the_serving_status(served: tuple[str, health.aio.HealthServicer], status: int, expected: str) -> None:
+    address, servicer = served
+    await servicer.set("", status)
+    async with grpc.aio.insecure_channel(address) as channel:
+        assert await grpc_health(channel, timeout=2) == expected
+
+
+async def test_a_member_that_is_not_there_is_unreachable() -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{closed_port()}") as channel:
+        assert await grpc_health(channel, timeout=0.5, wait_for_ready=False) == "unreachable"
+
+
+async def test_another_failure_names_its_status() -> None:
+    server = grpc.aio.server()  # serves no health service: Check is UNIMPLEMENTED
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            assert await grpc_health(channel, timeout=2) == "error: UNIMPLEMENTED"
+    finally:
+        await server.stop(0)
+
+
+@pytest.mark.parametrize(("answer", "healthy"), [(b"HTTP/1.1 200 OK\r\n\r\n", True),
+                                                 (b"HTTP/1.1 503 Service Unavailable\r\n\r\n", False)])
+async def test_healthz(answer: bytes, healthy: bool) -> None:
+    async def reply(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(reply, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        assert await http_healthz(f"127.0.0.1:{port}") is healthy
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert await http_healthz(f"127.0.0.1:{closed_port()}") is False
