@@ -27,7 +27,10 @@ async def grpc_health(channel: grpc.aio.Channel, *, timeout: float, wait_for_rea
     except grpc.aio.AioRpcError as e:
         return "unreachable" if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) \
             else f"error: {e.code().name}"
-    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(res.status))
+    try:
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(res.status))
+    except ValueError:  # a value this proto does not name (another server's newer health proto): not serving
+        return f"unknown status {res.status}"
 
 
 async def http_healthz(address: str, *, bundle: Path | None = None, timeout: float = 1.0) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 import grpc
 import pytest
@@ -54,6 +55,25 @@ async def test_another_failure_names_its_status() -> None:
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             assert await grpc_health(channel, timeout=2) == "error: UNIMPLEMENTED"
+    finally:
+        await server.stop(0)
+
+
+class NewerHealth(health_pb2_grpc.HealthServicer):
+    """A health server whose proto names more statuses than ours (proto3 enums are open: sent as is)."""
+
+    async def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> health_pb2.HealthCheckResponse:
+        return health_pb2.HealthCheckResponse(status=7)  # type: ignore[arg-type]
+
+
+async def test_a_status_this_proto_does_not_name_is_not_serving() -> None:
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(NewerHealth(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            assert await grpc_health(channel, timeout=2) == "unknown status 7"
     finally:
         await server.stop(0)
 
