@@ -5,7 +5,7 @@ Its multicallables take the arguments grpc.aio's take and return grpc.aio call o
 own when this member's token is at hand, else (its first call, right after a renewal, in the token's
 refresh window) one of :mod:`agentmesh.runtime.calls`, a whole grpc.aio call that starts once the
 token has arrived. The connections themselves, their rotation and the check of the server they reach
-are :class:`agentmesh.runtime.channel.MeshChannels`'.
+belong to :class:`agentmesh.runtime.channel.MeshChannels`.
 
 A multicallable is made once per channel, method and arguments, and kept: generated stubs made per call
 (``node.stub(name, Stub).Method(...)``, the way agent code calls) then cost a few look-ups, and each
