@@ -180,7 +180,13 @@ class AgentIdentity:
                 files = IdentityFiles.read(self.dir)
             except PKIError:
                 return False  # a rotation in progress: keep serving the last good identity
-            self._files, self._stamp = files, stamp
+            self._stamp = stamp
+            # the same identity: a stamp taken in the middle of an install that this read finished
+            # (new key, old certificate), seen again once the install is whole; not a new version
+            if (files.key, files.cert_chain, files.bundle) == (self._files.key, self._files.cert_chain,
+                                                                self._files.bundle):
+                return False
+            self._files = files
             self.version += 1
             self._self_check()
             return True
