@@ -4,6 +4,7 @@ against a real gRPC health server and a real HTTP listener."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,15 +16,25 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from agentmesh.runtime.healthcheck import SERVING, grpc_health, http_healthz
 
 
-@pytest.fixture
-async def served() -> AsyncIterator[tuple[str, health.aio.HealthServicer]]:
+@contextlib.asynccontextmanager
+async def serving(servicer: health_pb2_grpc.HealthServicer | None) -> AsyncIterator[str]:
+    """A real grpc.aio server on a free port, serving ``servicer`` as its health service (None: none)."""
     server = grpc.aio.server()
-    servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    if servicer is not None:
+        health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    yield f"127.0.0.1:{port}", servicer
-    await server.stop(0)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        await server.stop(0)
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[str, health.aio.HealthServicer]]:
+    servicer = health.aio.HealthServicer()
+    async with serving(servicer) as address:
+        yield address, servicer
 
 
 def closed_port() -> int:
@@ -49,14 +60,8 @@ async def test_a_member_that_is_not_there_is_unreachable() -> None:
 
 
 async def test_another_failure_names_its_status() -> None:
-    server = grpc.aio.server()  # serves no health service: Check is UNIMPLEMENTED
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            assert await grpc_health(channel, timeout=2) == "error: UNIMPLEMENTED"
-    finally:
-        await server.stop(0)
+    async with serving(None) as address, grpc.aio.insecure_channel(address) as channel:  # Check: UNIMPLEMENTED
+        assert await grpc_health(channel, timeout=2) == "error: UNIMPLEMENTED"
 
 
 class NewerHealth(health_pb2_grpc.HealthServicer):
@@ -67,15 +72,8 @@ class NewerHealth(health_pb2_grpc.HealthServicer):
 
 
 async def test_a_status_this_proto_does_not_name_is_not_serving() -> None:
-    server = grpc.aio.server()
-    health_pb2_grpc.add_HealthServicer_to_server(NewerHealth(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            assert await grpc_health(channel, timeout=2) == "unknown status 7"
-    finally:
-        await server.stop(0)
+    async with serving(NewerHealth()) as address, grpc.aio.insecure_channel(address) as channel:
+        assert await grpc_health(channel, timeout=2) == "unknown status 7"
 
 
 @pytest.mark.parametrize(("answer", "healthy"), [(b"HTTP/1.1 200 OK\r\n\r\n", True),
