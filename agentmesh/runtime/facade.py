@@ -256,44 +256,47 @@ class _Ready:
     prepared: Prepared | None
 
 
-class _UnaryUnary(_ChainedCallable, grpc.aio.UnaryUnaryMultiCallable[Any, Any]):
+class _RequestCallable(_ChainedCallable):
+    """The shapes whose call takes one request (unary-unary, unary-stream): its arguments as grpc.aio's."""
+
+    __slots__ = ()
+
+    def __call__(self, request: Any, *, timeout: float | None = None, metadata: Any = None,
+                 credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
+                 compression: grpc.Compression | None = None) -> Any:
+        return self._start(request, timeout, metadata, credentials, wait_for_ready, compression)
+
+
+class _IteratorCallable(_ChainedCallable):
+    """The shapes whose call takes a request iterator, or none to write requests (stream-unary,
+    stream-stream): its arguments as grpc.aio's, positional ones too."""
+
+    __slots__ = ()
+
+    def __call__(self, request_iterator: Any = None, timeout: float | None = None, metadata: Any = None,
+                 credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
+                 compression: grpc.Compression | None = None) -> Any:
+        return self._start(request_iterator, timeout, metadata, credentials, wait_for_ready, compression)
+
+
+class _UnaryUnary(_RequestCallable, grpc.aio.UnaryUnaryMultiCallable[Any, Any]):
     __slots__ = ()
     _kind = "unary_unary"
 
-    def __call__(self, request: Any, *, timeout: float | None = None, metadata: Any = None,
-                 credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
-                 compression: grpc.Compression | None = None) -> Any:
-        return self._start(request, timeout, metadata, credentials, wait_for_ready, compression)
 
-
-class _UnaryStream(_ChainedCallable, grpc.aio.UnaryStreamMultiCallable[Any, Any]):
+class _UnaryStream(_RequestCallable, grpc.aio.UnaryStreamMultiCallable[Any, Any]):
     __slots__ = ()
     _kind = "unary_stream"
 
-    def __call__(self, request: Any, *, timeout: float | None = None, metadata: Any = None,
-                 credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
-                 compression: grpc.Compression | None = None) -> Any:
-        return self._start(request, timeout, metadata, credentials, wait_for_ready, compression)
 
-
-class _StreamUnary(_ChainedCallable, grpc.aio.StreamUnaryMultiCallable[Any, Any]):
+class _StreamUnary(_IteratorCallable, grpc.aio.StreamUnaryMultiCallable[Any, Any]):
     __slots__ = ()
     _kind = "stream_unary"
 
-    def __call__(self, request_iterator: Any = None, timeout: float | None = None, metadata: Any = None,
-                 credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
-                 compression: grpc.Compression | None = None) -> Any:
-        return self._start(request_iterator, timeout, metadata, credentials, wait_for_ready, compression)
 
-
-class _StreamStream(_ChainedCallable, grpc.aio.StreamStreamMultiCallable[Any, Any]):
+class _StreamStream(_IteratorCallable, grpc.aio.StreamStreamMultiCallable[Any, Any]):
     __slots__ = ()
     _kind = "stream_stream"
-
-    def __call__(self, request_iterator: Any = None, timeout: float | None = None, metadata: Any = None,
-                 credentials: grpc.CallCredentials | None = None, wait_for_ready: bool | None = None,
-                 compression: grpc.Compression | None = None) -> Any:
-        return self._start(request_iterator, timeout, metadata, credentials, wait_for_ready, compression)
 
 
 def retrieved(fetch: asyncio.Future[Any]) -> None:
