@@ -1,5 +1,8 @@
 """HTTP/JSON <-> protobuf, with the proto3 JSON mapping of ``google.protobuf.json_format``. Pure.
 
+Plain messages go through :mod:`agentmesh.bridge.protojson` (the same mapping, compiled per message type);
+whatever it declines, json_format does.
+
 Requests accept the canonical lowerCamelCase names and the original proto field names; unknown
 fields are refused. Responses use lowerCamelCase, enums by name, 64-bit integers as strings, and
 omit fields at their default value (the proto3 canonical JSON). Every failure is a 400 naming the
@@ -18,6 +21,7 @@ from google.protobuf.message import Message
 
 from agentmesh.bridge.checks import MAX_DEPTH, check_depth, check_request
 from agentmesh.bridge.errors import HttpError
+from agentmesh.bridge.protojson import parse_into, to_dict
 from agentmesh.bridge.routes import HttpRule
 
 if TYPE_CHECKING:
@@ -108,7 +112,8 @@ def build_request(message: Message, rule: HttpRule | None, body: Any, params: Ma
                 raise HttpError.invalid("request body must not be null")
             doc[desc.fields_by_name[rule.body].json_name] = body
     check_request(doc, desc)
-    _parse(doc, message)
+    if not parse_into(doc, message, MAX_DEPTH):
+        _parse(doc, message)
     bound: dict[str, Any] = {}  # merged after the body: a path variable wins over the same body field
     for name, value in params.items():
         _assign(bound, desc, name, value, where="path variable")
@@ -130,7 +135,9 @@ def _parse(doc: dict[str, Any], message: Message) -> None:
 
 def to_json(message: Message, response_body: str = "") -> bytes:
     """The canonical proto3 JSON of ``message`` (or of its field ``response_body``), compact UTF-8."""
-    doc: Any = json_format.MessageToDict(message)
+    doc: Any = to_dict(message)
+    if doc is None:
+        doc = json_format.MessageToDict(message)
     if response_body:
         field = message.DESCRIPTOR.fields_by_name[response_body]
         doc = doc.get(field.json_name, _default_json(message, field))

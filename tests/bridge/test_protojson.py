@@ -1,0 +1,211 @@
+"""The bridge's compiled proto3 JSON mapping (agentmesh.bridge.protojson) against json_format itself.
+
+Whatever ``parse_into`` accepts, ``json_format.ParseDict`` turns into the same message; whatever it
+declines leaves the message empty (json_format then answers, errors and all). Whatever ``to_dict``
+writes, ``json_format.MessageToDict`` writes the same, member order included. The documents are drawn
+along the probe's message types (every proto3 JSON type: scalars of every width, enums, maps, oneofs,
+optional fields, recursion, well-known types), with values of the right type, of the wrong type, out of
+range, null, and names given as the JSON name, the proto name, both, or unknown.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+from bridgekit import probe_modules
+from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from hypothesis import strategies as st
+from properties import profiles, run
+
+from agentmesh.bridge import protojson
+from agentmesh.bridge.checks import MAX_DEPTH
+from agentmesh.bridge.transcode import build_request, parse_json, to_json
+from agentmesh.v1 import agent_pb2
+
+PROFILES = profiles(300, 3000)
+F = FieldDescriptor
+ODD = st.sampled_from([None, True, 1, -1, 1.0, 1.5, "1", " 1", "1_0", "x", "\ud800x", "NaN", [], {}, [None],
+                       {"a": 1}, 2 ** 31, 2 ** 63, -(2 ** 64), float("inf"), float("nan")])
+INT_RANGES = {F.CPPTYPE_INT32: (-(2 ** 31), 2 ** 31 - 1), F.CPPTYPE_UINT32: (0, 2 ** 32 - 1),
+              F.CPPTYPE_INT64: (-(2 ** 63), 2 ** 63 - 1), F.CPPTYPE_UINT64: (0, 2 ** 64 - 1)}
+
+
+def messages_under_test() -> list[type[Message]]:
+    pb, _ = probe_modules()
+    return [pb.Everything, pb.EchoRequest, pb.EchoReply, pb.GetRequest, pb.Inner, agent_pb2.Task,
+            agent_pb2.TaskResult, agent_pb2.TaskEvent, agent_pb2.Part]
+
+
+def scalar(field: Any) -> st.SearchStrategy[Any]:
+    cpp = field.cpp_type
+    if cpp in INT_RANGES:
+        low, high = INT_RANGES[cpp]
+        return st.integers(low, high) | st.integers(low, high).map(str) | st.sampled_from([low - 1, high + 1])
+    if cpp == F.CPPTYPE_DOUBLE or cpp == F.CPPTYPE_FLOAT:
+        return st.floats() | st.integers(-(2 ** 60), 2 ** 60) | st.sampled_from(["NaN", "Infinity", "-1.5", "1e40"])
+    if cpp == F.CPPTYPE_BOOL:
+        return st.booleans()
+    if cpp == F.CPPTYPE_ENUM:
+        names = [v.name for v in field.enum_type.values]
+        return st.sampled_from(names) | st.integers(-3, 9) | st.just("NOT_A_VALUE")
+    if field.type == F.TYPE_BYTES:
+        return st.binary(max_size=8).map(lambda b: __import__("base64").b64encode(b).decode()) | st.text(max_size=4)
+    return st.text(max_size=8) | st.sampled_from(["\ud800", "a\udfff", "\U0001f600", "\u00e9"])
+
+
+def mostly(valid: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """Nine in ten a value of the field's type, else an odd one (so many documents are valid throughout)."""
+    return st.integers(0, 9).flatmap(lambda i: ODD if i == 0 else valid)
+
+
+def value(field: Any, depth: int, repeated_ok: bool = True) -> st.SearchStrategy[Any]:
+    if field.message_type is not None and field.message_type.GetOptions().map_entry:
+        key_f, val_f = field.message_type.fields_by_name["key"], field.message_type.fields_by_name["value"]
+        keys = st.text(max_size=4) if key_f.type == F.TYPE_STRING else \
+            st.integers(-3, 3).map(str) | st.sampled_from(["true", "false", "x"])
+        return mostly(st.dictionaries(keys, value(val_f, depth, False), max_size=3))
+    if field.is_repeated and repeated_ok:
+        return mostly(st.lists(value(field, depth, False), max_size=3))
+    if field.message_type is not None:
+        if field.message_type.full_name.startswith("google.protobuf."):
+            return ODD | st.sampled_from(["2020-01-01T00:00:00Z", "1.5s", "a.b", {"k": [1, "x", None]}, 5])
+        return mostly(doc_of(field.message_type, depth + 1)) if depth < 4 else ODD
+    return mostly(scalar(field))
+
+
+@st.composite
+def doc_of_composite(draw: st.DrawFn, desc: Any, depth: int) -> dict[str, Any]:
+    doc: dict[str, Any] = {}
+    for field in draw(st.lists(st.sampled_from(list(desc.fields)), max_size=5, unique_by=lambda f: f.number)) \
+            if desc.fields else []:
+        for name in draw(st.sampled_from([[field.json_name], [field.name], [field.json_name, field.name]])):
+            doc[name] = draw(value(field, depth))
+    if draw(st.integers(0, 9)) == 0:
+        doc[draw(st.sampled_from(["unknown", "[ext]", "@type", "choice"]))] = 1
+    return doc
+
+
+def doc_of(desc: Any, depth: int = 0) -> st.SearchStrategy[dict[str, Any]]:
+    return doc_of_composite(desc, depth)
+
+
+def documents() -> st.SearchStrategy[tuple[type[Message], dict[str, Any]]]:
+    return st.sampled_from(messages_under_test()).flatmap(lambda m: st.tuples(st.just(m), doc_of(m.DESCRIPTOR)))
+
+
+def reference(cls: type[Message], doc: dict[str, Any]) -> Message | Exception:
+    try:
+        return json_format.ParseDict(doc, cls(), max_recursion_depth=MAX_DEPTH)
+    except Exception as e:  # what json_format refuses (ParseError, or a bare ValueError/TypeError of its own)
+        return e
+
+
+def same(a: Message, b: Message) -> bool:
+    return a == b and a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True)
+
+
+def written(doc: Any) -> str:
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_what_parse_into_accepts_json_format_reads_the_same(profile: Any) -> None:
+    def check(example: tuple[type[Message], dict[str, Any]]) -> None:
+        cls, doc = example
+        expected = reference(cls, doc)
+        got = cls()
+        if protojson.parse_into(doc, got, MAX_DEPTH):
+            assert not isinstance(expected, Exception), f"accepted what json_format refuses: {expected!r}"
+            assert same(got, expected)
+        else:
+            assert got.ListFields() == [], "a declined document leaves nothing behind"
+
+    run(profile, documents(), check)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_what_to_dict_writes_json_format_writes_the_same(profile: Any) -> None:
+    def check(example: tuple[type[Message], dict[str, Any]]) -> None:
+        cls, doc = example
+        message = reference(cls, doc)
+        if isinstance(message, Exception):
+            return
+        mine = protojson.to_dict(message)
+        if mine is not None:
+            assert written(mine) == written(json_format.MessageToDict(message))  # the same members, same order
+
+    run(profile, documents(), check)
+
+
+# ---------------------------------------------------------------------- the fast path is taken where it should be
+def test_the_bridge_benchmark_request_and_answer_take_the_fast_path() -> None:
+    doc = {"id": "bench-1", "input": [{"text": "hello"}], "metadata": {"k": "v"}, "parentTaskId": "p"}
+    task = agent_pb2.Task()
+    assert protojson.parse_into(doc, task, MAX_DEPTH)
+    assert same(task, json_format.ParseDict(doc, agent_pb2.Task()))
+    result = agent_pb2.TaskResult(task_id="t", status=agent_pb2.TASK_STATUS_COMPLETED,
+                                  output=[agent_pb2.Part(text="hi", mime_type="text/plain")], metadata={"a": "b"},
+                                  error=agent_pb2.TaskError(code="c"))
+    assert protojson.to_dict(result) == json_format.MessageToDict(result)
+    assert list(protojson.to_dict(result) or {}) == ["taskId", "status", "output", "error", "metadata"]
+
+
+def test_every_probe_type_it_writes_matches_json_format() -> None:
+    pb, _ = probe_modules()
+    inner = pb.Inner(note="n", child=pb.Inner(nums=[1, -2]), nums=[2 ** 31 - 1])
+    message = pb.Everything(text="t\u00e9", i32=-5, i64=2 ** 62, u64=2 ** 64 - 1, dbl=0.1, flag=True, raw=b"\x00\xff",
+                            color=pb.COLOR_BLUE, tags=["a", ""], inners={"x": inner}, left="l", opt="",
+                            colors=[pb.COLOR_RED, 7], s64=-(2 ** 63), f32=2 ** 32 - 1, inner=inner)
+    assert written(protojson.to_dict(message)) == written(json_format.MessageToDict(message))
+    for special in (math.inf, -math.inf, math.nan):
+        assert written(protojson.to_dict(pb.Everything(dbl=special))) == \
+            written(json_format.MessageToDict(pb.Everything(dbl=special)))
+
+
+@pytest.mark.parametrize("doc, why", [
+    ({"text": None}, "null"),
+    ({"i64": "5"}, "a 64-bit integer as a string"),
+    ({"i32": 2 ** 31}, "out of range"),
+    ({"i32": True}, "a bool for an integer"),
+    ({"flt": 1.5}, "a 32-bit float"),
+    ({"raw": "AA=="}, "bytes"),
+    ({"text": "\ud800"}, "a lone surrogate"),
+    ({"color": "NOT_A_COLOR"}, "an unknown enum name"),
+    ({"color": 1}, "an enum by number"),
+    ({"left": "a", "right": 1}, "two members of one oneof"),
+    ({"opt": "a", "opt2": 1}, "an unknown member"),
+    ({"at": "2020-01-01T00:00:00Z"}, "a well-known type"),
+    ({"byNumber": {"1": "a"}}, "a map with integer keys"),
+    ({"inner": {"child": {"child": {"note": 5}}}}, "a wrong type deep down"),
+])
+def test_it_declines_and_json_format_answers(doc: dict[str, Any], why: str) -> None:
+    pb, _ = probe_modules()
+    message = pb.Everything()
+    assert not protojson.parse_into(doc, message, MAX_DEPTH), why
+    assert message.ListFields() == []
+
+
+def test_nesting_at_the_limit_is_left_to_json_format() -> None:
+    pb, _ = probe_modules()
+    doc: dict[str, Any] = {"note": "deep"}
+    for _ in range(MAX_DEPTH + 2):
+        doc = {"child": doc}
+    assert not protojson.parse_into(doc, pb.Inner(), MAX_DEPTH)
+    shallow = {"child": {"child": {"note": "x"}}}
+    assert protojson.parse_into(shallow, pb.Inner(), MAX_DEPTH)
+
+
+def test_the_bridge_answers_as_before_on_either_path() -> None:
+    """build_request / to_json give json_format's message on the fast path and its error off it."""
+    pb, _ = probe_modules()
+    fast = parse_json(b'{"name":"n","payload":{"text":"t","i32":3,"tags":["a"],"inner":{"note":"x"}}}')
+    assert same(build_request(pb.EchoRequest(), None, fast, {}), json_format.ParseDict(fast, pb.EchoRequest()))
+    slow = parse_json(b'{"name":"n","payload":{"i64":"12","at":"2020-01-01T00:00:00Z"}}')
+    assert same(build_request(pb.EchoRequest(), None, slow, {}), json_format.ParseDict(slow, pb.EchoRequest()))
+    reply = pb.EchoReply(name="n", payload=pb.Everything(i64=12, dbl=1.5), metadata={"k": "v"})
+    assert to_json(reply) == json.dumps(json_format.MessageToDict(reply), separators=(",", ":")).encode()
