@@ -133,7 +133,8 @@ class Gateway:
         request.state.http_route = op.route(match.rule)  # the span's http.route: a template, never the path
         timeout = self.timeout(request)
         body = await self._body(request, match)
-        message = build_request(op.info.input(), match.rule, body, match.params, request.query_params.multi_items())
+        query = request.query_params.multi_items() if request.scope.get("query_string") else ()
+        message = build_request(op.info.input(), match.rule, body, match.params, query)
         reply = await self.call(request, raw_token, op, message, timeout)
         encode = _encoder(match)
         if reply.message is not None:

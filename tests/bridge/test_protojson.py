@@ -10,6 +10,7 @@ range, null, and names given as the JSON name, the proto name, both, or unknown.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from typing import Any
@@ -23,7 +24,7 @@ from hypothesis import strategies as st
 from properties import profiles, run
 
 from agentmesh.bridge import protojson
-from agentmesh.bridge.checks import MAX_DEPTH
+from agentmesh.bridge.checks import MAX_DEPTH, check_request
 from agentmesh.bridge.transcode import build_request, parse_json, to_json
 from agentmesh.v1 import agent_pb2
 
@@ -122,6 +123,9 @@ def test_what_parse_into_accepts_json_format_reads_the_same(profile: Any) -> Non
         if protojson.parse_into(doc, got, MAX_DEPTH):
             assert not isinstance(expected, Exception), f"accepted what json_format refuses: {expected!r}"
             assert same(got, expected)
+            before = copy.deepcopy(doc)  # build_request then skips check_request: it must pass, changing nothing
+            check_request(doc, cls.DESCRIPTOR)
+            assert written(doc) == written(before)
         else:
             assert got.ListFields() == [], "a declined document leaves nothing behind"
 
