@@ -78,7 +78,8 @@ def _message(value: Any, desc: MessageDesc, depth: int) -> None:
     if not isinstance(value, dict) or depth > MAX_DEPTH or desc.full_name.startswith("google.protobuf."):
         return  # json_format reports wrong container types; well-known types have their own forms
     for key, v in value.items():
-        field = desc.fields_by_name.get(key) or next((f for f in desc.fields if f.json_name == key), None)
+        # json_format's order: the field of that JSON name, else the field of that proto name
+        field = next((f for f in desc.fields if f.json_name == key), None) or desc.fields_by_name.get(key)
         if field is None or v is None:
             continue  # json_format names unknown fields; null means unset
         if field.message_type is not None and field.message_type.GetOptions().map_entry:

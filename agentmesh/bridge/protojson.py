@@ -96,7 +96,7 @@ def _entry_fields(field: FieldDesc) -> tuple[FieldDesc, FieldDesc]:
 
 def _plain(desc: MessageDesc) -> bool:
     """A message type json_format maps member by member (not a well-known type with a JSON form of its own)."""
-    return not desc.full_name.startswith("google.protobuf.")
+    return not desc.full_name.startswith("google.protobuf.") and desc.file.name != "google/protobuf/wrappers.proto"
 
 
 def _is_map(field: FieldDesc) -> bool:
@@ -109,7 +109,8 @@ def _enum_names(field: FieldDesc) -> dict[int, str] | None:
     enum = _enum_type(field)
     if enum.full_name == "google.protobuf.NullValue" or any(v.GetOptions().ListFields() for v in enum.values):
         return None
-    return {number: value.name for number, value in enum.values_by_number.items()}
+    # json_format writes values_by_number.get(n): of aliases, the first declared (items() yields every alias)
+    return {number: enum.values_by_number.get(number).name for number in enum.values_by_number}
 
 
 def _converter(field: FieldDesc) -> Convert | None:
@@ -146,11 +147,13 @@ class _Reader:
         self.setters: dict[str, tuple[Setter, str | None]] | None = None
         if not _plain(desc):
             return
-        setters: dict[str, tuple[Setter, str | None]] = {}
+        by_field = {}
         for field in desc.fields:
             setter = _setter(field) or _declined  # a field json_format must read: a document naming it is its
-            oneof = field.containing_oneof.name if field.containing_oneof is not None else None
-            setters[field.name] = setters[field.json_name] = (setter, oneof)
+            by_field[field.name] = (setter, field.containing_oneof.name if field.containing_oneof is not None else None)
+        # a member names the field of that JSON name, else the field of that proto name (json_format's order)
+        setters = {field.name: by_field[field.name] for field in desc.fields}
+        setters.update((field.json_name, by_field[field.name]) for field in desc.fields)
         # json_format tracks oneof names among the member names it saw: a clash is its to report
         if any(o.name in setters for o in desc.oneofs):
             return
@@ -288,7 +291,7 @@ def parse_into(doc: Any, message: Message, max_depth: int) -> bool:
     except (ValueError, TypeError):  # a value out of the field's range (or of a type upb refuses)
         done = False
     if not done:
-        message.Clear()
+        type(message).Clear(message)  # (the method: a field named "Clear" would shadow it on the instance)
     return done
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from bridgekit import probe_modules
-from google.protobuf import json_format
+from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from hypothesis import strategies as st
@@ -25,6 +25,7 @@ from properties import profiles, run
 
 from agentmesh.bridge import protojson
 from agentmesh.bridge.checks import MAX_DEPTH, check_request
+from agentmesh.bridge.errors import HttpError
 from agentmesh.bridge.transcode import build_request, parse_json, to_json
 from agentmesh.v1 import agent_pb2
 
@@ -36,10 +37,52 @@ INT_RANGES = {F.CPPTYPE_INT32: (-(2 ** 31), 2 ** 31 - 1), F.CPPTYPE_UINT32: (0, 
               F.CPPTYPE_INT64: (-(2 ** 63), 2 ** 63 - 1), F.CPPTYPE_UINT64: (0, 2 ** 64 - 1)}
 
 
+def _odd_types() -> dict[str, type[Message]]:
+    """Message types protoc accepts that the mesh's own protos do not use: a field whose JSON name is another
+    field's proto name, an enum with aliases, a field named like a message method, proto2 with JSON names
+    that clash with proto names (protoc only warns), a type in a file named like the wrappers' file."""
+    T, L = descriptor_pb2.FieldDescriptorProto, descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
+    pool = descriptor_pool.DescriptorPool()
+    three = descriptor_pb2.FileDescriptorProto(name="odd3.proto", package="odd", syntax="proto3")
+    swap = three.message_type.add(name="Swapped")
+    swap.field.add(name="x", number=1, type=T.TYPE_STRING, label=L, json_name="y")
+    swap.field.add(name="y", number=2, type=T.TYPE_INT32, label=L, json_name="z")
+    enum = three.enum_type.add(name="Aliased", options=descriptor_pb2.EnumOptions(allow_alias=True))
+    for name, number in (("A0", 0), ("A1", 1), ("AONE", 1), ("A2", 2)):
+        enum.value.add(name=name, number=number)
+    aliased = three.message_type.add(name="WithAlias")
+    aliased.field.add(name="e", number=1, type=T.TYPE_ENUM, type_name=".odd.Aliased", label=L)
+    aliased.field.add(name="es", number=2, type=T.TYPE_ENUM, type_name=".odd.Aliased",
+                      label=T.LABEL_REPEATED)
+    clear = three.message_type.add(name="Methods")
+    clear.field.add(name="Clear", number=1, type=T.TYPE_STRING, label=L)
+    two = descriptor_pb2.FileDescriptorProto(name="odd2.proto", package="odd2", syntax="proto2",
+                                             dependency=["odd3.proto"])
+    clash = two.message_type.add(name="Clash")
+    clash.field.add(name="k", number=1, type=T.TYPE_ENUM, type_name=".odd.Aliased", label=L, json_name="q")
+    clash.field.add(name="other", number=2, type=T.TYPE_STRING, label=L, json_name="k")
+    floats = two.message_type.add(name="FloatClash")
+    floats.field.add(name="k", number=1, type=T.TYPE_FLOAT, label=L, json_name="q")
+    floats.field.add(name="other", number=2, type=T.TYPE_DOUBLE, label=L, json_name="k")
+    wrappers = descriptor_pb2.FileDescriptorProto(name="google/protobuf/wrappers.proto", package="notgoogle",
+                                                  syntax="proto3")
+    wrapped = wrappers.message_type.add(name="W")
+    wrapped.field.add(name="value", number=1, type=T.TYPE_STRING, label=L)
+    outer = wrappers.message_type.add(name="Outer")
+    outer.field.add(name="w", number=1, type=T.TYPE_MESSAGE, type_name=".notgoogle.W", label=L)
+    for file in (three, two, wrappers):
+        pool.Add(file)
+    names = ["odd.Swapped", "odd.WithAlias", "odd.Methods", "odd2.Clash", "odd2.FloatClash", "notgoogle.Outer"]
+    return {n: message_factory.GetMessageClass(pool.FindMessageTypeByName(n)) for n in names}
+
+
+ODD_TYPES = _odd_types()
+
+
 def messages_under_test() -> list[type[Message]]:
     pb, _ = probe_modules()
     return [pb.Everything, pb.EchoRequest, pb.EchoReply, pb.GetRequest, pb.Inner, agent_pb2.Task,
-            agent_pb2.TaskResult, agent_pb2.TaskEvent, agent_pb2.Part]
+            agent_pb2.TaskResult, agent_pb2.TaskEvent, agent_pb2.Part, *ODD_TYPES.values()]
 
 
 def scalar(field: Any) -> st.SearchStrategy[Any]:
@@ -213,3 +256,49 @@ def test_the_bridge_answers_as_before_on_either_path() -> None:
     assert same(build_request(pb.EchoRequest(), None, slow, {}), json_format.ParseDict(slow, pb.EchoRequest()))
     reply = pb.EchoReply(name="n", payload=pb.Everything(i64=12, dbl=1.5), metadata={"k": "v"})
     assert to_json(reply) == json.dumps(json_format.MessageToDict(reply), separators=(",", ":")).encode()
+
+
+# ---------------------------------------------------------------------- what a review found (each failed before)
+def test_a_json_name_wins_over_another_fields_proto_name() -> None:
+    swapped = ODD_TYPES["odd.Swapped"]
+    got = swapped()
+    assert protojson.parse_into({"y": "s"}, got, MAX_DEPTH)
+    assert same(got, json_format.ParseDict({"y": "s"}, swapped()))  # "y" is x's JSON name: x is set, not y
+    assert got.x == "s" and got.y == 0
+    assert not protojson.parse_into({"y": 5}, swapped(), MAX_DEPTH)  # json_format refuses a number for x
+    with pytest.raises(HttpError) as refused:
+        build_request(swapped(), None, {"y": 5}, {})
+    assert refused.value.status == 400
+
+
+def test_an_aliased_enum_value_is_written_by_its_first_name() -> None:
+    aliased = ODD_TYPES["odd.WithAlias"]
+    message = aliased(e=1, es=[1, 2, 1])
+    assert protojson.to_dict(message) == json_format.MessageToDict(message) == {"e": "A1", "es": ["A1", "A2", "A1"]}
+
+
+def test_a_field_named_like_a_message_method_does_not_break_a_decline() -> None:
+    methods = ODD_TYPES["odd.Methods"]
+    message = methods()
+    assert not protojson.parse_into({"nope": 1}, message, MAX_DEPTH)  # declined, the message cleared: no raise
+    with pytest.raises(HttpError) as refused:
+        build_request(methods(), None, {"Clear": 1}, {})
+    assert refused.value.status == 400
+    assert same(build_request(methods(), None, {"Clear": "x"}, {}), json_format.ParseDict({"Clear": "x"}, methods()))
+
+
+def test_check_request_reads_a_member_as_json_format_does() -> None:
+    """A JSON name that is another field's proto name (proto2): check_request judged the other field."""
+    clash, floats = ODD_TYPES["odd2.Clash"], ODD_TYPES["odd2.FloatClash"]
+    check_request({"k": "zzz"}, clash.DESCRIPTOR)  # raised: "zzz" judged as a value of the enum k
+    big = {"k": 3.4028235e38}
+    check_request(big, floats.DESCRIPTOR)
+    assert big == {"k": 3.4028235e38}  # was rewritten to FLT_MAX as if for the float k
+    assert build_request(clash(), None, {"k": "zzz"}, {}).other == "zzz"
+    assert build_request(floats(), None, {"k": 3.4028235e38}, {}).other == 3.4028235e38
+
+
+def test_a_type_in_a_file_named_like_the_wrappers_file_is_json_formats() -> None:
+    outer = ODD_TYPES["notgoogle.Outer"]
+    assert not protojson.parse_into({"w": {"value": "abc"}}, outer(), MAX_DEPTH)
+    assert protojson.to_dict(outer(w={"value": "abc"})) is None
