@@ -78,8 +78,9 @@ def _message(value: Any, desc: MessageDesc, depth: int) -> None:
     if not isinstance(value, dict) or depth > MAX_DEPTH or desc.full_name.startswith("google.protobuf."):
         return  # json_format reports wrong container types; well-known types have their own forms
     for key, v in value.items():
-        # json_format's order: the field of that JSON name, else the field of that proto name
-        field = next((f for f in desc.fields if f.json_name == key), None) or desc.fields_by_name.get(key)
+        # json_format's order: the field of that JSON name (the last, if a legacy message has two), else the
+        # field of that proto name
+        field = _by_json_name(desc).get(key) or desc.fields_by_name.get(key)
         if field is None or v is None:
             continue  # json_format names unknown fields; null means unset
         if field.message_type is not None and field.message_type.GetOptions().map_entry:
@@ -92,6 +93,16 @@ def _message(value: Any, desc: MessageDesc, depth: int) -> None:
                 v[:] = [_value(item, field, depth) for item in v]
         else:
             value[key] = _value(v, field, depth)
+
+
+_JSON_NAMES: dict[Any, dict[str, FieldDesc]] = {}
+
+
+def _by_json_name(desc: MessageDesc) -> dict[str, FieldDesc]:
+    found = _JSON_NAMES.get(desc)
+    if found is None:
+        found = _JSON_NAMES[desc] = {f.json_name: f for f in desc.fields}
+    return found
 
 
 def _value(item: Any, field: FieldDesc, depth: int) -> Any:

@@ -288,8 +288,8 @@ def parse_into(doc: Any, message: Message, max_depth: int) -> bool:
     max_recursion_depth=max_depth)`` would; False (the message cleared) when it declines: run json_format."""
     try:
         done = _read(doc, message, max_depth)
-    except (ValueError, TypeError):  # a value out of the field's range (or of a type upb refuses)
-        done = False
+    except (ValueError, TypeError, AttributeError):  # a value out of the field's range, a type upb refuses; a
+        done = False  # field named like a message method or DESCRIPTOR (json_format fails on it: its error)
     if not done:
         type(message).Clear(message)  # (the method: a field named "Clear" would shadow it on the instance)
     return done
@@ -392,5 +392,8 @@ def _write(message: Any) -> Any:
 
 def to_dict(message: Message) -> dict[str, Any] | None:
     """``json_format.MessageToDict(message)`` (its default options), or None when it declines: run json_format."""
-    written = _write(message)
+    try:
+        written = _write(message)
+    except (TypeError, AttributeError):  # a field named like a message method or DESCRIPTOR: json_format's error
+        return None
     return None if written is _NO else written

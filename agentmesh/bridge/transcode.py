@@ -100,7 +100,7 @@ def build_request(message: Message, rule: HttpRule | None, body: Any, params: Ma
     :data:`EMPTY`); ``body: "field"`` puts it in that field and the query fills the rest; no body:
     the query fills the message.
     """
-    desc = message.DESCRIPTOR
+    desc = type(message).DESCRIPTOR  # (a field named DESCRIPTOR would shadow it on the instance)
     whole = rule is None or rule.body == "*"
     if whole:
         doc = {} if body is EMPTY else body

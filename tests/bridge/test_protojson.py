@@ -70,9 +70,16 @@ def _odd_types() -> dict[str, type[Message]]:
     wrapped.field.add(name="value", number=1, type=T.TYPE_STRING, label=L)
     outer = wrappers.message_type.add(name="Outer")
     outer.field.add(name="w", number=1, type=T.TYPE_MESSAGE, type_name=".notgoogle.W", label=L)
+    legacy = three.message_type.add(name="Legacy",
+                                    options=descriptor_pb2.MessageOptions(deprecated_legacy_json_field_conflicts=True))
+    legacy.field.add(name="foo_bar", number=1, type=T.TYPE_INT32, label=L)  # both named fooBar in JSON
+    legacy.field.add(name="fooBar", number=2, type=T.TYPE_ENUM, type_name=".odd.Aliased", label=L)
+    named = three.message_type.add(name="Descriptor")
+    named.field.add(name="DESCRIPTOR", number=1, type=T.TYPE_STRING, label=L)
     for file in (three, two, wrappers):
         pool.Add(file)
-    names = ["odd.Swapped", "odd.WithAlias", "odd.Methods", "odd2.Clash", "odd2.FloatClash", "notgoogle.Outer"]
+    names = ["odd.Swapped", "odd.WithAlias", "odd.Methods", "odd2.Clash", "odd2.FloatClash", "notgoogle.Outer",
+             "odd.Legacy", "odd.Descriptor"]
     return {n: message_factory.GetMessageClass(pool.FindMessageTypeByName(n)) for n in names}
 
 
@@ -296,6 +303,26 @@ def test_check_request_reads_a_member_as_json_format_does() -> None:
     assert big == {"k": 3.4028235e38}  # was rewritten to FLT_MAX as if for the float k
     assert build_request(clash(), None, {"k": "zzz"}, {}).other == "zzz"
     assert build_request(floats(), None, {"k": 3.4028235e38}, {}).other == 3.4028235e38
+
+
+def test_of_two_fields_with_one_json_name_both_read_the_last_as_json_format_does() -> None:
+    """A legacy message (deprecated_legacy_json_field_conflicts) whose two fields are both fooBar in JSON."""
+    legacy = ODD_TYPES["odd.Legacy"]
+    assert protojson.parse_into({"fooBar": "A1"}, got := legacy(), MAX_DEPTH)
+    assert same(got, json_format.ParseDict({"fooBar": "A1"}, legacy()))
+    check_request({"fooBar": "A1"}, legacy.DESCRIPTOR)  # raised: judged as the int32 foo_bar
+    for refused in (True, "1", 1.5):  # the enum's: refused before the change, and again now
+        with pytest.raises(HttpError):
+            build_request(legacy(), None, {"fooBar": refused}, {})
+
+
+def test_a_field_named_descriptor_is_still_a_400() -> None:
+    named = ODD_TYPES["odd.Descriptor"]
+    assert not protojson.parse_into({}, named(), MAX_DEPTH)
+    with pytest.raises(HttpError) as refused:
+        build_request(named(), None, {}, {})
+    assert refused.value.status == 400
+    assert protojson.to_dict(named()) is None  # json_format's to fail on, as before
 
 
 def test_a_type_in_a_file_named_like_the_wrappers_file_is_json_formats() -> None:
