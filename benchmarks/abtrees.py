@@ -48,7 +48,7 @@ def _figures(result: dict[str, Any], ratios: Sequence[str]) -> dict[str, float |
     figures: dict[str, float | None] = {name: got.get(name) for name in ratios}
     for key, variant in (result.get("variants") or {}).items():
         for process, us in (variant.get("server_cpu_us_per_call_by_process") or {}).items():
-            figures[f"v{key} {process} us/call"] = us
+            figures[f"{key} {process} us/call"] = us
     return figures
 
 
