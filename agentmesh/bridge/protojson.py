@@ -134,9 +134,14 @@ def _converter(field: FieldDesc) -> Convert | None:
     return None  # float (32-bit): json_format's range checks and shortest form
 
 
-def _declined(*args: Any) -> Any:
-    """The setter (False) and the getter (_NO) of a field whose JSON form is json_format's to handle."""
-    return _NO if len(args) == 1 else False
+def _unread(message: Message, value: Any, depth: int) -> bool:
+    """The setter of a field whose JSON form is json_format's to read: a document naming it is declined."""
+    return False
+
+
+def _unwritten(value: Any) -> Any:
+    """The getter of a field whose JSON form is json_format's to write: a message with it set is declined."""
+    return _NO
 
 
 # ---------------------------------------------------------------------------------------------- JSON -> message
@@ -149,7 +154,7 @@ class _Reader:
             return
         by_field = {}
         for field in desc.fields:
-            setter = _setter(field) or _declined  # a field json_format must read: a document naming it is its
+            setter = _setter(field) or _unread
             by_field[field.name] = (setter, field.containing_oneof.name if field.containing_oneof is not None else None)
         # a member names the field of that JSON name, else the field of that proto name (json_format's order)
         setters = {field.name: by_field[field.name] for field in desc.fields}
@@ -349,7 +354,7 @@ class _Writer:
                 getter, shape = _getter(value_field), _MAP_BOOL if key_field.type == _F.TYPE_BOOL else _MAP
             else:
                 getter, shape = _getter(field), _LIST if field.is_repeated else _ONE
-            getters[field] = (field.json_name, getter or _declined, shape)  # (a field json_format must write)
+            getters[field] = (field.json_name, getter or _unwritten, shape)
         self.getters = getters
 
 
