@@ -1,11 +1,10 @@
 """The proto3 JSON mapping of plain messages, compiled once per message type: json_format's fast path.
 
-Why this is hand-written (beside ``google.protobuf.json_format``, which stays the reference): json_format
-is pure Python and generic. For every field of every message it looks up the descriptor, checks the
-well-known types, builds an error path string, and converts through several layers; on the bridge's
-hot path (a request body in, a response out) that was ~10 % of the bridge process's CPU per request
-(``python -m benchmarks.profile --bridge --txn-reuse``). Here each message type gets, once, a table from
-JSON member name to a small setter, and from field to a small getter.
+Why this is hand-written (beside ``google.protobuf.json_format``, which stays the reference): json_format is
+pure Python and generic (per field: descriptor look-ups, well-known-type checks, an error path string, layers
+of conversion); on the bridge's hot path that was ~10 % of the bridge process's CPU per request (``python -m
+benchmarks.profile --bridge --txn-reuse``). Here each message type gets, once, a setter per JSON member name
+and a getter per field.
 
 It handles only what it can handle exactly as json_format does, and **declines** everything else:
 :func:`parse_into` returns False (having cleared the message) and :func:`to_dict` returns None, and the
@@ -18,13 +17,13 @@ caller then runs json_format, so every error message and every unusual case is j
   int32), a string that is not valid UTF-8 text (lone surrogates), an enum name the enum lacks, an
   integer out of the field's range, two members of one oneof, nesting deeper than the parse limit.
 
-``tests/bridge/test_protojson.py`` checks, over generated documents and messages, that whatever this
-module accepts, json_format turns into the same message or the same dict.
+``tests/bridge/test_protojson.py`` checks over generated documents that json_format reads and writes the same.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
@@ -165,14 +164,9 @@ class _Reader:
         self.setters = setters
 
 
-_READERS: dict[Any, _Reader] = {}
-
-
+@functools.cache  # (per message type, built on first use)
 def _reader(desc: MessageDesc) -> _Reader:
-    found = _READERS.get(desc)
-    if found is None:
-        found = _READERS[desc] = _Reader(desc)
-    return found
+    return _Reader(desc)
 
 
 def _read(doc: Any, message: Message, depth: int) -> bool:
@@ -256,36 +250,38 @@ def _map_setter(field: FieldDesc) -> Setter | None:
     key_field, value_field = _entry_fields(field)
     if key_field.type != _F.TYPE_STRING:
         return None  # int and bool keys arrive as strings: json_format's conversions
-    if value_field.cpp_type == _F.CPPTYPE_MESSAGE:
-        if not _plain(_message_type(value_field)):
-            return None
-
-        def message_map(message: Message, value: Any, depth: int) -> bool:
-            if type(value) is not dict:
-                return False
-            message.ClearField(name)
-            entries = getattr(message, name)
-            return all(_text(key) is not _NO and _read(item, entries[key], depth - 1)
-                       for key, item in value.items())
-
-        return message_map
-    convert = _converter(value_field)
-    if convert is None:
+    put = _map_value(value_field)
+    if put is None:
         return None
 
-    def scalar_map(message: Message, value: Any, depth: int) -> bool:
+    def entries(message: Message, value: Any, depth: int) -> bool:
         if type(value) is not dict:
             return False
         message.ClearField(name)
-        entries = getattr(message, name)
-        for key, item in value.items():
-            converted = convert(item)
-            if converted is _NO or _text(key) is _NO:
-                return False
-            entries[key] = converted
+        held = getattr(message, name)
+        return all(_text(key) is not _NO and put(held, key, item, depth) for key, item in value.items())
+
+    return entries
+
+
+def _map_value(field: FieldDesc) -> Callable[[Any, str, Any, int], bool] | None:
+    """How one value of a map is set (a message read into its entry, a scalar converted), or None."""
+    if field.cpp_type == _F.CPPTYPE_MESSAGE:
+        if not _plain(_message_type(field)):
+            return None
+        return lambda held, key, item, depth: _read(item, held[key], depth - 1)
+    convert = _converter(field)
+    if convert is None:
+        return None
+
+    def scalar(held: Any, key: str, item: Any, depth: int) -> bool:
+        converted = convert(item)
+        if converted is _NO:
+            return False
+        held[key] = converted
         return True
 
-    return scalar_map
+    return scalar
 
 
 def parse_into(doc: Any, message: Message, max_depth: int) -> bool:
@@ -359,15 +355,15 @@ class _Writer:
 
 
 _ONE, _LIST, _MAP, _MAP_BOOL = range(4)
-_WRITERS: dict[Any, _Writer] = {}
+
+
+@functools.cache  # (per message type, built on first use)
+def _writer(desc: MessageDesc) -> _Writer:
+    return _Writer(desc)
 
 
 def _write(message: Any) -> Any:
-    desc = message.DESCRIPTOR
-    writer = _WRITERS.get(desc)
-    if writer is None:
-        writer = _WRITERS[desc] = _Writer(desc)
-    getters = writer.getters
+    getters = _writer(message.DESCRIPTOR).getters
     if getters is None:
         return _NO
     out: dict[str, Any] = {}
