@@ -10,6 +10,7 @@ range, null, and names given as the JSON name, the proto name, both, or unknown.
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import math
@@ -105,7 +106,7 @@ def scalar(field: Any) -> st.SearchStrategy[Any]:
         names = [v.name for v in field.enum_type.values]
         return st.sampled_from(names) | st.integers(-3, 9) | st.just("NOT_A_VALUE")
     if field.type == F.TYPE_BYTES:
-        return st.binary(max_size=8).map(lambda b: __import__("base64").b64encode(b).decode()) | st.text(max_size=4)
+        return st.binary(max_size=8).map(lambda b: base64.b64encode(b).decode()) | st.text(max_size=4)
     return st.text(max_size=8) | st.sampled_from(["\ud800", "a\udfff", "\U0001f600", "\u00e9"])
 
 
@@ -130,7 +131,7 @@ def value(field: Any, depth: int, repeated_ok: bool = True) -> st.SearchStrategy
 
 
 @st.composite
-def doc_of_composite(draw: st.DrawFn, desc: Any, depth: int) -> dict[str, Any]:
+def doc_of(draw: st.DrawFn, desc: Any, depth: int = 0) -> dict[str, Any]:
     doc: dict[str, Any] = {}
     for field in draw(st.lists(st.sampled_from(list(desc.fields)), max_size=5, unique_by=lambda f: f.number)) \
             if desc.fields else []:
@@ -139,10 +140,6 @@ def doc_of_composite(draw: st.DrawFn, desc: Any, depth: int) -> dict[str, Any]:
     if draw(st.integers(0, 9)) == 0:
         doc[draw(st.sampled_from(["unknown", "[ext]", "@type", "choice"]))] = 1
     return doc
-
-
-def doc_of(desc: Any, depth: int = 0) -> st.SearchStrategy[dict[str, Any]]:
-    return doc_of_composite(desc, depth)
 
 
 def documents() -> st.SearchStrategy[tuple[type[Message], dict[str, Any]]]:
