@@ -15,6 +15,7 @@ from typing import Any
 
 from benchmarks.anchors import FIXED_RATE_TARGETS
 from benchmarks.fixedreport import fixed_rate_values, print_fixed_rate
+from benchmarks.idlecost import print_idle
 from benchmarks.settings import BRIDGE_VARIANTS, VARIANTS
 
 __all__ = ["aggregate_variant", "compute_targets", "machine", "print_delegation", "print_report", "write_chart",
@@ -29,7 +30,9 @@ __all__ = ["aggregate_variant", "compute_targets", "machine", "print_delegation"
 #: 5: "fixed_rate" (the open-loop phase: per rate, both variants' percentiles from the intended send time, the
 #:    added latency, mesh CPU per call and per 1000 rps, load averages); variant 8 (the forwarding FastAPI
 #:    gateway) and ratios v5_rps_vs_v8, v7_rps_vs_v8 (+ p99); per variant rps_vs_v8; issue 12's targets
-SCHEMA = 5
+#: 6: "lifecycle"."idle" (idlecost.py: each idle process's CPU in ms per second, by thread, and the CPU of one
+#:    thread wake-up on the machine)
+SCHEMA = 6
 
 
 def _median(values: Sequence[float | None]) -> float | None:
@@ -333,6 +336,8 @@ def _print_lifecycle(life: Mapping[str, Any]) -> None:
             print(f"    {label:<34} {_ms(m['median_s']):>8} / {_ms(m['max_s'])}{missing}")
     elif prop:
         print(f"  revocation propagation: {prop['status']}: {prop.get('reason')}")
+    if life.get("idle"):
+        print_idle(life["idle"])
     join = life.get("join")
     if join and join["status"] == "ok":
         c, rpc, mem = join["control"], join["control_rpc"], join["member"]["key_and_csr"]

@@ -6,8 +6,8 @@ whole chain: added latency from each call's intended send time and mesh CPU per 
 anchors; ``fixedrate.py``); the eight variants side by side (every server in its own process, the load
 generator in another: a warm-up, then interleaved rounds A B C ... A B C ..., medians reported;
 ``variants.py``); certificate rotation under load; the identity lifecycle: automatic renewal under load,
-revocation propagation, join cost. Writes a table to the terminal, benchmarks/results/latest.json and
-benchmarks/results/latest.png.
+revocation propagation, join cost; what the idle mesh costs (``idlecost.py``). Writes a table to the terminal,
+benchmarks/results/latest.json and benchmarks/results/latest.png.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from benchmarks.delegation import run_delegation
 from benchmarks.fixedrate import run_fixed_rate
 from benchmarks.guard import print_guard, run_guard
 from benchmarks.httpload import HttpLoad
+from benchmarks.idlecost import run_idle
 from benchmarks.joincost import run_join
 from benchmarks.meshdir import create_mesh
 from benchmarks.micro import run_micro
@@ -107,11 +108,11 @@ def _preset(a: argparse.Namespace) -> Preset:
         if a.fixed_rate:
             raise SystemExit("--rotate and --fixed-rate each run only their own phases: choose one")
         changes.update(rotate=True, variants=(), renewal=True, propagation_trials=FULL.propagation_trials,
-                       joins=FULL.joins, join_history=FULL.join_history, fixed_rates=())
+                       joins=FULL.joins, join_history=FULL.join_history, idle_seconds=FULL.idle_seconds, fixed_rates=())
     if a.fixed_rate:
         if a.no_fixed_rate:
             raise SystemExit("--fixed-rate with --no-fixed-rate runs nothing")
-        changes.update(variants=(), rotate=False, renewal=False, propagation_trials=0, joins=0)
+        changes.update(variants=(), rotate=False, renewal=False, propagation_trials=0, joins=0, idle_seconds=0.0)
     if a.no_chart:
         changes["chart"] = False
     return dataclasses.replace(preset, **changes) if changes else preset
@@ -125,8 +126,9 @@ def _phase(name: str, fn: Callable[[], Any]) -> Any:
 
 
 def _lifecycle(workdir: Path, preset: Preset, concurrency: int) -> dict[str, Any] | None:
-    """Renewal under load, revocation propagation and join cost, as far as the preset asks; None if not at all."""
-    out: dict[str, Any] = {"renewal": None, "propagation": None, "join": None}
+    """Renewal under load, revocation propagation, join cost and the idle mesh's CPU, as far as the preset asks;
+    None if not at all."""
+    out: dict[str, Any] = {"renewal": None, "propagation": None, "join": None, "idle": None}
     if preset.renewal:
         log(f"automatic renewal under load ({preset.renewal_seconds:g} s) ...")
         out["renewal"] = _phase("renewal", lambda: run_renewal(workdir, seconds=preset.renewal_seconds,
@@ -138,6 +140,8 @@ def _lifecycle(workdir: Path, preset: Preset, concurrency: int) -> dict[str, Any
     if preset.joins:
         log(f"join cost ({preset.joins} joins) ...")
         out["join"] = _phase("join cost", lambda: run_join(workdir, joins=preset.joins, history=preset.join_history))
+    if preset.idle_seconds:
+        out["idle"] = _phase("idle cost", lambda: run_idle(workdir, seconds=preset.idle_seconds, log=log))
     return out if any(v is not None for v in out.values()) else None
 
 

@@ -65,6 +65,7 @@ class Preset:
     propagation_trials: int = 0  # revocation propagation trials (0: not measured)
     joins: int = 0  # join cost: joins timed (0: not measured)
     join_history: int = 0  # join cost again once the join-token file holds this many tokens (0: not)
+    idle_seconds: float = 0.0  # the idle mesh's CPU per process over this long (0: not measured; idlecost.py)
     fixed_rates: tuple[int, ...] = ()  # the fixed-rate (open-loop) phase: calls per second (empty: not run)
     fixed_seconds: float = 10.0  # one round of one variant at one rate
     fixed_rounds: int = 4  # interleaved rounds (every rate, both variants, in each)
@@ -76,11 +77,12 @@ DEFAULT_RATES = (250, 500, 1000)
 
 FULL = Preset("full", rounds=5, seconds=3.0, warmup=1.5, micro_seconds=0.4, ca_seconds=1.5, rotate=True,
               rotate_seconds=10.0, variants=(1, 2, 3, 4, 5, 6, 7, 8, 9), chart=True, renewal=True, renewal_seconds=20.0,
-              propagation_trials=10, joins=60, join_history=1000, fixed_rates=DEFAULT_RATES, fixed_seconds=10.0,
+              propagation_trials=10, joins=60, join_history=1000, idle_seconds=10.0, fixed_rates=DEFAULT_RATES,
+              fixed_seconds=10.0,
               fixed_rounds=4, fixed_warmup=2.0)
 QUICK = Preset("quick", rounds=2, seconds=2.0, warmup=1.0, micro_seconds=0.1, ca_seconds=0.5, rotate=False,
                rotate_seconds=8.0, variants=(1, 2, 3, 4, 5, 6, 7, 8, 9), chart=True, propagation_trials=5, joins=50,
-               fixed_rates=DEFAULT_RATES, fixed_seconds=3.0, fixed_rounds=2, fixed_warmup=1.0)
+               idle_seconds=4.0, fixed_rates=DEFAULT_RATES, fixed_seconds=3.0, fixed_rounds=2, fixed_warmup=1.0)
 SMOKE = Preset("smoke", rounds=1, seconds=0.3, warmup=0.2, micro_seconds=0.01, ca_seconds=0.05, rotate=False,
                rotate_seconds=3.0, variants=(1, 2, 3), chart=False, fixed_rates=(200,), fixed_seconds=0.3,
                fixed_rounds=1, fixed_warmup=0.2)

@@ -20,7 +20,7 @@ def test_smoke_run_writes_the_documented_json(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     doc = json.loads((tmp_path / "latest.json").read_text())
 
-    assert doc["schema"] == 5 and doc["mode"] == "smoke"
+    assert doc["schema"] == 6 and doc["mode"] == "smoke"
     assert {"cpu_model", "cores", "python", "grpcio", "date"} <= set(doc["machine"])
     assert doc["settings"]["concurrency"] == 16 and doc["settings"]["rounds"] == 1
 
@@ -103,3 +103,19 @@ def test_insitu_splits_the_cpu_by_thread_and_times_every_part_of_both_chains() -
     agent, loadgen = out.split("chain parts in the load generator")
     assert "client:" not in agent.split("chain parts in the agent")[1]  # the agent made no calls
     assert "server:" not in loadgen  # the load generator served none
+
+
+@pytest.mark.slow  # ~10 s: a control plane, an agent and the bridge started and left idle; CI runs it
+def test_idlecost_reports_each_idle_process_by_thread_and_an_idle_agent_has_no_export_wake_ups(tmp_path: Path) -> None:
+    from benchmarks.idlecost import run_idle
+
+    idle = run_idle(tmp_path, seconds=1.0, settle=0.5)
+    assert idle["status"] == "ok" and idle["wakeup_us"] > 0
+    assert set(idle["processes"]) == {"control", "agent", "bridge"}
+    for p in idle["processes"].values():
+        assert p["ms_per_s"] == pytest.approx(sum(p["by_thread_ms_per_s"].values()))
+        assert "main thread (event loop)" in p["by_thread_ms_per_s"]
+    # the agent's Python threads besides its loop are the audit export thread and grpc's poller: with no
+    # call, neither wakes (the export thread woke 20 times a second, ~3 ms/s here, before it slept until a span)
+    agent = idle["processes"]["agent"]["by_thread_ms_per_s"]
+    assert agent.get("other Python threads (audit export, grpc poller)", 0.0) < 1.0, agent
