@@ -52,8 +52,13 @@ class WatchedEvent(threading.Event):
     def __init__(self) -> None:
         super().__init__()
         self.timeouts: list[float | None] = []
+        self.sets = 0
         self.idle = threading.Event()
         self.timed = threading.Event()
+
+    def set(self) -> None:
+        self.sets += 1
+        super().set()
 
     def wait(self, timeout: float | None = None) -> bool:
         self.timeouts.append(timeout)
@@ -101,6 +106,24 @@ def test_an_idle_worker_waits_without_a_timeout_and_a_span_wakes_it(make_queue):
     assert wake.idle.wait(5)  # and it sleeps again once the queue is empty
     assert wake.timeouts[0] == IDLE_BACKSTOP and wake.timeouts[-1] == IDLE_BACKSTOP
     assert 0.001 in wake.timeouts[1:-1]  # the first span waited schedule_delay for others
+
+
+def test_while_spans_keep_coming_a_put_does_not_wake_the_worker(make_queue):
+    """Only a worker whose last round found nothing sleeps until a put: under load every round finds spans,
+    so the worker keeps its schedule and no put pays for waking a thread."""
+    recorder, wake = Recorder(), WatchedEvent()
+    q = make_queue(recorder, wake, schedule_delay=3600.0)  # rounds happen only when a flush asks
+    assert wake.idle.wait(5)
+    q.put(_spans(1)[0])  # the hand-over: wakes the idle worker (1 set)
+    assert q.flush_request().wait(5)  # (2) a round that exported a span
+    q.put(_spans(1, "next")[0])  # the worker waits on its schedule, not idle: this put wakes no one
+    assert wake.sets == 2
+    assert q.flush_request().wait(5)  # (3)
+    assert recorder.names == ["call-0", "next-0"]
+    assert wake.timeouts.count(IDLE_BACKSTOP) == 1  # it has not slept until a put since the first span
+    wake.idle.clear()
+    assert q.flush_request().wait(5)  # a round with nothing to export...
+    assert wake.idle.wait(5)  # ...and it sleeps until a put again
 
 
 def test_a_flush_and_a_stop_wake_an_idle_worker(make_queue):
@@ -158,7 +181,7 @@ def test_no_span_is_left_behind_when_puts_race_the_worker_going_to_sleep(make_qu
             w.join(60)
     finally:
         sys.setswitchinterval(previous)
-    assert recorder.wait_for(threads * per_thread, timeout=30), f"{len(recorder.names)} exported"
+    assert recorder.wait_for(threads * per_thread, timeout=2), f"{len(recorder.names)} exported"  # (< IDLE_BACKSTOP)
     assert sorted(recorder.names) == sorted(s.name for mine in spans for s in mine)
 
 
@@ -173,7 +196,7 @@ def test_a_span_ended_as_the_worker_goes_idle_is_not_left_behind(make_queue):
     try:
         for i, span in enumerate(spans):
             q.put(span)
-            assert recorder.wait_for(i + 1, timeout=5), f"span {i} was not exported"
+            assert recorder.wait_for(i + 1, timeout=2), f"span {i} was not exported"  # (< IDLE_BACKSTOP)
     finally:
         sys.setswitchinterval(previous)
 
