@@ -15,7 +15,6 @@ microseconds on bare metal, so anything that wakes periodically costs here ~20x 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import tempfile
 import threading
@@ -26,23 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.meshdir import AGENT, create_mesh
-from benchmarks.procs import Processes
+from benchmarks.procs import Processes, thread_cpu_ns
 
-__all__ = ["print_idle", "run_idle", "thread_cpu_ns", "wakeup_cost_us"]
-
-
-def thread_cpu_ns(pid: int) -> dict[str, int]:
-    """CPU nanoseconds of each thread of ``pid`` so far, keyed ``"<tid>:<kernel name>"``."""
-    out: dict[str, int] = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/comm") as f:
-                comm = f.read().strip()
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                out[f"{tid}:{comm}"] = int(f.read().split()[0])
-        except (FileNotFoundError, ProcessLookupError):  # the thread ended meanwhile
-            continue
-    return out
+__all__ = ["print_idle", "run_idle", "wakeup_cost_us"]
 
 
 def _label(key: str, pid: int) -> str:

@@ -23,27 +23,17 @@ from pathlib import Path
 
 from benchmarks.loadgen import GrpcTarget, LoadGenerator, LoadgenSpec
 from benchmarks.meshdir import AGENT
+from benchmarks.procs import thread_cpu_ns
 from benchmarks.profile import _in_workdir, _port, _start_mesh
 from benchmarks.timing import ENV
 
 __all__ = ["main"]
 
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds of each thread of ``pid``, keyed ``"<native id>:<kernel name>"``."""
-    out: dict[str, float] = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/comm") as f:
-                comm = f.read().strip()
-            with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except FileNotFoundError:  # the thread ended meanwhile
-            continue
-        out[f"{tid}:{comm}"] = (int(fields[11]) + int(fields[12])) / _TICK
-    return out
+    return {key: ns / 1e9 for key, ns in thread_cpu_ns(pid).items()}
 
 
 def _label(key: str, names: dict[str, str], main: str) -> str:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["REPO", "Processes", "ServerProcess", "children_cpu_seconds", "cpu_seconds", "redis_binary", "start_redis",
-           "system_busy_seconds"]
+           "system_busy_seconds", "thread_cpu_ns"]
 
 REPO = Path(__file__).resolve().parents[1]
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -34,6 +34,21 @@ def cpu_seconds(pid: int) -> float:
         data = f.read()
     fields = data[data.rindex(b")") + 2:].split()  # after "pid (comm) ": field 3 (state) is index 0
     return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def thread_cpu_ns(pid: int) -> dict[str, int]:
+    """CPU nanoseconds of each thread of ``pid`` so far (``/proc/<pid>/task/<tid>/schedstat``), keyed
+    ``"<tid>:<kernel name>"``; a thread that ends meanwhile is left out."""
+    out: dict[str, int] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                comm = f.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                out[f"{tid}:{comm}"] = int(f.read().split()[0])
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+    return out
 
 
 def system_busy_seconds() -> float:
