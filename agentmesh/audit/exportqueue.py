@@ -89,7 +89,7 @@ class ExportQueue:
         self._queue: collections.deque[FastSpan] = collections.deque()
         self._lock = threading.Lock()  # guards the flush waiters, stopping, and the drop counter
         self._wake = wake if wake is not None else threading.Event()  # (a test's own, to see how the worker waits)
-        self._idle = False  # the worker waits for a span with no timeout (set and read without the lock: see _wait)
+        self._idle = False  # the worker sleeps until a put wakes it (set and read without the lock: see _wait)
         self._flush_waiters: list[threading.Event] = []
         self._stopping = False
         self._done = False  # the worker has exited

@@ -25,8 +25,8 @@ export thread lets go of it, which CPython forces only every 5 ms (``sys.getswit
 
 * wakes every ``schedule_delay`` seconds while spans are queued, or as soon as ``max_batch`` are, so
   spans are short-lived (one that waits half a second outlives young garbage collections and is then
-  walked by full ones); with nothing queued it sleeps until a span arrives (exportqueue.py), so an
-  idle member's export threads cost nothing;
+  walked by full ones); once a round found nothing to export, it sleeps until a span arrives
+  (exportqueue.py), so an idle member's export threads cost nothing;
 * hands its exporter at most ``max_batch`` spans at a time, fewer when the exporter's measured cost
   per span says a slice would hold the lock longer than ``slice_budget`` seconds. The cost is the CPU
   time the exporter says its last export held the lock (``held``: the JSONL exporter's lines, not its
