@@ -8,7 +8,7 @@ time, per thread, over ``--seconds`` of no calls at all: what heartbeats, timers
 cost a member that waits. Thread CPU comes from ``/proc/<pid>/task/<tid>/schedstat`` (nanoseconds).
 
 It also times one wake-up of a sleeping thread on this machine (``threading.Event.wait(0.05)``, the thread's
-own CPU per wake-up): on the 2-vCPU VM this repository is measured on it is ~0.1 ms, against a few
+own CPU per wake-up): on the 2-vCPU VM this repository is measured on it is ~0.14 ms, against a few
 microseconds on bare metal, so anything that wakes periodically costs here ~20x what it costs elsewhere.
 """
 

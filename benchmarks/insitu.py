@@ -30,7 +30,6 @@ from benchmarks.timing import ENV
 __all__ = ["main"]
 
 
-
 def thread_cpu(pid: int) -> dict[str, float]:
     """CPU seconds of each thread of ``pid``, keyed ``"<native id>:<kernel name>"``."""
     return {key: ns / 1e9 for key, ns in thread_cpu_ns(pid).items()}

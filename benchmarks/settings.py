@@ -78,8 +78,7 @@ DEFAULT_RATES = (250, 500, 1000)
 FULL = Preset("full", rounds=5, seconds=3.0, warmup=1.5, micro_seconds=0.4, ca_seconds=1.5, rotate=True,
               rotate_seconds=10.0, variants=(1, 2, 3, 4, 5, 6, 7, 8, 9), chart=True, renewal=True, renewal_seconds=20.0,
               propagation_trials=10, joins=60, join_history=1000, idle_seconds=10.0, fixed_rates=DEFAULT_RATES,
-              fixed_seconds=10.0,
-              fixed_rounds=4, fixed_warmup=2.0)
+              fixed_seconds=10.0, fixed_rounds=4, fixed_warmup=2.0)
 QUICK = Preset("quick", rounds=2, seconds=2.0, warmup=1.0, micro_seconds=0.1, ca_seconds=0.5, rotate=False,
                rotate_seconds=8.0, variants=(1, 2, 3, 4, 5, 6, 7, 8, 9), chart=True, propagation_trials=5, joins=50,
                idle_seconds=4.0, fixed_rates=DEFAULT_RATES, fixed_seconds=3.0, fixed_rounds=2, fixed_warmup=1.0)
